@@ -1,0 +1,44 @@
+"""The exception tree: every error crdtcache raises is a :class:`CacheError`."""
+
+from __future__ import annotations
+
+__all__ = [
+    "CacheError",
+    "ClockDriftError",
+    "ConfigError",
+    "PeerError",
+    "ProtocolError",
+    "SerializationError",
+    "ValidationError",
+]
+
+
+class CacheError(Exception):
+    """Root of every exception raised by crdtcache."""
+
+
+class ConfigError(CacheError, ValueError):
+    """An option passed to crdtcache is invalid or needs a missing extra."""
+
+
+class ValidationError(CacheError, ValueError):
+    """A value failed the cache's schema; raised before anything is written."""
+
+
+class SerializationError(CacheError, TypeError):
+    """A key or value cannot be carried (wrong type, too large, not msgpack-able)."""
+
+
+class PeerError(CacheError):
+    """A peer or the shared tier could not be reached or answered wrongly."""
+
+
+class ProtocolError(PeerError):
+    """A remote party sent something that breaks the protocol (junk, bad shape, bad version)."""
+
+
+class ClockDriftError(CacheError):
+    """A remote stamp is further ahead of local physical time than ``max_drift`` allows.
+
+    The stamp is refused and the local clock is left unchanged.
+    """

@@ -1,0 +1,612 @@
+"""The gossip protocol as a sans-IO state machine.
+
+Theory of operation
+-------------------
+A :class:`GossipEngine` owns one :class:`Replica` and knows its peers by id. It never
+touches a socket or a clock: the driver (the simulator in :mod:`crdtcache.testing`,
+or the TCP transport) calls
+
+* the write methods (:meth:`set`, :meth:`delete`, :meth:`invalidate_pattern`), which
+  apply locally and queue a delta;
+* :meth:`handle` for every message a peer sent, and :meth:`tick` regularly;
+
+and sends each returned :class:`Outgoing` to its peer. Both return only messages;
+visible changes and peer state changes are taken with :meth:`drain_changes` and
+:meth:`drain_peer_events`.
+
+Four mechanisms, each enough for one job:
+
+1. *Delta push.* Queued deltas are flushed every ``sync_interval`` as a
+   :class:`Push` to every live peer (``fanout=None``), or to ``fanout`` random peers
+   who relay what was new to them (epidemic mode, for large clusters). A node's own
+   push to a peer that saw all its earlier pushes claims a gap-free range of its
+   stamps, which lets the receiver raise its mark for the node without anti-entropy.
+2. *Anti-entropy.* Every ``anti_entropy_interval`` the engine sends its marks to a
+   random live peer, which answers with what lies above them (split into parts); the
+   receiver adopts the answerer's marks once all parts have merged. A receiver that
+   sees the requester ahead asks back (push-pull). A peer that comes back up is
+   synced with at once: catch-up, not flush.
+3. *Membership.* Every message is a sign of life; quiet links carry :class:`Ping`.
+   A peer silent for ``suspect_after`` is suspect, for ``dead_after`` dead.
+4. *Collection.* Every ``gc_interval`` the replica drops expired tombstones.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Final, NamedTuple, Protocol
+
+from crdtcache._errors import ClockDriftError
+from crdtcache.core._entry import NOT_HELD, Change, Entry, PatternTombstone
+from crdtcache.core._messages import (
+    Ack,
+    Fetch,
+    FetchReply,
+    Message,
+    Ping,
+    Push,
+    SyncRequest,
+    SyncResponse,
+)
+from crdtcache.core._replica import Replica
+from crdtcache.core._values import stored_size
+
+__all__ = [
+    "ALIVE",
+    "DEAD",
+    "MAX_PENDING_EVENTS",
+    "SUSPECT",
+    "EngineStatistics",
+    "GossipConfig",
+    "GossipEngine",
+    "Outgoing",
+    "PeerEvent",
+    "PeerInfo",
+    "RandomSource",
+]
+
+log = logging.getLogger(__name__)
+
+ALIVE: Final = "alive"
+SUSPECT: Final = "suspect"
+DEAD: Final = "dead"
+
+#: Undrained changes and peer events kept before the oldest are dropped (and counted).
+MAX_PENDING_EVENTS: Final = 100_000
+#: Per-entry overhead assumed when budgeting a message, on top of key and value.
+_ENTRY_OVERHEAD: Final = 40
+
+
+class RandomSource(Protocol):
+    """Where the engine's randomness comes from (e.g. a seeded ``random.Random``)."""
+
+    def random(self) -> float:
+        """A float in [0, 1)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class GossipConfig:
+    """Timings and limits of a :class:`GossipEngine` (seconds, counts, bytes)."""
+
+    sync_interval: float = 0.005
+    fanout: int | None = None
+    max_hops: int = 16
+    anti_entropy_interval: float = 1.0
+    heartbeat_interval: float = 0.5
+    suspect_after: float = 2.0
+    dead_after: float = 6.0
+    gc_interval: float = 5.0
+    exchange_timeout: float = 10.0
+    max_message_entries: int = 4096
+    max_message_bytes: int = 1 << 20
+    on_demand: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("sync_interval", "anti_entropy_interval", "heartbeat_interval", "gc_interval"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if not 0 < self.suspect_after <= self.dead_after:
+            raise ValueError("need 0 < suspect_after <= dead_after")
+        if self.fanout is not None and self.fanout < 1:
+            raise ValueError("fanout must be None (every peer) or at least 1")
+        if self.max_message_entries < 1 or self.max_message_bytes < 1024:
+            raise ValueError("message limits too small")
+
+
+class Outgoing(NamedTuple):
+    """A message for the driver to deliver to ``peer``."""
+
+    peer: str
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class PeerEvent:
+    """A peer changed state (``alive``, ``suspect`` or ``dead``)."""
+
+    peer: str
+    state: str
+    previous: str | None
+
+
+@dataclass(slots=True)
+class PeerInfo:
+    """What the engine knows of one peer."""
+
+    id: str
+    state: str = ALIVE
+    last_heard: float = 0.0
+    last_sent: float = 0.0
+    #: Exchange id of our anti-entropy request in flight to this peer, if any.
+    pulling: int | None = None
+
+
+@dataclass(slots=True)
+class EngineStatistics:
+    """Counters of a :class:`GossipEngine` (monotonic since start)."""
+
+    pushes_sent: int = 0
+    entries_pushed: int = 0
+    relays_sent: int = 0
+    entries_received: int = 0
+    entries_applied: int = 0
+    sync_requests_sent: int = 0
+    sync_entries_sent: int = 0
+    full_syncs_sent: int = 0
+    syncs_completed: int = 0
+    refused_drift: int = 0
+    events_dropped: int = 0
+    collected: int = 0
+
+
+@dataclass(slots=True)
+class _Inbound:
+    peer: str
+    started: float
+    parts: int
+    seen: set[int] = field(default_factory=set)
+    ok: bool = True
+    listed: set[str] | None = None
+
+
+class GossipEngine:
+    """One node's gossip protocol, driven by ``handle`` and ``tick`` (see module doc)."""
+
+    def __init__(
+        self, replica: Replica, rng: RandomSource, config: GossipConfig | None = None
+    ) -> None:
+        self.replica = replica
+        self.node = replica.node
+        self.rng = rng
+        self.config = config or GossipConfig()
+        self.peers: dict[str, PeerInfo] = {}
+        self.stats = EngineStatistics()
+        self._pending: dict[str, Entry] = {}
+        self._pending_patterns: list[PatternTombstone] = []
+        # Our pushes chain: each holds all our writes stamped in (previous upto, upto].
+        self._stream_upto = replica.marks.get(replica.node, -1)
+        self._next_flush = 0.0
+        self._next_sync = 0.0
+        self._next_gc = 0.0
+        self._exchange_seq = 0
+        self._inbound: dict[tuple[str, int], _Inbound] = {}
+        self._ack_seq = 0
+        self._awaiting: dict[int, set[str]] = {}
+        self._fetch_seq = 0
+        self._changes: deque[Change] = deque(maxlen=MAX_PENDING_EVENTS)
+        self._peer_events: deque[PeerEvent] = deque(maxlen=MAX_PENDING_EVENTS)
+
+    # ------------------------------------------------------------------ peers
+    def add_peer(self, peer: str, now: float) -> list[Outgoing]:
+        """Start gossiping with ``peer`` (idempotent); returns a catch-up request."""
+        if peer == self.node:
+            raise ValueError("a node is not its own peer")
+        info = self.peers.get(peer)
+        if info is not None:
+            return []
+        self.peers[peer] = PeerInfo(peer, ALIVE, last_heard=now, last_sent=now)
+        self._peer_event(PeerEvent(peer, ALIVE, None))
+        return self._pull(peer, now)
+
+    def remove_peer(self, peer: str) -> None:
+        """Forget ``peer`` (it left the cluster for good)."""
+        info = self.peers.pop(peer, None)
+        if info is not None:
+            self._peer_event(PeerEvent(peer, DEAD, info.state))
+            self._drop_acks(peer)
+
+    def peer_unreachable(self, peer: str, now: float) -> None:
+        """The driver lost its link to ``peer``: suspect it now rather than wait."""
+        info = self.peers.get(peer)
+        if info is not None and info.state == ALIVE:
+            self._set_state(info, SUSPECT)
+            self._drop_acks(peer)
+
+    def live_peers(self) -> list[str]:
+        """Ids of peers not considered dead."""
+        return [p.id for p in self.peers.values() if p.state != DEAD]
+
+    # ---------------------------------------------------------- local writes
+    def set(self, key: str, stored: object, now: float, expires: float | None = None) -> Entry:
+        """Write locally and queue the delta. ``stored`` comes from ``encode_value``."""
+        entry = self.replica.set(key, stored, now, expires)
+        self._queue_local(key, entry)
+        return entry
+
+    def delete(self, key: str, now: float) -> bool:
+        """Delete locally with a tombstone and queue it; True if a live value was there."""
+        existed = self.replica.lookup(key, now) is not None
+        entry = self.replica.delete(key, now)
+        self._queue_local(key, entry)
+        return existed
+
+    def invalidate_pattern(self, pattern: str, now: float) -> list[Change]:
+        """Remove every key matching ``pattern`` on every node (one pattern tombstone)."""
+        tomb, changes = self.replica.invalidate_pattern(pattern, now)
+        self._pending_patterns.append(tomb)
+        for change in changes:
+            self._change(change)
+        return changes
+
+    def _queue_local(self, key: str, entry: Entry) -> None:
+        if entry.origin != self.node:  # a resolver kept the older version: nothing new
+            return
+        # Re-inserting moves the key to the end, which keeps _pending in stamp order.
+        self._pending.pop(key, None)
+        self._pending[key] = entry
+        self._change(Change(key, "delete" if entry.deleted else "set", self.node, entry.ts, False))
+
+    @property
+    def pending(self) -> int:
+        """Local deltas not flushed yet."""
+        return len(self._pending) + len(self._pending_patterns)
+
+    # ------------------------------------------------------------ delta push
+    def flush(self, now: float, *, ack: bool = False) -> tuple[list[Outgoing], int]:
+        """Push queued deltas to peers now.
+
+        With ``ack=True`` the pushes ask for acknowledgements; the returned id is
+        then awaited with :meth:`unacked` (0 when nothing needed acknowledging).
+        """
+        self._next_flush = now + self.config.sync_interval
+        if not self._pending and not self._pending_patterns:
+            return [], 0
+        entries = list(self._pending.items())
+        patterns = self._pending_patterns
+        self._pending = {}
+        self._pending_patterns = []
+        if self.config.on_demand:
+            entries = [
+                (k, Entry(NOT_HELD, e.ts, e.origin, e.expires) if e.held else e) for k, e in entries
+            ]
+        chunks = self._chunk(entries, patterns)
+        targets = self._targets(exclude=())
+        ack_id = 0
+        if ack and targets:
+            self._ack_seq += 1
+            ack_id = self._ack_seq
+            self._awaiting[ack_id] = set(targets)
+        out: list[Outgoing] = []
+        since = self._stream_upto
+        for chunk_entries, chunk_patterns in chunks:
+            upto = max(
+                [e.ts for _, e in chunk_entries] + [p.ts for p in chunk_patterns], default=since
+            )
+            # The claim is a fact about the message; a receiver that missed an earlier
+            # push has a mark below ``since`` and so does not advance on it.
+            push = Push(
+                tuple(chunk_entries), tuple(chunk_patterns), self.node, since, upto, 0, ack_id
+            )
+            for peer in targets:
+                out.append(Outgoing(peer, push))
+                self.peers[peer].last_sent = now
+            since = upto
+        self._stream_upto = since
+        self.stats.pushes_sent += len(out)
+        self.stats.entries_pushed += len(entries) * len(targets)
+        return out, ack_id
+
+    def unacked(self, ack_id: int) -> frozenset[str]:
+        """Peers that have not yet acknowledged push ``ack_id`` (empty when done)."""
+        return frozenset(self._awaiting.get(ack_id, ()))
+
+    def forget_ack(self, ack_id: int) -> None:
+        """Stop tracking push ``ack_id`` (the waiter gave up or finished)."""
+        self._awaiting.pop(ack_id, None)
+
+    def _drop_acks(self, peer: str) -> None:
+        for waiting in self._awaiting.values():
+            waiting.discard(peer)
+
+    def _chunk(
+        self, entries: Sequence[tuple[str, Entry]], patterns: Sequence[PatternTombstone]
+    ) -> list[tuple[list[tuple[str, Entry]], list[PatternTombstone]]]:
+        """Split into message-sized chunks in stamp order, so that stream claims chain."""
+        cfg = self.config
+        items: list[tuple[int, str, Entry | PatternTombstone]] = [(e.ts, k, e) for k, e in entries]
+        items += [(p.ts, p.pattern, p) for p in patterns]
+        items.sort(key=lambda item: item[0])
+        chunks: list[tuple[list[tuple[str, Entry]], list[PatternTombstone]]] = [([], [])]
+        count = size = 0
+        for _, key, item in items:
+            cost = len(key) + _ENTRY_OVERHEAD
+            if isinstance(item, Entry):
+                cost += stored_size(item.value)
+            if count and (count >= cfg.max_message_entries or size + cost > cfg.max_message_bytes):
+                chunks.append(([], []))
+                count = size = 0
+            if isinstance(item, Entry):
+                chunks[-1][0].append((key, item))
+            else:
+                chunks[-1][1].append(item)
+            count += 1
+            size += cost
+        return chunks
+
+    def _targets(self, exclude: Sequence[str]) -> list[str]:
+        live = [p.id for p in self.peers.values() if p.state != DEAD and p.id not in exclude]
+        fanout = self.config.fanout
+        if fanout is None or len(live) <= fanout:
+            return live
+        return self._sample(live, fanout)
+
+    def _sample(self, items: list[str], k: int) -> list[str]:
+        pool = list(items)
+        for i in range(k):
+            j = i + int(self.rng.random() * (len(pool) - i))
+            pool[i], pool[j] = pool[j], pool[i]
+        return pool[:k]
+
+    # --------------------------------------------------------------- receive
+    def handle(self, sender: str, message: Message, now: float) -> list[Outgoing]:
+        """Process one message from ``sender``; return what to send in reply."""
+        out = self._heard(sender, now)
+        if isinstance(message, Push):
+            out += self._on_push(sender, message, now)
+        elif isinstance(message, SyncRequest):
+            out += self._on_sync_request(sender, message, now)
+        elif isinstance(message, SyncResponse):
+            out += self._on_sync_response(sender, message, now)
+        elif isinstance(message, Ack):
+            waiting = self._awaiting.get(message.ack)
+            if waiting is not None:
+                waiting.discard(sender)
+        elif isinstance(message, Fetch):
+            out.append(Outgoing(sender, self._on_fetch(message, now)))
+        elif isinstance(message, FetchReply):
+            self._merge(sender, message.entries, (), now)
+        elif not isinstance(message, Ping):
+            raise TypeError(f"not a gossip message: {type(message).__name__}")
+        return out
+
+    def _heard(self, sender: str, now: float) -> list[Outgoing]:
+        info = self.peers.get(sender)
+        if info is None:
+            return self.add_peer(sender, now)
+        info.last_heard = now
+        if info.state != ALIVE:
+            self._set_state(info, ALIVE)
+            # It was away: catch it (and us) up now rather than at the next round.
+            return self._pull(sender, now)
+        return []
+
+    def _merge(
+        self,
+        sender: str,
+        entries: Sequence[tuple[str, Entry]],
+        patterns: Sequence[PatternTombstone],
+        now: float,
+    ) -> tuple[list[tuple[str, Entry]], list[PatternTombstone], bool]:
+        """Merge remote deltas; return the ones that were new here and whether all merged."""
+        replica = self.replica
+        fresh: list[tuple[str, Entry]] = []
+        fresh_patterns: list[PatternTombstone] = []
+        ok = True
+        for tomb in patterns:
+            try:
+                changes = replica.merge_pattern(tomb, now)
+            except ClockDriftError as exc:
+                ok = self._refuse(sender, exc)
+                continue
+            if replica.patterns.get(tomb.pattern) is tomb:
+                fresh_patterns.append(tomb)
+            for change in changes:
+                self._change(change)
+        applied = 0
+        for key, entry in entries:
+            try:
+                merged = replica.merge_entry(key, entry, now)
+            except ClockDriftError as exc:
+                ok = self._refuse(sender, exc)
+                continue
+            if merged is not None:
+                applied += 1
+                fresh.append((key, entry))
+                self._change(merged)
+        self.stats.entries_received += len(entries)
+        self.stats.entries_applied += applied
+        return fresh, fresh_patterns, ok
+
+    def _refuse(self, sender: str, exc: ClockDriftError) -> bool:
+        self.stats.refused_drift += 1
+        log.error("refused an entry from %s: %s", sender, exc)
+        return False
+
+    def _on_push(self, sender: str, m: Push, now: float) -> list[Outgoing]:
+        fresh, fresh_patterns, ok = self._merge(sender, m.entries, m.patterns, now)
+        if ok and m.origin is not None and m.origin == sender:
+            self.replica.advance_stream(m.origin, m.since, m.upto)
+        out: list[Outgoing] = []
+        if m.ack:
+            out.append(Outgoing(sender, Ack(m.ack)))
+        if (
+            self.config.fanout is not None
+            and (fresh or fresh_patterns)
+            and m.hops < self.config.max_hops
+        ):
+            relay = Push(tuple(fresh), tuple(fresh_patterns), None, -1, -1, m.hops + 1, 0)
+            for peer in self._targets(exclude=(sender,)):
+                out.append(Outgoing(peer, relay))
+                self.peers[peer].last_sent = now
+            self.stats.relays_sent += len(out) - (1 if m.ack else 0)
+        return out
+
+    # ----------------------------------------------------------- anti-entropy
+    def _pull(self, peer: str, now: float) -> list[Outgoing]:
+        info = self.peers[peer]
+        self._exchange_seq += 1
+        info.pulling = self._exchange_seq
+        info.last_sent = now
+        self.stats.sync_requests_sent += 1
+        return [Outgoing(peer, SyncRequest(self._exchange_seq, dict(self.replica.marks)))]
+
+    def sync_with(self, peer: str, now: float) -> list[Outgoing]:
+        """Start an anti-entropy exchange with ``peer`` now."""
+        if peer not in self.peers:
+            raise KeyError(peer)
+        return self._pull(peer, now)
+
+    def _on_sync_request(self, sender: str, m: SyncRequest, now: float) -> list[Outgoing]:
+        replica = self.replica
+        full = replica.needs_full_state(m.marks)
+        entries, patterns = replica.full_state() if full else replica.changes_since(m.marks)
+        marks = dict(replica.marks)
+        chunks = self._chunk(entries, patterns)
+        out = [
+            Outgoing(
+                sender,
+                SyncResponse(m.exchange, i, len(chunks), tuple(ce), tuple(cp), marks, full),
+            )
+            for i, (ce, cp) in enumerate(chunks)
+        ]
+        self.stats.sync_entries_sent += len(entries)
+        self.stats.full_syncs_sent += full
+        info = self.peers[sender]
+        info.last_sent = now
+        # Push-pull: the requester has writes we lack; ask for them in the same round.
+        if info.pulling is None and any(ts > marks.get(o, -1) for o, ts in m.marks.items()):
+            out += self._pull(sender, now)
+        return out
+
+    def _on_sync_response(self, sender: str, m: SyncResponse, now: float) -> list[Outgoing]:
+        if not 0 <= m.part < m.parts:
+            raise ValueError("sync response part out of range")
+        key = (sender, m.exchange)
+        state = self._inbound.get(key)
+        if state is None:
+            state = _Inbound(sender, now, m.parts, listed=set() if m.full else None)
+            self._inbound[key] = state
+        if m.part in state.seen:
+            return []  # a duplicate: merging again would be harmless, but skip the work
+        state.seen.add(m.part)
+        _, _, ok = self._merge(sender, m.entries, m.patterns, now)
+        state.ok = state.ok and ok
+        if state.listed is not None:
+            state.listed.update(k for k, _ in m.entries)
+        if len(state.seen) < state.parts:
+            return []
+        del self._inbound[key]
+        info = self.peers.get(sender)
+        if info is not None and info.pulling == m.exchange:
+            info.pulling = None
+        if state.ok:
+            if state.listed is not None:
+                for change in self.replica.forget_unlisted(state.listed, m.marks):
+                    self._change(change)
+            self.replica.advance_marks(m.marks)
+            self.stats.syncs_completed += 1
+        return []
+
+    # ---------------------------------------------------------------- fetch
+    def fetch(self, keys: Sequence[str], now: float) -> list[Outgoing]:
+        """Ask live peers for values of ``keys`` (on-demand mode or after eviction)."""
+        self._fetch_seq += 1
+        msg = Fetch(self._fetch_seq, tuple(keys))
+        return [Outgoing(peer, msg) for peer in self._targets(exclude=())]
+
+    def _on_fetch(self, m: Fetch, now: float) -> FetchReply:
+        found = []
+        for key in m.keys:
+            e = self.replica.lookup(key, now)
+            if e is not None and e.value is not NOT_HELD:
+                found.append((key, e))
+        return FetchReply(m.request, tuple(found))
+
+    # ------------------------------------------------------------------ time
+    def tick(self, now: float) -> list[Outgoing]:
+        """Advance timers: flush deltas, heartbeats, membership, anti-entropy, collection."""
+        cfg = self.config
+        out: list[Outgoing] = []
+        if now >= self._next_flush:
+            out += self.flush(now)[0]
+        for info in self.peers.values():
+            silent = now - info.last_heard
+            if info.state == ALIVE and silent > cfg.suspect_after:
+                self._set_state(info, SUSPECT)
+            if info.state == SUSPECT and silent > cfg.dead_after:
+                self._set_state(info, DEAD)
+                self._drop_acks(info.id)
+            interval = cfg.heartbeat_interval * (4 if info.state == DEAD else 1)
+            if now - info.last_sent >= interval:
+                info.last_sent = now
+                out.append(Outgoing(info.id, Ping(0)))
+        if now >= self._next_sync:
+            self._next_sync = now + cfg.anti_entropy_interval
+            live = self.live_peers()
+            if live:
+                out += self._pull(self._sample(live, 1)[0], now)
+        if now >= self._next_gc:
+            self._next_gc = now + cfg.gc_interval
+            dropped, expired = self.replica.collect(now)
+            self.stats.collected += dropped
+            for change in expired:
+                self._change(change)
+        stale = [k for k, s in self._inbound.items() if now - s.started > cfg.exchange_timeout]
+        for k in stale:
+            del self._inbound[k]
+            owner = self.peers.get(k[0])
+            if owner is not None and owner.pulling == k[1]:
+                owner.pulling = None
+        for info in self.peers.values():
+            # A request whose every answer was lost must not block push-pull forever.
+            if info.pulling is not None and now - info.last_heard > cfg.exchange_timeout:
+                info.pulling = None
+        return out
+
+    def next_deadline(self) -> float:
+        """The earliest time :meth:`tick` has work to do (for drivers that sleep)."""
+        soon = min(self._next_sync, self._next_gc)
+        if self._pending or self._pending_patterns:
+            soon = min(soon, self._next_flush)
+        return soon
+
+    # ---------------------------------------------------------------- events
+    def _set_state(self, info: PeerInfo, state: str) -> None:
+        previous, info.state = info.state, state
+        self._peer_event(PeerEvent(info.id, state, previous))
+
+    def _change(self, change: Change) -> None:
+        if len(self._changes) == MAX_PENDING_EVENTS:
+            self.stats.events_dropped += 1
+        self._changes.append(change)
+
+    def _peer_event(self, event: PeerEvent) -> None:
+        if len(self._peer_events) == MAX_PENDING_EVENTS:
+            self.stats.events_dropped += 1
+        self._peer_events.append(event)
+
+    def drain_changes(self) -> list[Change]:
+        """Visible changes applied since the last call (local and remote)."""
+        out = list(self._changes)
+        self._changes.clear()
+        return out
+
+    def drain_peer_events(self) -> list[PeerEvent]:
+        """Peer state changes since the last call."""
+        out = list(self._peer_events)
+        self._peer_events.clear()
+        return out

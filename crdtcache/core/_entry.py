@@ -1,0 +1,132 @@
+"""Entries of the LWW-register map, pattern tombstones and the changes a merge reports."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from crdtcache.core._hlc import Stamp
+
+__all__ = [
+    "NOT_HELD",
+    "TOMBSTONE",
+    "Change",
+    "ChangeKind",
+    "Entry",
+    "PatternTombstone",
+    "compile_pattern",
+]
+
+
+class _Marker:
+    """A named sentinel (compared by identity)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+#: Stored value of a deleted key.
+TOMBSTONE: Final = _Marker("TOMBSTONE")
+#: Stored value of a key whose stamp this node knows but whose value it does not hold
+#: (evicted locally, or replicated on-demand): a read must fetch it from a peer.
+NOT_HELD: Final = _Marker("NOT_HELD")
+
+
+class Entry:
+    """One register of the map: a stored value (or marker), its stamp and absolute expiry.
+
+    Entries are never mutated once built; a replica replaces them. The stamp is kept
+    flattened (``ts``, ``origin``) rather than as a :class:`Stamp` because this object
+    exists once per key and its size is the cache's per-entry overhead.
+    """
+
+    __slots__ = ("expires", "origin", "ts", "value")
+
+    def __init__(self, value: object, ts: int, origin: str, expires: float | None = None) -> None:
+        self.value = value
+        self.ts = ts
+        self.origin = origin
+        self.expires = expires
+
+    @property
+    def stamp(self) -> Stamp:
+        """The entry's HLC stamp."""
+        return Stamp(self.ts, self.origin)
+
+    @property
+    def deleted(self) -> bool:
+        """True for a tombstone."""
+        return self.value is TOMBSTONE
+
+    @property
+    def held(self) -> bool:
+        """True when this node holds a live value (not a tombstone or a stub)."""
+        return self.value is not TOMBSTONE and self.value is not NOT_HELD
+
+    def expired(self, now: float) -> bool:
+        """True once the absolute expiry has passed."""
+        return self.expires is not None and self.expires <= now
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Entry):
+            return NotImplemented
+        return (
+            self.ts == other.ts
+            and self.origin == other.origin
+            and self.expires == other.expires
+            and self.value == other.value
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # equality by content, entries are not keys
+
+    def __repr__(self) -> str:
+        return f"Entry({self.value!r}, {self.stamp!r}, expires={self.expires!r})"
+
+
+def compile_pattern(pattern: str) -> re.Pattern[str]:
+    """Compile a glob (``fnmatch`` syntax, case-sensitive) to a regex."""
+    return re.compile(fnmatch.translate(pattern))
+
+
+@dataclass(frozen=True, slots=True)
+class PatternTombstone:
+    """ "Every key matching ``pattern`` stamped at or before ``(ts, origin)`` is gone."
+
+    One replicated entry for ``invalidate_pattern`` and ``clear`` (pattern ``*``),
+    whatever the number of keys it covers, including keys not received yet.
+    """
+
+    pattern: str
+    ts: int
+    origin: str
+
+    @property
+    def stamp(self) -> Stamp:
+        """The tombstone's HLC stamp."""
+        return Stamp(self.ts, self.origin)
+
+
+ChangeKind = Literal["set", "delete", "invalidate", "expire"]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A visible change to a key applied to a replica (what ``on_change`` reports).
+
+    ``remote`` is True when it came from another node; ``origin`` is the node that
+    made the write. ``pattern`` is set when a pattern tombstone caused it.
+    """
+
+    key: str
+    kind: ChangeKind
+    origin: str
+    ts: int
+    remote: bool
+    pattern: str | None = None

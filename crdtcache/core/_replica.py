@@ -1,0 +1,337 @@
+"""The replica: an LWW-register map with pattern tombstones, per-origin marks and GC.
+
+Theory of operation
+-------------------
+State is ``entries`` (key -> :class:`Entry`), ``patterns`` (glob -> newest
+:class:`PatternTombstone`), ``marks`` and ``collected``. Merging is a join: per key
+the winner of the resolver (LWW by HLC stamp by default), per pattern the newest
+stamp, per origin the greatest mark; so merge is commutative, associative and
+idempotent, and replicas that have merged the same writes in any order are equal.
+
+*Pattern tombstones.* An entry covered by a pattern tombstone (key matches, stamp at
+or before the tombstone's) is removed on sight and refused on arrival, so a read never
+has to consult patterns and the map holds only uncovered entries.
+
+*Marks.* ``marks[o] = S`` promises: for every write by origin ``o`` stamped at or
+before ``S``, this replica holds that write or something that beats it (or has
+collected what beat it). A local write raises the node's own mark; other marks rise
+only by a complete exchange (:meth:`changes_since` on the peer, then
+:meth:`advance_marks`) or by a gap-free stream from the origin. A peer that sends
+its marks therefore needs exactly the entries stamped above them: catch-up costs
+what differs, not the size of the map.
+
+*Collection and the resurrection rule.* Tombstones (and values past their expiry,
+which first shrink to tombstones) are kept for ``tombstone_grace`` seconds after
+their stamp, then dropped; ``collected[o]`` remembers the greatest stamp dropped per
+origin. A peer whose mark for ``o`` is below it may hold a value that a collected
+tombstone deleted, so it is sent the full state instead of a delta, and drops every
+entry the full state does not list but the sender's marks cover (:meth:`forget_unlisted`).
+A *write* delayed in flight longer than the grace period can still reappear, as in
+Cassandra's ``gc_grace_seconds``: keep the grace period well above the longest
+partition you expect a node to come back from with its state.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Final
+
+from crdtcache._errors import ClockDriftError
+from crdtcache.core._entry import (
+    NOT_HELD,
+    TOMBSTONE,
+    Change,
+    Entry,
+    PatternTombstone,
+    compile_pattern,
+)
+from crdtcache.core._hlc import LOGICAL_BITS, HybridClock, Stamp
+from crdtcache.core._resolver import Resolver, Version
+from crdtcache.core._values import decode_value
+
+__all__ = ["TOMBSTONE_GRACE", "Replica"]
+
+log = logging.getLogger(__name__)
+
+#: Default seconds a tombstone is kept after its stamp before it may be collected.
+TOMBSTONE_GRACE: Final = 3600.0
+
+_Matcher = re.Pattern[str]
+
+
+def _beats(ts: int, origin: str, other: Entry) -> bool:
+    return ts > other.ts or (ts == other.ts and origin > other.origin)
+
+
+class Replica:
+    """One node's copy of the map. Pure: every method takes ``now`` from the caller."""
+
+    def __init__(
+        self,
+        clock: HybridClock,
+        *,
+        resolver: Resolver | None = None,
+        tombstone_grace: float = TOMBSTONE_GRACE,
+    ) -> None:
+        if tombstone_grace <= 0:
+            raise ValueError("tombstone_grace must be positive")
+        self.clock = clock
+        self.node = clock.node
+        self.resolver = resolver
+        self.tombstone_grace = tombstone_grace
+        self.entries: dict[str, Entry] = {}
+        self.patterns: dict[str, PatternTombstone] = {}
+        self.marks: dict[str, int] = {}
+        self.collected: dict[str, int] = {}
+        self._matchers: dict[str, _Matcher] = {}
+        self._max_pattern_ts = -1
+        #: Remote entries refused for clock drift.
+        self.refused_drift = 0
+
+    # ----------------------------------------------------------------- reading
+    def lookup(self, key: str, now: float) -> Entry | None:
+        """The live entry for ``key`` (not deleted, not expired), or None.
+
+        Its value may be ``NOT_HELD``: the stamp is known but the value must be fetched.
+        """
+        e = self.entries.get(key)
+        if e is None or e.value is TOMBSTONE or (e.expires is not None and e.expires <= now):
+            return None
+        return e
+
+    def live_keys(self, now: float) -> Iterator[str]:
+        """Keys with a live (unexpired, undeleted) entry, held or not."""
+        for key, e in self.entries.items():
+            if e.value is not TOMBSTONE and (e.expires is None or e.expires > now):
+                yield key
+
+    def visible(self, now: float) -> dict[str, tuple[Any, Stamp, float | None]]:
+        """The state a reader sees at ``now``: key -> (decoded value, stamp, expiry)."""
+        return {
+            key: (
+                decode_value(e.value) if e.value is not NOT_HELD else NOT_HELD,
+                e.stamp,
+                e.expires,
+            )
+            for key, e in self.entries.items()
+            if e.value is not TOMBSTONE and (e.expires is None or e.expires > now)
+        }
+
+    # ------------------------------------------------------------ local writes
+    def _write(self, key: str, value: object, now: float, expires: float | None) -> Entry:
+        stamp = self.clock.now(now)
+        entry = Entry(value, stamp.ts, self.node, expires)
+        local = self.entries.get(key)
+        if local is not None and self.resolver is not None:
+            entry = self._resolve(key, local, entry)
+        self.entries[key] = entry
+        self.marks[self.node] = stamp.ts
+        return entry
+
+    def set(self, key: str, stored: object, now: float, expires: float | None = None) -> Entry:
+        """Write a stored value (see :func:`encode_value`) with an optional absolute expiry."""
+        return self._write(key, stored, now, expires)
+
+    def delete(self, key: str, now: float) -> Entry:
+        """Delete ``key`` with a tombstone (replicated like a write)."""
+        return self._write(key, TOMBSTONE, now, None)
+
+    def invalidate_pattern(self, pattern: str, now: float) -> tuple[PatternTombstone, list[Change]]:
+        """Remove every key matching ``pattern``, as one replicated pattern tombstone."""
+        stamp = self.clock.now(now)
+        self.marks[self.node] = stamp.ts
+        tomb = PatternTombstone(pattern, stamp.ts, self.node)
+        return tomb, self._apply_pattern(tomb, remote=False)
+
+    # ----------------------------------------------------------------- merging
+    def _resolve(self, key: str, local: Entry, remote: Entry) -> Entry:
+        assert self.resolver is not None
+        lv = Version(key, _view(local), local.stamp, local.expires, local.value is TOMBSTONE)
+        rv = Version(key, _view(remote), remote.stamp, remote.expires, remote.value is TOMBSTONE)
+        winner = self.resolver(lv, rv)
+        if winner is rv:
+            return remote
+        if winner is lv:
+            return local
+        raise TypeError("conflict_resolver must return one of its two arguments")
+
+    def _covered(self, key: str, ts: int, origin: str) -> bool:
+        if ts > self._max_pattern_ts:
+            return False
+        for pat, tomb in self.patterns.items():
+            if (ts < tomb.ts or (ts == tomb.ts and origin <= tomb.origin)) and self._matchers[
+                pat
+            ].match(key):
+                return True
+        return False
+
+    def merge_entry(self, key: str, entry: Entry, now: float) -> Change | None:
+        """Merge one remote entry; return the visible change, or None if it lost.
+
+        Raises :class:`ClockDriftError` (nothing changed) if its stamp is too far ahead.
+        """
+        try:
+            self.clock.observe(entry.ts, now)
+        except ClockDriftError:
+            self.refused_drift += 1
+            raise
+        if self._covered(key, entry.ts, entry.origin):
+            return None
+        local = self.entries.get(key)
+        if local is not None:
+            if local.ts == entry.ts and local.origin == entry.origin:
+                # The same write: fill in a value this node did not hold, else keep ours.
+                if local.value is NOT_HELD and entry.value is not NOT_HELD:
+                    self.entries[key] = entry
+                return None
+            if self.resolver is None:
+                if not _beats(entry.ts, entry.origin, local):
+                    return None
+            elif self._resolve(key, local, entry) is local:
+                return None
+        self.entries[key] = entry
+        return Change(
+            key, "delete" if entry.value is TOMBSTONE else "set", entry.origin, entry.ts, True
+        )
+
+    def merge_pattern(self, tomb: PatternTombstone, now: float) -> list[Change]:
+        """Merge a remote pattern tombstone; return the keys it removed."""
+        try:
+            self.clock.observe(tomb.ts, now)
+        except ClockDriftError:
+            self.refused_drift += 1
+            raise
+        return self._apply_pattern(tomb, remote=True)
+
+    def _apply_pattern(self, tomb: PatternTombstone, *, remote: bool) -> list[Change]:
+        current = self.patterns.get(tomb.pattern)
+        if current is not None and (current.ts, current.origin) >= (tomb.ts, tomb.origin):
+            return []
+        matcher = self._matchers.get(tomb.pattern) or compile_pattern(tomb.pattern)
+        self.patterns[tomb.pattern] = tomb
+        self._matchers[tomb.pattern] = matcher
+        self._max_pattern_ts = max(self._max_pattern_ts, tomb.ts)
+        changes: list[Change] = []
+        gone = [
+            key
+            for key, e in self.entries.items()
+            if (e.ts < tomb.ts or (e.ts == tomb.ts and e.origin <= tomb.origin))
+            and matcher.match(key)
+        ]
+        for key in gone:
+            e = self.entries.pop(key)
+            if e.value is not TOMBSTONE:
+                changes.append(
+                    Change(key, "invalidate", tomb.origin, tomb.ts, remote, tomb.pattern)
+                )
+        return changes
+
+    # ------------------------------------------------------------ anti-entropy
+    def changes_since(
+        self, marks: Mapping[str, int]
+    ) -> tuple[list[tuple[str, Entry]], list[PatternTombstone]]:
+        """Everything stamped above the peer's ``marks``: what it may lack."""
+        entries = [(k, e) for k, e in self.entries.items() if e.ts > marks.get(e.origin, -1)]
+        patterns = [p for p in self.patterns.values() if p.ts > marks.get(p.origin, -1)]
+        return entries, patterns
+
+    def full_state(self) -> tuple[list[tuple[str, Entry]], list[PatternTombstone]]:
+        """Every entry and pattern tombstone (for a peer that must resync)."""
+        return list(self.entries.items()), list(self.patterns.values())
+
+    def needs_full_state(self, marks: Mapping[str, int]) -> bool:
+        """True if a peer with ``marks`` may hold values deleted by collected tombstones."""
+        return any(marks.get(origin, -1) < ts for origin, ts in self.collected.items())
+
+    def ahead_of(self, marks: Mapping[str, int]) -> bool:
+        """True if this replica has writes a peer with ``marks`` has not covered."""
+        return any(ts > marks.get(origin, -1) for origin, ts in self.marks.items())
+
+    def advance_marks(self, marks: Mapping[str, int]) -> None:
+        """Raise marks to a peer's after merging everything it sent above ours."""
+        own = self.marks
+        for origin, ts in marks.items():
+            if ts > own.get(origin, -1):
+                own[origin] = ts
+
+    def advance_stream(self, origin: str, since: int, upto: int) -> bool:
+        """Raise ``origin``'s mark for a gap-free batch of its writes in ``(since, upto]``."""
+        if origin == self.node or self.marks.get(origin, -1) < since:
+            return False
+        if upto > self.marks.get(origin, -1):
+            self.marks[origin] = upto
+        return True
+
+    def forget_unlisted(self, listed: Iterable[str], marks: Mapping[str, int]) -> list[Change]:
+        """After a full-state transfer: drop entries the sender covers but no longer has.
+
+        Those were deleted on the sender and the tombstone collected since.
+        """
+        keep = set(listed)
+        gone = [
+            key
+            for key, e in self.entries.items()
+            if key not in keep and e.ts <= marks.get(e.origin, -1)
+        ]
+        changes = []
+        for key in gone:
+            e = self.entries.pop(key)
+            if e.value is not TOMBSTONE:
+                changes.append(Change(key, "delete", e.origin, e.ts, True))
+        return changes
+
+    # ---------------------------------------------------------------- locality
+    def evict(self, key: str) -> bool:
+        """Drop the value of ``key`` locally, keeping its stamp (never replicated)."""
+        e = self.entries.get(key)
+        if e is None or e.value is TOMBSTONE or e.value is NOT_HELD:
+            return False
+        self.entries[key] = Entry(NOT_HELD, e.ts, e.origin, e.expires)
+        return True
+
+    # -------------------------------------------------------------- collection
+    def collect(self, now: float) -> tuple[int, list[Change]]:
+        """Shrink expired values to tombstones, drop tombstones past the grace period.
+
+        Returns how many entries and patterns were dropped, and the expirations seen.
+        """
+        horizon_ts = int((now - self.tombstone_grace) * 1000) << LOGICAL_BITS
+        dropped = 0
+        expired: list[Change] = []
+        collected = self.collected
+        for key, e in list(self.entries.items()):
+            gone = e.value is TOMBSTONE
+            if e.expires is not None and e.expires <= now:
+                if not gone:
+                    expired.append(Change(key, "expire", e.origin, e.ts, False))
+                gone = True
+            if not gone:
+                continue
+            if e.ts <= horizon_ts:
+                del self.entries[key]
+                if e.ts > collected.get(e.origin, -1):
+                    collected[e.origin] = e.ts
+                dropped += 1
+            elif e.value is not TOMBSTONE:
+                self.entries[key] = Entry(TOMBSTONE, e.ts, e.origin, e.expires)
+        for pat, tomb in list(self.patterns.items()):
+            if tomb.ts <= horizon_ts:
+                del self.patterns[pat]
+                del self._matchers[pat]
+                if tomb.ts > collected.get(tomb.origin, -1):
+                    collected[tomb.origin] = tomb.ts
+                dropped += 1
+        if dropped:
+            self._max_pattern_ts = max((t.ts for t in self.patterns.values()), default=-1)
+        return dropped, expired
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+def _view(e: Entry) -> Any:
+    if e.value is TOMBSTONE or e.value is NOT_HELD:
+        return None
+    return decode_value(e.value)

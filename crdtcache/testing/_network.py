@@ -1,0 +1,358 @@
+"""A seeded, deterministic simulated network that drives real gossip engines.
+
+Theory of operation
+-------------------
+One event queue, ordered by (simulated time, sequence number), holds message
+deliveries and node ticks. Every random choice (loss, duplication, delay, which
+peer a gossip round picks) comes from one ``random.Random(seed)``, and nothing reads
+the real clock, so the same seed gives the same run, event for event.
+
+Faults: per-message loss and duplication, random delay (which reorders), partitions
+(sets of nodes that cannot reach each other, checked at send and at delivery), node
+crash and restart with its state kept or lost, and a per-node clock offset.
+
+The engines are the production :class:`~crdtcache.core.GossipEngine`: the simulator
+replaces sockets and clocks, never protocol logic. Messages can optionally travel
+through an encode/decode round trip (``codec``) to exercise the wire format too.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from crdtcache.core import (
+    Change,
+    GossipConfig,
+    GossipEngine,
+    HybridClock,
+    Message,
+    Outgoing,
+    Replica,
+    Resolver,
+    Stamp,
+    encode_value,
+)
+from crdtcache.core._entry import TOMBSTONE
+
+__all__ = ["NetworkStatistics", "SimNode", "SimulatedNetwork", "Write"]
+
+EPOCH = 1_700_000_000.0
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One write made through the simulator, for checking replicas against a model."""
+
+    node: str
+    key: str
+    value: Any
+    stamp: Stamp
+    expires: float | None
+    kind: Literal["set", "delete", "pattern"]
+
+
+@dataclass(slots=True)
+class NetworkStatistics:
+    """What the simulated network carried and dropped."""
+
+    sent: int = 0
+    delivered: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    blocked: int = 0
+    entries_delivered: int = 0
+
+
+@dataclass
+class SimNode:
+    """A node of the simulated network: an engine plus its fault state."""
+
+    id: str
+    engine: GossipEngine
+    clock_offset: float = 0.0
+    up: bool = True
+    changes: list[Change] = field(default_factory=list)
+
+    @property
+    def replica(self) -> Replica:
+        """The node's replica."""
+        return self.engine.replica
+
+
+class SimulatedNetwork:
+    """N gossip engines joined by a lossy, reordering, partitionable simulated network.
+
+    ``delay`` is a (min, max) range in seconds; ``loss`` and ``duplicate`` are
+    probabilities per message; ``clock_offsets`` maps node ids to seconds added to
+    their local clocks; ``tick`` is how often each node's engine is ticked.
+    """
+
+    def __init__(
+        self,
+        nodes: int | Iterable[str] = 3,
+        *,
+        seed: int = 0,
+        config: GossipConfig | None = None,
+        loss: float = 0.0,
+        duplicate: float = 0.0,
+        delay: tuple[float, float] = (0.001, 0.005),
+        tick: float = 0.005,
+        clock_offsets: Mapping[str, float] | None = None,
+        max_drift: float = 60.0,
+        tombstone_grace: float = 3600.0,
+        resolver: Resolver | None = None,
+        codec: Callable[[Message], Message] | None = None,
+        start: float = EPOCH,
+    ) -> None:
+        if not 0 <= loss < 1 or not 0 <= duplicate < 1:
+            raise ValueError("loss and duplicate are probabilities in [0, 1)")
+        if not 0 <= delay[0] <= delay[1]:
+            raise ValueError("delay must be a (min, max) range with 0 <= min <= max")
+        ids = [f"n{i}" for i in range(nodes)] if isinstance(nodes, int) else list(nodes)
+        self.rng = random.Random(seed)
+        self.seed = seed
+        self.config = config or GossipConfig()
+        self.loss = loss
+        self.duplicate = duplicate
+        self.delay = delay
+        self.tick_interval = tick
+        self.max_drift = max_drift
+        self.tombstone_grace = tombstone_grace
+        self.resolver = resolver
+        self.codec = codec
+        self.now = start
+        self.stats = NetworkStatistics()
+        self.writes: list[Write] = []
+        self._queue: list[tuple[float, int, str, Any]] = []
+        self._seq = 0
+        self._groups: list[frozenset[str]] | None = None
+        self.nodes: dict[str, SimNode] = {}
+        offsets = dict(clock_offsets or {})
+        for node_id in ids:
+            self.nodes[node_id] = SimNode(node_id, self._engine(node_id), offsets.get(node_id, 0.0))
+        for node in self.nodes.values():
+            for other in ids:
+                if other != node.id:
+                    self._send(node.id, node.engine.add_peer(other, self.local_time(node.id)))
+            self._schedule(self.now + self.rng.random() * tick, "tick", node.id)
+
+    def _engine(self, node_id: str, replica: Replica | None = None) -> GossipEngine:
+        if replica is None:
+            clock = HybridClock(node_id, max_drift=self.max_drift)
+            replica = Replica(clock, resolver=self.resolver, tombstone_grace=self.tombstone_grace)
+        return GossipEngine(replica, self.rng, self.config)
+
+    # ------------------------------------------------------------------ time
+    def local_time(self, node: str) -> float:
+        """The wall clock of ``node`` (simulated time plus its offset)."""
+        return self.now + self.nodes[node].clock_offset
+
+    def _schedule(self, when: float, kind: str, payload: Any) -> None:
+        self._seq += 1
+        heapq.heappush(self._queue, (when, self._seq, kind, payload))
+
+    def step(self) -> bool:
+        """Process the next event; False when nothing is scheduled."""
+        if not self._queue:
+            return False
+        when, _, kind, payload = heapq.heappop(self._queue)
+        self.now = max(self.now, when)
+        if kind == "tick":
+            node = self.nodes.get(payload)
+            if node is not None:
+                if node.up:
+                    self._send(node.id, node.engine.tick(self.local_time(node.id)))
+                    self._drain(node)
+                self._schedule(self.now + self.tick_interval, "tick", node.id)
+        else:
+            sender, receiver, message = payload
+            self._deliver(sender, receiver, message)
+        return True
+
+    def run(self, duration: float) -> None:
+        """Run for ``duration`` simulated seconds."""
+        end = self.now + duration
+        while self._queue and self._queue[0][0] <= end:
+            self.step()
+        self.now = end
+
+    def run_until(
+        self, done: Callable[[], bool], timeout: float, check_every: float = 0.001
+    ) -> float | None:
+        """Run until ``done()`` holds (checked every ``check_every`` s); return the time taken.
+
+        Returns None if ``timeout`` simulated seconds pass first.
+        """
+        start = self.now
+        while self.now - start < timeout:
+            if done():
+                return self.now - start
+            self.run(check_every)
+        return self.now - start if done() else None
+
+    # ------------------------------------------------------------- messages
+    def _send(self, sender: str, outgoing: Iterable[Outgoing]) -> None:
+        for peer, message in outgoing:
+            self.stats.sent += 1
+            if not self.reachable(sender, peer):
+                self.stats.blocked += 1
+                continue
+            if self.rng.random() < self.loss:
+                self.stats.lost += 1
+                continue
+            copies = 2 if self.rng.random() < self.duplicate else 1
+            self.stats.duplicated += copies - 1
+            for _ in range(copies):
+                lag = self.delay[0] + self.rng.random() * (self.delay[1] - self.delay[0])
+                self._schedule(self.now + lag, "msg", (sender, peer, message))
+
+    def _deliver(self, sender: str, receiver: str, message: Message) -> None:
+        node = self.nodes.get(receiver)
+        if node is None or not node.up or not self.reachable(sender, receiver):
+            self.stats.blocked += 1
+            return
+        if self.codec is not None:
+            message = self.codec(message)
+        self.stats.delivered += 1
+        self.stats.entries_delivered += len(getattr(message, "entries", ()))
+        self._send(receiver, node.engine.handle(sender, message, self.local_time(receiver)))
+        self._drain(node)
+
+    def _drain(self, node: SimNode) -> None:
+        node.changes.extend(node.engine.drain_changes())
+        node.engine.drain_peer_events()
+
+    # -------------------------------------------------------------- writes
+    def set(self, node: str, key: str, value: Any, ttl: float | None = None) -> Stamp:
+        """Write ``key`` on ``node`` (applied locally now, gossiped later)."""
+        n = self._live(node)
+        now = self.local_time(node)
+        expires = None if ttl is None else now + ttl
+        entry = n.engine.set(key, encode_value(key, value), now, expires)
+        self.writes.append(Write(node, key, value, entry.stamp, expires, "set"))
+        return entry.stamp
+
+    def delete(self, node: str, key: str) -> Stamp:
+        """Delete ``key`` on ``node``."""
+        n = self._live(node)
+        n.engine.delete(key, self.local_time(node))
+        entry = n.replica.entries[key]
+        self.writes.append(Write(node, key, None, entry.stamp, None, "delete"))
+        return entry.stamp
+
+    def invalidate_pattern(self, node: str, pattern: str) -> Stamp:
+        """Invalidate every key matching ``pattern``, from ``node``."""
+        n = self._live(node)
+        n.engine.invalidate_pattern(pattern, self.local_time(node))
+        tomb = n.replica.patterns[pattern]
+        self.writes.append(Write(node, pattern, None, tomb.stamp, None, "pattern"))
+        return tomb.stamp
+
+    def _live(self, node: str) -> SimNode:
+        n = self.nodes[node]
+        if not n.up:
+            raise RuntimeError(f"node {node} is down")
+        return n
+
+    # --------------------------------------------------------------- faults
+    def reachable(self, a: str, b: str) -> bool:
+        """True if the current partition lets ``a`` and ``b`` talk."""
+        if self._groups is None:
+            return True
+        return any(a in g and b in g for g in self._groups)
+
+    def partition(self, *groups: Iterable[str]) -> None:
+        """Split the network: nodes talk only within their group (unlisted: alone)."""
+        self._groups = [frozenset(g) for g in groups]
+
+    def isolate(self, node: str) -> None:
+        """Cut ``node`` off from every other node."""
+        others = [n for n in self.nodes if n != node]
+        self.partition([node], others)
+
+    def heal(self) -> None:
+        """Remove every partition."""
+        self._groups = None
+
+    def crash(self, node: str) -> None:
+        """Stop ``node``: it processes nothing and messages to it are lost."""
+        self.nodes[node].up = False
+
+    def restart(self, node: str, *, keep_state: bool = True) -> None:
+        """Restart a crashed ``node``, with its replica (as persisted) or with none.
+
+        Its unflushed deltas are lost either way (they live in memory); a restart that
+        keeps state keeps its clock's highest stamp, as persistence does. Without
+        state, the clock still resumes above its last stamp (the highest stamp is
+        persisted apart from the data), so stamps never go backwards.
+        """
+        n = self.nodes[node]
+        old = n.engine.replica
+        if keep_state:
+            replica = old
+        else:
+            clock = HybridClock(node, max_drift=self.max_drift, last_ts=old.clock.last_ts)
+            replica = Replica(clock, resolver=self.resolver, tombstone_grace=self.tombstone_grace)
+        n.engine = self._engine(node, replica)
+        n.up = True
+        for other in self.nodes:
+            if other != node:
+                self._send(node, n.engine.add_peer(other, self.local_time(node)))
+
+    # ------------------------------------------------------------- checking
+    def live_nodes(self) -> list[SimNode]:
+        """Nodes that are up."""
+        return [n for n in self.nodes.values() if n.up]
+
+    def view(self, node: str) -> dict[str, tuple[Any, Stamp]]:
+        """What ``node`` serves right now: key -> (value, stamp) of live entries."""
+        now = self.local_time(node)
+        return {k: (v, s) for k, (v, s, _) in self.nodes[node].replica.visible(now).items()}
+
+    def converged(self) -> bool:
+        """True when every live node serves the same keys, values and stamps."""
+        views = [self.view(n.id) for n in self.live_nodes()]
+        return all(v == views[0] for v in views[1:])
+
+    def has(self, key: str, stamp: Stamp) -> bool:
+        """True when every live node holds ``key`` at ``stamp`` or newer."""
+        for n in self.live_nodes():
+            e = n.replica.entries.get(key)
+            if e is None or (e.ts, e.origin) < (stamp.ts, stamp.node):
+                return False
+        return True
+
+    def expected(self, now: float | None = None) -> dict[str, tuple[Any, Stamp]]:
+        """The reference model: per key the greatest-stamped write, unless deleted,
+        covered by a later pattern invalidation, or expired at ``now``."""
+        now = self.now if now is None else now
+        best: dict[str, Write] = {}
+        patterns = [w for w in self.writes if w.kind == "pattern"]
+        for w in self.writes:
+            if w.kind == "pattern":
+                continue
+            cur = best.get(w.key)
+            if cur is None or w.stamp > cur.stamp:
+                best[w.key] = w
+        out: dict[str, tuple[Any, Stamp]] = {}
+        for key, w in best.items():
+            if w.kind == "delete" or (w.expires is not None and w.expires <= now):
+                continue
+            if any(p.stamp >= w.stamp and _glob(p.key, key) for p in patterns):
+                continue
+            out[key] = (w.value, w.stamp)
+        return out
+
+
+def _glob(pattern: str, key: str) -> bool:
+    import fnmatch
+
+    return fnmatch.fnmatchcase(key, pattern)
+
+
+# Re-exported for tests that look at raw entries.
+TOMBSTONE_MARKER = TOMBSTONE
