@@ -143,6 +143,8 @@ class PeerInfo:
     last_sent: float = 0.0
     #: Exchange id of our anti-entropy request in flight to this peer, if any.
     pulling: int | None = None
+    #: False while the driver reports no link to the peer: it gets no pushes.
+    linked: bool = True
 
 
 @dataclass(slots=True)
@@ -219,16 +221,35 @@ class GossipEngine:
             self._peer_event(PeerEvent(peer, DEAD, info.state))
             self._drop_acks(peer)
 
-    def peer_unreachable(self, peer: str, now: float) -> None:
-        """The driver lost its link to ``peer``: suspect it now rather than wait."""
+    def peer_reachable(self, peer: str, now: float) -> list[Outgoing]:
+        """The driver has a (new) link to ``peer``: catch up with it now."""
         info = self.peers.get(peer)
-        if info is not None and info.state == ALIVE:
+        if info is None:
+            return self.add_peer(peer, now)
+        info.linked = True
+        info.last_heard = now
+        if info.state != ALIVE:
+            self._set_state(info, ALIVE)
+        return self._pull(peer, now)
+
+    def peer_unreachable(self, peer: str, now: float) -> None:
+        """The driver lost its link to ``peer``: suspect it now rather than wait.
+
+        Until :meth:`peer_reachable` or a message from it, it is sent no pushes, and
+        write-through waits stop waiting for it.
+        """
+        info = self.peers.get(peer)
+        if info is None:
+            return
+        info.linked = False
+        info.pulling = None
+        self._drop_acks(peer)
+        if info.state == ALIVE:
             self._set_state(info, SUSPECT)
-            self._drop_acks(peer)
 
     def live_peers(self) -> list[str]:
-        """Ids of peers not considered dead."""
-        return [p.id for p in self.peers.values() if p.state != DEAD]
+        """Ids of peers not considered dead and not known to be unreachable."""
+        return [p.id for p in self.peers.values() if p.state != DEAD and p.linked]
 
     # ---------------------------------------------------------- local writes
     def set(self, key: str, stored: object, now: float, expires: float | None = None) -> Entry:
@@ -348,7 +369,11 @@ class GossipEngine:
         return chunks
 
     def _targets(self, exclude: Sequence[str]) -> list[str]:
-        live = [p.id for p in self.peers.values() if p.state != DEAD and p.id not in exclude]
+        live = [
+            p.id
+            for p in self.peers.values()
+            if p.state != DEAD and p.linked and p.id not in exclude
+        ]
         fanout = self.config.fanout
         if fanout is None or len(live) <= fanout:
             return live
@@ -388,6 +413,7 @@ class GossipEngine:
         if info is None:
             return self.add_peer(sender, now)
         info.last_heard = now
+        info.linked = True
         if info.state != ALIVE:
             self._set_state(info, ALIVE)
             # It was away: catch it (and us) up now rather than at the next round.

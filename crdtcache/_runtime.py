@@ -1,0 +1,60 @@
+"""What the cache needs from whatever moves its engine's messages.
+
+A runtime owns the event-loop side of one node: it ticks the engine, delivers its
+messages (over TCP for ``backend="p2p"``; nowhere for ``"memory"``) and reports
+what changed. The :class:`~crdtcache.Cache` talks to it only through this protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from crdtcache.core import Change, GossipEngine, PeerEvent
+
+__all__ = ["ChangeListener", "PeerListener", "Runtime"]
+
+ChangeListener = Callable[[list[Change]], None]
+PeerListener = Callable[[PeerEvent], None]
+
+
+class Runtime(Protocol):
+    """The event-loop side of one node (see module doc)."""
+
+    engine: GossipEngine
+
+    @property
+    def address(self) -> str | None:
+        """``host:port`` actually bound for peer traffic, or None without a network."""
+        ...
+
+    async def start(self) -> None:
+        """Start ticking (and listening, discovering) in the running loop."""
+        ...
+
+    async def close(self) -> None:
+        """Flush what is queued, then stop; idempotent."""
+        ...
+
+    def listen(self, on_changes: ChangeListener, on_peer: PeerListener) -> None:
+        """Register the callbacks that receive drained changes and peer events."""
+        ...
+
+    def wake(self) -> None:
+        """A local write was queued: make sure it is flushed within ``sync_interval``."""
+        ...
+
+    async def flush(self, *, ack: bool, timeout: float) -> frozenset[str]:
+        """Push queued deltas now; with ``ack``, wait until every live peer applied them.
+
+        Returns the peers that did not acknowledge within ``timeout`` (empty on success).
+        """
+        ...
+
+    async def fetch(self, keys: Sequence[str], timeout: float) -> None:
+        """Ask live peers for values this node does not hold; merged as they arrive."""
+        ...
+
+    def statistics(self) -> dict[str, Any]:
+        """Transport counters (bytes and frames sent/received, connections)."""
+        ...

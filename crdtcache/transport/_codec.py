@@ -1,0 +1,319 @@
+"""The wire format: gossip messages to and from msgpack frame bodies.
+
+Every body is one msgpack array ``[type, ...fields]``. Decoding is one bounded
+``msgpack.unpackb`` per frame (lengths capped by the frame size, ``strict_map_key``,
+ext types refused, never pickle), then a strict shape check of every field, so a
+decoded message is always well-formed. Anything else raises :class:`ProtocolError`.
+
+Entries travel as ``[key, kind, value, ts, origin, expires]`` where ``kind`` says how
+to read ``value``: a plain scalar, a packed list/dict (validated by
+:func:`~crdtcache.core.unpack_stored`), a tombstone, or a stub (value not held).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final, NoReturn
+
+import msgpack
+
+from crdtcache._errors import ProtocolError
+from crdtcache.core import (
+    MAX_KEY_CHARS,
+    MAX_VALUE_BYTES,
+    NOT_HELD,
+    TOMBSTONE,
+    Ack,
+    Entry,
+    Fetch,
+    FetchReply,
+    Message,
+    Packed,
+    PatternTombstone,
+    Ping,
+    Push,
+    SyncRequest,
+    SyncResponse,
+    unpack_stored,
+)
+from crdtcache.transport._framing import MAX_FRAME_BYTES
+
+__all__ = [
+    "MAX_NODE_ID_CHARS",
+    "PROTOCOL_VERSION",
+    "Bye",
+    "Hello",
+    "PeerList",
+    "WireMessage",
+    "decode",
+    "encode",
+]
+
+#: Version of this wire format, checked in the hello.
+PROTOCOL_VERSION: Final = 1
+#: Longest node id or cluster name accepted.
+MAX_NODE_ID_CHARS: Final = 128
+#: Most entries, keys or marks one message may carry.
+MAX_ITEMS: Final = 1 << 16
+
+_HELLO, _PUSH, _ACK, _SYNC_REQ, _SYNC_RESP, _PING, _FETCH, _FETCH_REPLY, _BYE, _PEERS = range(1, 11)
+_PLAIN, _PACKED, _TOMB, _STUB = range(4)
+_MAX_TS: Final = (1 << 63) - 1
+_SCALAR_TYPES: Final = (type(None), bool, int, float, str, bytes)
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """The first frame each side sends: who it is and what it speaks.
+
+    ``incarnation`` changes every time a node starts, so a peer can tell a restarted
+    node's new connection from a stale one. ``port`` is where the node listens.
+    """
+
+    version: int
+    cluster: str
+    node: str
+    port: int
+    incarnation: int
+
+
+@dataclass(frozen=True, slots=True)
+class Bye:
+    """A clean goodbye: the sender is shutting down, not failing."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerList:
+    """Peers the sender is connected to, ``(node id, host, port)``: a full mesh forms
+    from a single seed. Addresses are hints; each still has to pass the handshake."""
+
+    peers: tuple[tuple[str, str, int], ...]
+
+
+WireMessage = Message | Hello | Bye | PeerList
+
+
+# ------------------------------------------------------------------ encoding
+def _entry(key: str, e: Entry) -> list[Any]:
+    v = e.value
+    if v is TOMBSTONE:
+        return [key, _TOMB, None, e.ts, e.origin, e.expires]
+    if v is NOT_HELD:
+        return [key, _STUB, None, e.ts, e.origin, e.expires]
+    if type(v) is Packed:
+        return [key, _PACKED, bytes(v), e.ts, e.origin, e.expires]
+    return [key, _PLAIN, v, e.ts, e.origin, e.expires]
+
+
+def _entries(entries: tuple[tuple[str, Entry], ...]) -> list[list[Any]]:
+    return [_entry(k, e) for k, e in entries]
+
+
+def _patterns(patterns: tuple[PatternTombstone, ...]) -> list[list[Any]]:
+    return [[p.pattern, p.ts, p.origin] for p in patterns]
+
+
+def encode(message: WireMessage) -> bytes:
+    """Encode one message as a frame body (without the length prefix)."""
+    m = message
+    body: list[Any]
+    if isinstance(m, Push):
+        body = [_PUSH, _entries(m.entries), _patterns(m.patterns), m.origin, m.since, m.upto]
+        body += [m.hops, m.ack]
+    elif isinstance(m, SyncResponse):
+        body = [_SYNC_RESP, m.exchange, m.part, m.parts, _entries(m.entries)]
+        body += [_patterns(m.patterns), dict(m.marks), m.full]
+    elif isinstance(m, SyncRequest):
+        body = [_SYNC_REQ, m.exchange, dict(m.marks)]
+    elif isinstance(m, Ack):
+        body = [_ACK, m.ack]
+    elif isinstance(m, Ping):
+        body = [_PING, m.seq]
+    elif isinstance(m, Fetch):
+        body = [_FETCH, m.request, list(m.keys)]
+    elif isinstance(m, FetchReply):
+        body = [_FETCH_REPLY, m.request, _entries(m.entries)]
+    elif isinstance(m, Hello):
+        body = [_HELLO, m.version, m.cluster, m.node, m.port, m.incarnation]
+    elif isinstance(m, Bye):
+        body = [_BYE]
+    elif isinstance(m, PeerList):
+        body = [_PEERS, [list(p) for p in m.peers]]
+    else:
+        raise TypeError(f"cannot encode {type(m).__name__}")
+    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    return packed
+
+
+# ------------------------------------------------------------------ decoding
+def _bad(what: str) -> NoReturn:
+    raise ProtocolError(f"malformed message: {what}")
+
+
+def _ext_refused(code: int, data: bytes) -> NoReturn:
+    raise ProtocolError(f"msgpack ext type {code} refused")
+
+
+def _int(v: object, what: str, lo: int = 0, hi: int = _MAX_TS) -> int:
+    if type(v) is not int or not lo <= v <= hi:
+        _bad(f"{what} must be an int in [{lo}, {hi}]")
+    return v
+
+
+def _str(v: object, what: str, limit: int = MAX_NODE_ID_CHARS) -> str:
+    if type(v) is not str or not v or len(v) > limit:
+        _bad(f"{what} must be a non-empty str of at most {limit} characters")
+    return v
+
+
+def _list(v: object, what: str) -> list[Any]:
+    if type(v) is not list or len(v) > MAX_ITEMS:
+        _bad(f"{what} must be a list of at most {MAX_ITEMS} items")
+    return v
+
+
+def _dec_entry(raw: object) -> tuple[str, Entry]:
+    if type(raw) is not list or len(raw) != 6:
+        _bad("an entry must be a 6-item list")
+    key, kind, value, ts, origin, expires = raw
+    key = _str(key, "entry key", MAX_KEY_CHARS)
+    ts = _int(ts, "entry stamp")
+    origin = _str(origin, "entry origin")
+    if expires is not None and type(expires) not in (float, int):
+        _bad("entry expiry must be a number or nil")
+    stored: object
+    if kind == _PLAIN:
+        if type(value) not in _SCALAR_TYPES:
+            _bad("plain value of a wrong type")
+        if type(value) in (str, bytes) and len(value) > MAX_VALUE_BYTES:
+            _bad("value over MAX_VALUE_BYTES")
+        stored = value
+    elif kind == _PACKED:
+        if type(value) is not bytes:
+            _bad("packed value must be bin")
+        try:
+            stored = unpack_stored(value)
+        except ValueError as exc:
+            _bad(str(exc))
+    elif kind == _TOMB and value is None:
+        stored = TOMBSTONE
+    elif kind == _STUB and value is None:
+        stored = NOT_HELD
+    else:
+        _bad(f"unknown entry kind {kind!r}")
+    return key, Entry(stored, ts, origin, None if expires is None else float(expires))
+
+
+def _dec_entries(raw: object) -> tuple[tuple[str, Entry], ...]:
+    return tuple(_dec_entry(x) for x in _list(raw, "entries"))
+
+
+def _dec_patterns(raw: object) -> tuple[PatternTombstone, ...]:
+    out = []
+    for p in _list(raw, "patterns"):
+        if type(p) is not list or len(p) != 3:
+            _bad("a pattern tombstone must be a 3-item list")
+        pattern = _str(p[0], "pattern", MAX_KEY_CHARS)
+        out.append(PatternTombstone(pattern, _int(p[1], "pattern stamp"), _str(p[2], "origin")))
+    return tuple(out)
+
+
+def _dec_marks(raw: object) -> Mapping[str, int]:
+    if type(raw) is not dict or len(raw) > MAX_ITEMS:
+        _bad("marks must be a map")
+    return {_str(k, "mark origin"): _int(v, "mark", -1) for k, v in raw.items()}
+
+
+def _arity(body: list[Any], n: int, name: str) -> None:
+    if len(body) != n:
+        _bad(f"{name} must have {n - 1} fields")
+
+
+def decode(body: bytes, max_bytes: int = MAX_FRAME_BYTES) -> WireMessage:
+    """Decode and validate one frame body; raise :class:`ProtocolError` on anything wrong."""
+    if len(body) > max_bytes:
+        _bad("frame over the size limit")
+    try:
+        obj = msgpack.unpackb(
+            body,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            max_str_len=max_bytes,
+            max_bin_len=max_bytes,
+            max_array_len=MAX_ITEMS,
+            max_map_len=MAX_ITEMS,
+            max_ext_len=0,
+            ext_hook=_ext_refused,
+        )
+    except ProtocolError:
+        raise
+    except Exception as exc:  # msgpack's errors (and UnicodeDecodeError): all junk
+        raise ProtocolError(f"undecodable frame: {type(exc).__name__}: {exc}") from exc
+    if type(obj) is not list or not obj or type(obj[0]) is not int:
+        _bad("a frame must be a list starting with a message type")
+    kind = obj[0]
+    if kind == _PUSH:
+        _arity(obj, 8, "push")
+        origin = None if obj[3] is None else _str(obj[3], "push origin")
+        return Push(
+            _dec_entries(obj[1]),
+            _dec_patterns(obj[2]),
+            origin,
+            _int(obj[4], "since", -1),
+            _int(obj[5], "upto", -1),
+            _int(obj[6], "hops", 0, 255),
+            _int(obj[7], "ack"),
+        )
+    if kind == _SYNC_RESP:
+        _arity(obj, 8, "sync response")
+        parts = _int(obj[3], "parts", 1, MAX_ITEMS)
+        if type(obj[7]) is not bool:
+            _bad("full must be a bool")
+        return SyncResponse(
+            _int(obj[1], "exchange"),
+            _int(obj[2], "part", 0, parts - 1),
+            parts,
+            _dec_entries(obj[4]),
+            _dec_patterns(obj[5]),
+            _dec_marks(obj[6]),
+            obj[7],
+        )
+    if kind == _SYNC_REQ:
+        _arity(obj, 3, "sync request")
+        return SyncRequest(_int(obj[1], "exchange"), _dec_marks(obj[2]))
+    if kind == _ACK:
+        _arity(obj, 2, "ack")
+        return Ack(_int(obj[1], "ack"))
+    if kind == _PING:
+        _arity(obj, 2, "ping")
+        return Ping(_int(obj[1], "seq"))
+    if kind == _FETCH:
+        _arity(obj, 3, "fetch")
+        keys = tuple(_str(k, "key", MAX_KEY_CHARS) for k in _list(obj[2], "keys"))
+        return Fetch(_int(obj[1], "request"), keys)
+    if kind == _FETCH_REPLY:
+        _arity(obj, 3, "fetch reply")
+        return FetchReply(_int(obj[1], "request"), _dec_entries(obj[2]))
+    if kind == _HELLO:
+        _arity(obj, 6, "hello")
+        return Hello(
+            _int(obj[1], "version", 0, 1 << 16),
+            _str(obj[2], "cluster"),
+            _str(obj[3], "node id"),
+            _int(obj[4], "port", 0, 65535),
+            _int(obj[5], "incarnation"),
+        )
+    if kind == _BYE:
+        _arity(obj, 1, "bye")
+        return Bye()
+    if kind == _PEERS:
+        _arity(obj, 2, "peer list")
+        peers = []
+        for p in _list(obj[1], "peers"):
+            if type(p) is not list or len(p) != 3:
+                _bad("a peer must be [node, host, port]")
+            peers.append((_str(p[0], "node id"), _str(p[1], "host"), _int(p[2], "port", 1, 65535)))
+        return PeerList(tuple(peers))
+    _bad(f"unknown message type {kind}")
