@@ -75,6 +75,7 @@ class SimNode:
     engine: GossipEngine
     clock_offset: float = 0.0
     up: bool = True
+    generation: int = 0
     changes: list[Change] = field(default_factory=list)
 
     @property
@@ -131,9 +132,12 @@ class SimulatedNetwork:
         self._seq = 0
         self._groups: list[frozenset[str]] | None = None
         self.nodes: dict[str, SimNode] = {}
+        # Engine node id -> simulated node (they differ after a restart that lost state).
+        self._route: dict[str, str] = {}
         offsets = dict(clock_offsets or {})
         for node_id in ids:
             self.nodes[node_id] = SimNode(node_id, self._engine(node_id), offsets.get(node_id, 0.0))
+            self._route[node_id] = node_id
         for node in self.nodes.values():
             for other in ids:
                 if other != node.id:
@@ -169,8 +173,8 @@ class SimulatedNetwork:
                     self._drain(node)
                 self._schedule(self.now + self.tick_interval, "tick", node.id)
         else:
-            sender, receiver, message = payload
-            self._deliver(sender, receiver, message)
+            sender, sender_id, receiver, message = payload
+            self._deliver(sender, sender_id, receiver, message)
         return True
 
     def run(self, duration: float) -> None:
@@ -196,8 +200,10 @@ class SimulatedNetwork:
 
     # ------------------------------------------------------------- messages
     def _send(self, sender: str, outgoing: Iterable[Outgoing]) -> None:
-        for peer, message in outgoing:
+        sender_id = self.nodes[sender].engine.node
+        for peer_id, message in outgoing:
             self.stats.sent += 1
+            peer = self._route.get(peer_id, peer_id)
             if not self.reachable(sender, peer):
                 self.stats.blocked += 1
                 continue
@@ -208,9 +214,9 @@ class SimulatedNetwork:
             self.stats.duplicated += copies - 1
             for _ in range(copies):
                 lag = self.delay[0] + self.rng.random() * (self.delay[1] - self.delay[0])
-                self._schedule(self.now + lag, "msg", (sender, peer, message))
+                self._schedule(self.now + lag, "msg", (sender, sender_id, peer, message))
 
-    def _deliver(self, sender: str, receiver: str, message: Message) -> None:
+    def _deliver(self, sender: str, sender_id: str, receiver: str, message: Message) -> None:
         node = self.nodes.get(receiver)
         if node is None or not node.up or not self.reachable(sender, receiver):
             self.stats.blocked += 1
@@ -219,7 +225,7 @@ class SimulatedNetwork:
             message = self.codec(message)
         self.stats.delivered += 1
         self.stats.entries_delivered += len(getattr(message, "entries", ()))
-        self._send(receiver, node.engine.handle(sender, message, self.local_time(receiver)))
+        self._send(receiver, node.engine.handle(sender_id, message, self.local_time(receiver)))
         self._drain(node)
 
     def _drain(self, node: SimNode) -> None:
@@ -286,22 +292,27 @@ class SimulatedNetwork:
         """Restart a crashed ``node``, with its replica (as persisted) or with none.
 
         Its unflushed deltas are lost either way (they live in memory); a restart that
-        keeps state keeps its clock's highest stamp, as persistence does. Without
-        state, the clock still resumes above its last stamp (the highest stamp is
-        persisted apart from the data), so stamps never go backwards.
+        keeps state keeps its clock's highest stamp, as persistence does. A restart
+        without state comes back under a new engine node id (``"n1~1"``): a node that
+        lost its data must never speak for its earlier writes (its marks would claim
+        writes it no longer holds), which is also what ``Cache`` does without
+        ``persist_path``. The simulated node keeps its name for the caller.
         """
         n = self.nodes[node]
         old = n.engine.replica
         if keep_state:
             replica = old
         else:
-            clock = HybridClock(node, max_drift=self.max_drift, last_ts=old.clock.last_ts)
+            n.generation += 1
+            new_id = f"{node}~{n.generation}"
+            clock = HybridClock(new_id, max_drift=self.max_drift, last_ts=old.clock.last_ts)
             replica = Replica(clock, resolver=self.resolver, tombstone_grace=self.tombstone_grace)
+            self._route[new_id] = node
         n.engine = self._engine(node, replica)
         n.up = True
-        for other in self.nodes:
-            if other != node:
-                self._send(node, n.engine.add_peer(other, self.local_time(node)))
+        for other in self.nodes.values():
+            if other.id != node:
+                self._send(node, n.engine.add_peer(other.engine.node, self.local_time(node)))
 
     # ------------------------------------------------------------- checking
     def live_nodes(self) -> list[SimNode]:

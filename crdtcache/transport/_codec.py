@@ -167,6 +167,12 @@ def _str(v: object, what: str, limit: int = MAX_NODE_ID_CHARS) -> str:
     return v
 
 
+def _key(v: object) -> str:
+    if type(v) is not str or len(v) > MAX_KEY_CHARS:
+        _bad(f"a key must be a str of at most {MAX_KEY_CHARS} characters")
+    return v
+
+
 def _list(v: object, what: str) -> list[Any]:
     if type(v) is not list or len(v) > MAX_ITEMS:
         _bad(f"{what} must be a list of at most {MAX_ITEMS} items")
@@ -177,7 +183,7 @@ def _dec_entry(raw: object) -> tuple[str, Entry]:
     if type(raw) is not list or len(raw) != 6:
         _bad("an entry must be a 6-item list")
     key, kind, value, ts, origin, expires = raw
-    key = _str(key, "entry key", MAX_KEY_CHARS)
+    key = _key(key)
     ts = _int(ts, "entry stamp")
     origin = _str(origin, "entry origin")
     if expires is not None and type(expires) not in (float, int):
@@ -291,7 +297,7 @@ def decode(body: bytes, max_bytes: int = MAX_FRAME_BYTES) -> WireMessage:
         return Ping(_int(obj[1], "seq"))
     if kind == _FETCH:
         _arity(obj, 3, "fetch")
-        keys = tuple(_str(k, "key", MAX_KEY_CHARS) for k in _list(obj[2], "keys"))
+        keys = tuple(_key(k) for k in _list(obj[2], "keys"))
         return Fetch(_int(obj[1], "request"), keys)
     if kind == _FETCH_REPLY:
         _arity(obj, 3, "fetch reply")

@@ -391,7 +391,7 @@ class Node:
             new.send(encode(PeerList(known)))
         if new.peer_port and new.peer is not None:
             about_new = encode(PeerList(((new.peer, new.remote_host, new.peer_port),)))
-            for peer, c in self._conns.items():
+            for _peer, c in self._conns.items():
                 if c is not new:
                     c.send(about_new)
 

@@ -1,0 +1,162 @@
+"""Frames and the wire codec: round trips, and junk refused with ProtocolError."""
+
+from __future__ import annotations
+
+import contextlib
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from crdtcache import ProtocolError
+from crdtcache.core import (
+    NOT_HELD,
+    TOMBSTONE,
+    Ack,
+    Entry,
+    Fetch,
+    FetchReply,
+    PatternTombstone,
+    Ping,
+    Push,
+    SyncRequest,
+    SyncResponse,
+    encode_value,
+)
+from crdtcache.transport import (
+    Bye,
+    FrameDecoder,
+    FrameTooLarge,
+    Hello,
+    decode,
+    encode,
+    encode_frame,
+)
+from crdtcache.transport._codec import PeerList
+
+keys = st.text(min_size=0, max_size=20)
+node_ids = st.text(min_size=1, max_size=12)
+scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text() | st.binary()
+values = st.recursive(
+    scalars | st.floats(allow_nan=False),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=10,
+)
+
+
+@st.composite
+def entries(draw: st.DrawFn) -> tuple[str, Entry]:
+    key = draw(keys)
+    kind = draw(st.sampled_from(["value", "tomb", "stub"]))
+    stored = {"value": lambda: encode_value(key, draw(values)), "tomb": lambda: TOMBSTONE}.get(
+        kind, lambda: NOT_HELD
+    )()
+    expires = draw(st.none() | st.floats(0, 2e9))
+    return key, Entry(stored, draw(st.integers(0, 2**62)), draw(node_ids), expires)
+
+
+patterns = st.builds(PatternTombstone, st.text(min_size=1), st.integers(0, 2**62), node_ids)
+marks = st.dictionaries(node_ids, st.integers(-1, 2**62), max_size=5)
+messages = st.one_of(
+    st.builds(
+        Push,
+        st.lists(entries(), max_size=5).map(tuple),
+        st.lists(patterns, max_size=3).map(tuple),
+        st.none() | node_ids,
+        st.integers(-1, 2**40),
+        st.integers(-1, 2**40),
+        st.integers(0, 255),
+        st.integers(0, 2**40),
+    ),
+    st.builds(Ack, st.integers(0, 2**40)),
+    st.builds(Ping, st.integers(0, 2**40)),
+    st.builds(SyncRequest, st.integers(0, 2**40), marks),
+    st.builds(
+        lambda ex, ents, pats, mk, full: SyncResponse(ex, 0, 1, ents, pats, mk, full),
+        st.integers(0, 2**40),
+        st.lists(entries(), max_size=5).map(tuple),
+        st.lists(patterns, max_size=3).map(tuple),
+        marks,
+        st.booleans(),
+    ),
+    st.builds(Fetch, st.integers(0, 2**40), st.lists(keys, max_size=5).map(tuple)),
+    st.builds(FetchReply, st.integers(0, 2**40), st.lists(entries(), max_size=5).map(tuple)),
+    st.builds(Hello, st.integers(0, 9), node_ids, node_ids, st.integers(0, 65535), st.integers(0)),
+    st.just(Bye()),
+    st.builds(
+        PeerList,
+        st.lists(st.tuples(node_ids, node_ids, st.integers(1, 65535)), max_size=3).map(tuple),
+    ),
+)
+
+
+@given(messages)
+def test_every_message_round_trips(message: object) -> None:
+    assert decode(encode(message)) == message  # type: ignore[arg-type]
+
+
+@given(st.lists(st.binary(max_size=50), max_size=8), st.integers(1, 7))
+def test_frame_decoder_reassembles_any_split(bodies: list[bytes], step: int) -> None:
+    stream = b"".join(encode_frame(b) for b in bodies)
+    decoder = FrameDecoder()
+    out: list[bytes] = []
+    for i in range(0, len(stream), step):
+        out += decoder.feed(stream[i : i + step])
+    assert out == bodies
+    assert decoder.buffered == 0
+
+
+def test_frame_decoder_refuses_oversized_header_before_body() -> None:
+    decoder = FrameDecoder(max_bytes=100)
+    with pytest.raises(FrameTooLarge):
+        decoder.feed((101).to_bytes(4, "big"))  # no body sent at all
+
+
+def test_encode_frame_refuses_oversized_body() -> None:
+    with pytest.raises(ValueError, match="exceeds"):
+        encode_frame(b"x" * 11, max_bytes=10)
+
+
+JUNK = {
+    "empty": b"",
+    "garbage": b"\xc1\xff\x00garbage",
+    "truncated msgpack": msgpack.packb([2, [], []])[:-1],
+    "not a list": msgpack.packb({"type": 2}),
+    "unknown type": msgpack.packb([99, 1]),
+    "wrong arity": msgpack.packb([3]),
+    "negative ack": msgpack.packb([3, -5]),
+    "ext type": msgpack.packb([msgpack.ExtType(1, b"x")]),
+    "bad entry": msgpack.packb(
+        [2, [["k", 0, {"not": "scalar"}, 1, "n", None]], [], None, 1, 2, 0, 0]
+    ),
+    "bad packed value": msgpack.packb([2, [["k", 1, b"\xc1", 1, "n", None]], [], None, 1, 2, 0, 0]),
+    "unknown entry kind": msgpack.packb([2, [["k", 9, None, 1, "n", None]], [], None, 1, 2, 0, 0]),
+    "int map key": msgpack.packb([4, 1, {1: 2}]),
+    "oversized key": msgpack.packb([7, 1, ["k" * 5000]]),
+    "invalid utf8": b"\x92\x06\xa2\xff\xfe",
+    "part out of range": msgpack.packb([5, 1, 3, 2, [], [], {}, False]),
+    "stamp too big": msgpack.packb([2, [["k", 0, 1, 2**64 - 1, "n", None]], [], None, 1, 2, 0, 0]),
+}
+
+
+@pytest.mark.parametrize("body", JUNK.values(), ids=JUNK.keys())
+def test_junk_is_a_protocol_error(body: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        decode(body)
+
+
+def test_decode_refuses_a_body_over_the_limit() -> None:
+    with pytest.raises(ProtocolError, match="size limit"):
+        decode(encode(Ping(1)) + b"\x00" * 100, max_bytes=10)
+
+
+def test_encode_refuses_foreign_objects() -> None:
+    with pytest.raises(TypeError):
+        encode(object())  # type: ignore[arg-type]
+
+
+@given(st.binary(max_size=200))
+def test_decoder_never_raises_anything_but_protocol_error(body: bytes) -> None:
+    with contextlib.suppress(ProtocolError):
+        decode(body)
