@@ -157,14 +157,14 @@ async def test_a_peer_that_never_reads_cannot_grow_memory() -> None:
     node = Node(make_engine("sender"), send_buffer=64 << 10)
     await node.start()
     try:
-        reader, writer = await _open(node)
+        _reader, writer = await _open(node)
         writer.write(_hello("sluggish"))
         await writer.drain()
         await wait_for(lambda: "sluggish" in node.connected_peers())
         for i in range(400):  # ~40 MB offered to a peer that reads nothing
             node.engine.set(f"big{i}", b"x" * 100_000, time.time())
             await node.flush(ack=False, timeout=0)
-        conn = node._conns["sluggish"]  # noqa: SLF001 - inspecting the bound
+        conn = node._conns["sluggish"]
         assert conn.dropped > 0
         assert conn.buffered() < (64 << 10) + 4 * 100_200  # the limit plus in-flight frames
         writer.close()
