@@ -34,6 +34,7 @@ Four mechanisms, each enough for one job:
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -104,6 +105,8 @@ class GossipConfig:
     max_message_entries: int = 4096
     max_message_bytes: int = 1 << 20
     on_demand: bool = False
+    #: Epidemic mode: how many flushes relay each new item; None = ceil(log2(N + 1) / 2).
+    retransmits: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("sync_interval", "anti_entropy_interval", "heartbeat_interval", "gc_interval"):
@@ -143,6 +146,8 @@ class PeerInfo:
     last_sent: float = 0.0
     #: Exchange id of our anti-entropy request in flight to this peer, if any.
     pulling: int | None = None
+    #: When that request was sent or last answered in part (to expire a lost one).
+    pull_activity: float = 0.0
     #: False while the driver reports no link to the peer: it gets no pushes.
     linked: bool = True
 
@@ -192,8 +197,13 @@ class GossipEngine:
         # Our pushes chain: each holds all our writes stamped in (previous upto, upto].
         self._stream_upto = replica.marks.get(replica.node, -1)
         self._next_flush = 0.0
-        self._next_sync = 0.0
+        # Drawn at the first tick, so that nodes started together do not sync in step.
+        self._next_sync: float | None = None
         self._next_gc = 0.0
+        self._next_membership = 0.0
+        # Epidemic mode: items to relay on the next flushes, with the sends left.
+        self._relay: dict[str, tuple[Entry, int]] = {}
+        self._relay_patterns: dict[str, tuple[PatternTombstone, int]] = {}
         self._exchange_seq = 0
         self._inbound: dict[tuple[str, int], _Inbound] = {}
         self._ack_seq = 0
@@ -295,7 +305,7 @@ class GossipEngine:
         """
         self._next_flush = now + self.config.sync_interval
         if not self._pending and not self._pending_patterns:
-            return [], 0
+            return self._retransmit(now), 0
         entries = list(self._pending.items())
         patterns = self._pending_patterns
         self._pending = {}
@@ -329,7 +339,52 @@ class GossipEngine:
         self._stream_upto = since
         self.stats.pushes_sent += len(out)
         self.stats.entries_pushed += len(entries) * len(targets)
+        if self.config.fanout is not None:
+            self._queue_relay(entries, patterns, already_sent=True)
+            out += self._retransmit(now)
         return out, ack_id
+
+    def _retransmits(self) -> int:
+        if self.config.retransmits is not None:
+            return self.config.retransmits
+        # Each node relays an item to ``fanout`` peers on this many flushes: the share
+        # of nodes an "infect once" epidemic misses (about e^-fanout) drops to about
+        # e^-(fanout * retransmits), while rounds stay logarithmic in N.
+        return max(1, math.ceil(math.log2(len(self.peers) + 1) / 2))
+
+    def _queue_relay(
+        self,
+        entries: Sequence[tuple[str, Entry]],
+        patterns: Sequence[PatternTombstone],
+        *,
+        already_sent: bool,
+    ) -> None:
+        sends = self._retransmits() - already_sent
+        if sends <= 0:
+            return
+        for key, entry in entries:
+            self._relay[key] = (entry, sends)
+        for tomb in patterns:
+            self._relay_patterns[tomb.pattern] = (tomb, sends)
+
+    def _retransmit(self, now: float) -> list[Outgoing]:
+        """Epidemic mode: send queued relays to ``fanout`` random peers, once per flush."""
+        if not self._relay and not self._relay_patterns:
+            return []
+        entries = [(k, e) for k, (e, _) in self._relay.items()]
+        patterns = [t for t, _ in self._relay_patterns.values()]
+        self._relay = {k: (e, n - 1) for k, (e, n) in self._relay.items() if n > 1}
+        self._relay_patterns = {
+            p: (t, n - 1) for p, (t, n) in self._relay_patterns.items() if n > 1
+        }
+        out: list[Outgoing] = []
+        for chunk_entries, chunk_patterns in self._chunk(entries, patterns):
+            relay = Push(tuple(chunk_entries), tuple(chunk_patterns), None, -1, -1, 1, 0)
+            for peer in self._targets(exclude=()):
+                out.append(Outgoing(peer, relay))
+                self.peers[peer].last_sent = now
+        self.stats.relays_sent += len(out)
+        return out
 
     def unacked(self, ack_id: int) -> frozenset[str]:
         """Peers that have not yet acknowledged push ``ack_id`` (empty when done)."""
@@ -464,9 +519,16 @@ class GossipEngine:
 
     def _on_push(self, sender: str, m: Push, now: float) -> list[Outgoing]:
         fresh, fresh_patterns, ok = self._merge(sender, m.entries, m.patterns, now)
-        if ok and m.origin is not None and m.origin == sender:
-            self.replica.advance_stream(m.origin, m.since, m.upto)
         out: list[Outgoing] = []
+        if (
+            ok
+            and m.origin is not None
+            and m.origin == sender
+            and not self.replica.advance_stream(m.origin, m.since, m.upto)
+        ):
+            # A gap: an earlier push from the sender was lost. Ask it for what we
+            # miss now instead of waiting for the next anti-entropy round.
+            out += self._pull(sender, now)
         if m.ack:
             out.append(Outgoing(sender, Ack(m.ack)))
         if (
@@ -474,18 +536,31 @@ class GossipEngine:
             and (fresh or fresh_patterns)
             and m.hops < self.config.max_hops
         ):
+            # Relay at once (one round saved), then on the next flushes (_retransmit).
             relay = Push(tuple(fresh), tuple(fresh_patterns), None, -1, -1, m.hops + 1, 0)
+            sent = 0
             for peer in self._targets(exclude=(sender,)):
                 out.append(Outgoing(peer, relay))
                 self.peers[peer].last_sent = now
-            self.stats.relays_sent += len(out) - (1 if m.ack else 0)
+                sent += 1
+            self.stats.relays_sent += sent
+            self._queue_relay(fresh, fresh_patterns, already_sent=True)
         return out
 
     # ----------------------------------------------------------- anti-entropy
-    def _pull(self, peer: str, now: float) -> list[Outgoing]:
+    def _pulling(self) -> bool:
+        return any(p.pulling is not None for p in self.peers.values())
+
+    def _pull(self, peer: str, now: float, *, force: bool = False) -> list[Outgoing]:
+        # One anti-entropy pull in flight at a time: a rejoining node would otherwise
+        # receive the same catch-up from every peer at once, and a slow answer would
+        # be asked for again by the next timer.
+        if not force and self._pulling():
+            return []
         info = self.peers[peer]
         self._exchange_seq += 1
         info.pulling = self._exchange_seq
+        info.pull_activity = now
         info.last_sent = now
         self.stats.sync_requests_sent += 1
         return [Outgoing(peer, SyncRequest(self._exchange_seq, dict(self.replica.marks)))]
@@ -494,7 +569,7 @@ class GossipEngine:
         """Start an anti-entropy exchange with ``peer`` now."""
         if peer not in self.peers:
             raise KeyError(peer)
-        return self._pull(peer, now)
+        return self._pull(peer, now, force=True)
 
     def _on_sync_request(self, sender: str, m: SyncRequest, now: float) -> list[Outgoing]:
         replica = self.replica
@@ -529,6 +604,9 @@ class GossipEngine:
         if m.part in state.seen:
             return []  # a duplicate: merging again would be harmless, but skip the work
         state.seen.add(m.part)
+        info = self.peers.get(sender)
+        if info is not None and info.pulling == m.exchange:
+            info.pull_activity = now
         _, _, ok = self._merge(sender, m.entries, m.patterns, now)
         state.ok = state.ok and ok
         if state.listed is not None:
@@ -536,7 +614,6 @@ class GossipEngine:
         if len(state.seen) < state.parts:
             return []
         del self._inbound[key]
-        info = self.peers.get(sender)
         if info is not None and info.pulling == m.exchange:
             info.pulling = None
         if state.ok:
@@ -569,18 +646,19 @@ class GossipEngine:
         out: list[Outgoing] = []
         if now >= self._next_flush:
             out += self.flush(now)[0]
+        if now >= self._next_membership:
+            # Membership moves at heartbeat pace; checking it every tick is wasted work.
+            self._next_membership = now + cfg.heartbeat_interval / 2
+            out += self._check_membership(now)
+        # A request (or answer) lost on the way must not block anti-entropy for long:
+        # a pull with no progress for most of an interval is given up before the next.
+        quiet = 0.9 * cfg.anti_entropy_interval
         for info in self.peers.values():
-            silent = now - info.last_heard
-            if info.state == ALIVE and silent > cfg.suspect_after:
-                self._set_state(info, SUSPECT)
-            if info.state == SUSPECT and silent > cfg.dead_after:
-                self._set_state(info, DEAD)
-                self._drop_acks(info.id)
-            interval = cfg.heartbeat_interval * (4 if info.state == DEAD else 1)
-            if now - info.last_sent >= interval:
-                info.last_sent = now
-                out.append(Outgoing(info.id, Ping(0)))
-        if now >= self._next_sync:
+            if info.pulling is not None and now - info.pull_activity > quiet:
+                info.pulling = None
+        if self._next_sync is None:
+            self._next_sync = now + self.rng.random() * cfg.anti_entropy_interval
+        elif now >= self._next_sync:
             self._next_sync = now + cfg.anti_entropy_interval
             live = self.live_peers()
             if live:
@@ -597,16 +675,30 @@ class GossipEngine:
             owner = self.peers.get(k[0])
             if owner is not None and owner.pulling == k[1]:
                 owner.pulling = None
+        return out
+
+    def _check_membership(self, now: float) -> list[Outgoing]:
+        cfg = self.config
+        out: list[Outgoing] = []
         for info in self.peers.values():
-            # A request whose every answer was lost must not block push-pull forever.
-            if info.pulling is not None and now - info.last_heard > cfg.exchange_timeout:
-                info.pulling = None
+            silent = now - info.last_heard
+            if info.state == ALIVE and silent > cfg.suspect_after:
+                self._set_state(info, SUSPECT)
+            if info.state == SUSPECT and silent > cfg.dead_after:
+                self._set_state(info, DEAD)
+                self._drop_acks(info.id)
+            interval = cfg.heartbeat_interval * (4 if info.state == DEAD else 1)
+            if now - info.last_sent >= interval:
+                info.last_sent = now
+                out.append(Outgoing(info.id, Ping(0)))
         return out
 
     def next_deadline(self) -> float:
         """The earliest time :meth:`tick` has work to do (for drivers that sleep)."""
-        soon = min(self._next_sync, self._next_gc)
-        if self._pending or self._pending_patterns:
+        soon = min(self._next_gc, self._next_membership)
+        if self._next_sync is not None:
+            soon = min(soon, self._next_sync)
+        if self._pending or self._pending_patterns or self._relay or self._relay_patterns:
             soon = min(soon, self._next_flush)
         return soon
 
