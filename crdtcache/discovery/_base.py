@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
-__all__ = ["Discovery", "PeerAddress"]
+__all__ = ["REPORT_INTERVAL", "Discovery", "PeerAddress"]
+
+#: Seconds between two reports of the same peer. Reports repeat so that an address the
+#: transport gave up on (a seed that was down, a peer it forgot after failures) is dialled
+#: again; the transport de-duplicates addresses it is already dialling.
+REPORT_INTERVAL: Final = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +27,10 @@ class PeerAddress:
     node_id: str | None = None
 
     def __str__(self) -> str:
+        # Bracket IPv6 hosts so the text parses back unambiguously and matches the
+        # transport's own ``address`` spelling ("[::1]:7946", not "::1:7946").
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
         return f"{self.host}:{self.port}"
 
 
