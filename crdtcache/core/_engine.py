@@ -42,6 +42,7 @@ from typing import Final, NamedTuple, Protocol
 
 from crdtcache._errors import ClockDriftError
 from crdtcache.core._entry import NOT_HELD, Change, Entry, PatternTombstone
+from crdtcache.core._hlc import LOGICAL_BITS
 from crdtcache.core._messages import (
     Ack,
     Fetch,
@@ -404,8 +405,9 @@ class GossipEngine:
         """Split into message-sized chunks in stamp order, so that stream claims chain."""
         cfg = self.config
         items: list[tuple[int, str, Entry | PatternTombstone]] = [(e.ts, k, e) for k, e in entries]
-        items += [(p.ts, p.pattern, p) for p in patterns]
-        items.sort(key=lambda item: item[0])
+        if patterns:
+            items += [(p.ts, p.pattern, p) for p in patterns]
+            items.sort(key=lambda item: item[0])
         chunks: list[tuple[list[tuple[str, Entry]], list[PatternTombstone]]] = [([], [])]
         count = size = 0
         for _, key, item in items:
@@ -498,9 +500,18 @@ class GossipEngine:
             for change in changes:
                 self._change(change)
         applied = 0
+        # One drift check on the greatest stamp covers the whole batch; only when it
+        # fails is each entry checked on its own (to refuse just the offenders).
+        observed = False
+        if entries:
+            highest = max(e.ts for _, e in entries)
+            clock = replica.clock
+            if (highest >> LOGICAL_BITS) - int(now * 1000) <= clock.max_drift_ms:
+                clock.observe(highest, now)
+                observed = True
         for key, entry in entries:
             try:
-                merged = replica.merge_entry(key, entry, now)
+                merged = replica.merge_entry(key, entry, now, observed=observed)
             except ClockDriftError as exc:
                 ok = self._refuse(sender, exc)
                 continue

@@ -85,6 +85,12 @@ class Replica:
         self.patterns: dict[str, PatternTombstone] = {}
         self.marks: dict[str, int] = {}
         self.collected: dict[str, int] = {}
+        #: Per origin, the greatest stamp ever merged from it (an upper bound of what
+        #: this replica holds from it): lets :meth:`changes_since` skip its scan.
+        self.high: dict[str, int] = {}
+        # Keys whose entry is a tombstone or has an expiry: all :meth:`collect` walks.
+        # (A dict, not a set: its order is the same in every run of a seeded test.)
+        self._mortal: dict[str, None] = {}
         self._matchers: dict[str, _Matcher] = {}
         self._max_pattern_ts = -1
         #: Remote entries refused for clock drift.
@@ -121,14 +127,23 @@ class Replica:
 
     # ------------------------------------------------------------ local writes
     def _write(self, key: str, value: object, now: float, expires: float | None) -> Entry:
-        stamp = self.clock.now(now)
-        entry = Entry(value, stamp.ts, self.node, expires)
-        local = self.entries.get(key)
-        if local is not None and self.resolver is not None:
-            entry = self._resolve(key, local, entry)
+        ts = self.clock.tick(now)
+        entry = Entry(value, ts, self.node, expires)
+        if self.resolver is not None:
+            local = self.entries.get(key)
+            if local is not None:
+                entry = self._resolve(key, local, entry)
         self.entries[key] = entry
-        self.marks[self.node] = stamp.ts
+        self.marks[self.node] = ts
+        self.high[self.node] = ts
+        self._note(key, entry)
         return entry
+
+    def _note(self, key: str, entry: Entry) -> None:
+        if entry.value is TOMBSTONE or entry.expires is not None:
+            self._mortal[key] = None
+        else:
+            self._mortal.pop(key, None)
 
     def set(self, key: str, stored: object, now: float, expires: float | None = None) -> Entry:
         """Write a stored value (see :func:`encode_value`) with an optional absolute expiry."""
@@ -167,16 +182,23 @@ class Replica:
                 return True
         return False
 
-    def merge_entry(self, key: str, entry: Entry, now: float) -> Change | None:
+    def merge_entry(
+        self, key: str, entry: Entry, now: float, *, observed: bool = False
+    ) -> Change | None:
         """Merge one remote entry; return the visible change, or None if it lost.
 
         Raises :class:`ClockDriftError` (nothing changed) if its stamp is too far ahead.
+        ``observed=True`` says the caller already passed a stamp at least as great
+        to ``clock.observe`` (one drift check per message instead of per entry).
         """
-        try:
-            self.clock.observe(entry.ts, now)
-        except ClockDriftError:
-            self.refused_drift += 1
-            raise
+        if not observed:
+            try:
+                self.clock.observe(entry.ts, now)
+            except ClockDriftError:
+                self.refused_drift += 1
+                raise
+        if entry.ts > self.high.get(entry.origin, -1):
+            self.high[entry.origin] = entry.ts
         if self._covered(key, entry.ts, entry.origin):
             return None
         local = self.entries.get(key)
@@ -185,6 +207,7 @@ class Replica:
                 # The same write: fill in a value this node did not hold, else keep ours.
                 if local.value is NOT_HELD and entry.value is not NOT_HELD:
                     self.entries[key] = entry
+                    self._note(key, entry)
                 return None
             if self.resolver is None:
                 if not _beats(entry.ts, entry.origin, local):
@@ -192,6 +215,7 @@ class Replica:
             elif self._resolve(key, local, entry) is local:
                 return None
         self.entries[key] = entry
+        self._note(key, entry)
         return Change(
             key, "delete" if entry.value is TOMBSTONE else "set", entry.origin, entry.ts, True
         )
@@ -211,6 +235,8 @@ class Replica:
             return []
         matcher = self._matchers.get(tomb.pattern) or compile_pattern(tomb.pattern)
         self.patterns[tomb.pattern] = tomb
+        if tomb.ts > self.high.get(tomb.origin, -1):
+            self.high[tomb.origin] = tomb.ts
         self._matchers[tomb.pattern] = matcher
         self._max_pattern_ts = max(self._max_pattern_ts, tomb.ts)
         changes: list[Change] = []
@@ -233,6 +259,8 @@ class Replica:
         self, marks: Mapping[str, int]
     ) -> tuple[list[tuple[str, Entry]], list[PatternTombstone]]:
         """Everything stamped above the peer's ``marks``: what it may lack."""
+        if all(ts <= marks.get(origin, -1) for origin, ts in self.high.items()):
+            return [], []  # nothing here is newer than what the peer covers: no scan
         entries = [(k, e) for k, e in self.entries.items() if e.ts > marks.get(e.origin, -1)]
         patterns = [p for p in self.patterns.values() if p.ts > marks.get(p.origin, -1)]
         return entries, patterns
@@ -301,7 +329,12 @@ class Replica:
         dropped = 0
         expired: list[Change] = []
         collected = self.collected
-        for key, e in list(self.entries.items()):
+        entries = self.entries
+        for key in list(self._mortal):
+            e = entries.get(key)
+            if e is None or (e.value is not TOMBSTONE and e.expires is None):
+                del self._mortal[key]
+                continue
             gone = e.value is TOMBSTONE
             if e.expires is not None and e.expires <= now:
                 if not gone:
@@ -310,12 +343,13 @@ class Replica:
             if not gone:
                 continue
             if e.ts <= horizon_ts:
-                del self.entries[key]
+                del entries[key]
+                del self._mortal[key]
                 if e.ts > collected.get(e.origin, -1):
                     collected[e.origin] = e.ts
                 dropped += 1
             elif e.value is not TOMBSTONE:
-                self.entries[key] = Entry(TOMBSTONE, e.ts, e.origin, e.expires)
+                entries[key] = Entry(TOMBSTONE, e.ts, e.origin, e.expires)
         for pat, tomb in list(self.patterns.items()):
             if tomb.ts <= horizon_ts:
                 del self.patterns[pat]
