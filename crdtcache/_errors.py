@@ -6,7 +6,9 @@ __all__ = [
     "CacheError",
     "ClockDriftError",
     "ConfigError",
+    "CorruptStateError",
     "PeerError",
+    "PersistenceError",
     "ProtocolError",
     "SerializationError",
     "ValidationError",
@@ -41,4 +43,20 @@ class ClockDriftError(CacheError):
     """A remote stamp is further ahead of local physical time than ``max_drift`` allows.
 
     The stamp is refused and the local clock is left unchanged.
+    """
+
+
+class PersistenceError(CacheError):
+    """The durable copy of a replica (``persist_path`` or a snapshot file) could not be
+    read or written: an I/O or SQLite failure, a full disk, or a file in use by another
+    process. The message names the path.
+    """
+
+
+class CorruptStateError(PersistenceError, ValueError):
+    """Persisted bytes (a snapshot, a ``persist_path`` file) are damaged, foreign or of an
+    unknown format version.
+
+    Raised before anything is applied: the replica is unchanged and the file is left
+    exactly as it was, so it can be inspected or repaired.
     """

@@ -18,7 +18,7 @@ from crdtcache.core._engine import (
     RandomSource,
 )
 from crdtcache.core._entry import NOT_HELD, TOMBSTONE, Change, Entry, PatternTombstone
-from crdtcache.core._hlc import MAX_DRIFT, HybridClock, Stamp, pack_ts
+from crdtcache.core._hlc import MAX_DRIFT, MAX_NODE_ID_CHARS, HybridClock, Stamp, pack_ts
 from crdtcache.core._messages import (
     Ack,
     Fetch,
@@ -52,6 +52,7 @@ __all__ = [
     "DEAD",
     "MAX_DRIFT",
     "MAX_KEY_CHARS",
+    "MAX_NODE_ID_CHARS",
     "MAX_VALUE_BYTES",
     "NOT_HELD",
     "SUSPECT",

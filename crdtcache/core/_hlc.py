@@ -25,9 +25,11 @@ from typing import NamedTuple
 
 from crdtcache._errors import ClockDriftError
 
-__all__ = ["LOGICAL_BITS", "MAX_DRIFT", "HybridClock", "Stamp", "pack_ts"]
+__all__ = ["LOGICAL_BITS", "MAX_DRIFT", "MAX_NODE_ID_CHARS", "HybridClock", "Stamp", "pack_ts"]
 
 LOGICAL_BITS = 16
+#: Longest node id accepted (on the API and on the wire).
+MAX_NODE_ID_CHARS = 128
 _LOGICAL_MASK = (1 << LOGICAL_BITS) - 1
 #: Default bound on how far a remote stamp may run ahead of local time, in seconds.
 MAX_DRIFT = 60.0
@@ -79,8 +81,10 @@ class HybridClock:
     __slots__ = ("_last", "max_drift_ms", "node", "refused")
 
     def __init__(self, node: str, *, max_drift: float = MAX_DRIFT, last_ts: int = 0) -> None:
-        if not isinstance(node, str) or not node:
-            raise ValueError("node id must be a non-empty str")
+        if not isinstance(node, str) or not node or len(node) > MAX_NODE_ID_CHARS:
+            raise ValueError(
+                f"node id must be a non-empty str of at most {MAX_NODE_ID_CHARS} chars"
+            )
         if max_drift <= 0:
             raise ValueError("max_drift must be positive")
         self.node = node

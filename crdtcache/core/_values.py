@@ -41,6 +41,24 @@ class Packed(bytes):
     __slots__ = ()
 
 
+def _str_keys(pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
+    for k, _ in pairs:
+        if type(k) is not str:
+            raise ValueError(f"map keys must be str, not {type(k).__name__}")
+    return dict(pairs)
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    raise ValueError(f"msgpack extension type {code} is not a cache value")
+
+
+def _validate(blob: bytes) -> Any:
+    """Unpack ``blob`` as a cache value: str map keys only, no extension types."""
+    return msgpack.unpackb(
+        blob, raw=False, strict_map_key=True, object_pairs_hook=_str_keys, ext_hook=_no_ext
+    )
+
+
 def check_key(key: object) -> str:
     """Return ``key`` if it is a str of acceptable length, else raise ``SerializationError``."""
     if type(key) is not str:
@@ -70,7 +88,7 @@ def encode_value(key: str, value: object) -> object:
         try:
             blob = msgpack.packb(value, use_bin_type=True)
             # Unpacking once proves the round trip: map keys are str, nothing is lost.
-            msgpack.unpackb(blob, raw=False, strict_map_key=True)
+            _validate(blob)
         except (TypeError, ValueError, OverflowError) as exc:
             raise SerializationError(
                 f"value for {key!r} cannot be carried: {exc} (allowed: None, bool, int, "
@@ -97,7 +115,7 @@ def unpack_stored(blob: bytes) -> Packed:
     if len(blob) > MAX_VALUE_BYTES:
         raise ValueError("packed value over MAX_VALUE_BYTES")
     try:
-        decoded = msgpack.unpackb(blob, raw=False, strict_map_key=True)
+        decoded = _validate(blob)
     except Exception as exc:  # msgpack raises a wide family; all mean "junk"
         raise ValueError(f"packed value is not valid msgpack: {exc}") from exc
     if not isinstance(decoded, (list, dict)):

@@ -1,0 +1,541 @@
+"""Snapshots: a replica's state as one self-checking byte string, and restore as a merge.
+
+Theory of operation
+-------------------
+A snapshot is one msgpack array ``[MAGIC, version, digest, body]``. ``body`` is itself
+msgpack bytes and ``digest`` is its BLAKE2b-256, so damage anywhere in the body is
+caught before the body is even parsed. The checksum detects corruption, not tampering:
+a snapshot from an untrusted place still goes through every check below.
+
+The body is a map::
+
+    {"node": str, "created": float, "clock": int,
+     "entries": [[key, kind, value, ts, origin, expires], ...],
+     "patterns": [[pattern, ts, origin], ...],
+     "marks": {origin: ts}, "collected": {origin: ts}}
+
+Entries use the wire format's layout and ``kind`` codes (0 plain scalar, 1 packed
+list/dict, 2 tombstone, 3 stub). Decoding is bounded (every length capped, ext types
+refused, ``strict_map_key``, never pickle) and then every field is checked for shape,
+type and limit (``MAX_KEY_CHARS``, ``MAX_VALUE_BYTES``, packed blobs through
+:func:`~crdtcache.core.unpack_stored`) *before* anything is applied: a bad snapshot
+raises :class:`~crdtcache.CorruptStateError` and changes nothing.
+
+Decisions, and why:
+
+* **Restore is a CRDT merge.** Pattern tombstones are merged first, then entries, each
+  through :meth:`Replica.merge_entry` / :meth:`Replica.merge_pattern`: an old snapshot
+  never overwrites a newer value, restoring twice changes nothing the second time, and
+  the visible changes are returned. Every stamp is checked against ``max_drift`` before
+  the first merge, so a snapshot from a clock too far ahead is refused whole
+  (:class:`~crdtcache.ClockDriftError`) rather than half applied.
+* **The clock observes the snapshot's highest stamp** (``clock``), so a node restored
+  from its own backup never issues a stamp lower than one it issued before the backup,
+  even for writes whose tombstones were collected since.
+* **Marks and collected are recorded but not adopted.** A mark claims coverage ("I hold
+  every write of origin *o* up to *S*, or what beat it"). Adopting the snapshot's marks
+  would be sound only if the snapshot is an honest, complete state of this cluster,
+  which restore cannot verify (a snapshot of another cluster, an edited file, a node id
+  reused). A false mark is never repaired: this node would stop asking for those
+  writes, and peers adopt its marks after an exchange, so the claim would spread.
+  Not adopting costs one anti-entropy exchange that resends what the snapshot already
+  brought (bounded by the snapshot's size). ``collected`` only has a meaning together
+  with the marks, so it is not adopted either. The node's own mark is no exception:
+  its own writes are covered by its clock (above), not by its mark.
+* **Stubs are kept.** An entry whose value this node did not hold (``NOT_HELD``) is
+  saved as a stub: its stamp still says a write happened, and dropping it would let an
+  older value of the key win on restore. A restored stub reads as a miss and is fetched
+  from a peer, like any evicted key.
+* **Expired values are saved as tombstones** (stamp and expiry kept, value dropped),
+  exactly what :meth:`Replica.collect` would turn them into: they read as absent
+  either way and need not take space.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final, NoReturn
+
+import msgpack
+
+from crdtcache._errors import CorruptStateError, PersistenceError, SerializationError
+from crdtcache.core import (
+    MAX_KEY_CHARS,
+    MAX_VALUE_BYTES,
+    NOT_HELD,
+    TOMBSTONE,
+    Change,
+    Entry,
+    Packed,
+    PatternTombstone,
+    Replica,
+    unpack_stored,
+)
+
+__all__ = [
+    "MAX_NODE_ID_CHARS",
+    "MAX_SNAPSHOT_BYTES",
+    "SNAPSHOT_MAGIC",
+    "SNAPSHOT_VERSION",
+    "Snapshot",
+    "apply_snapshot",
+    "decode_snapshot",
+    "encode_snapshot",
+    "load_snapshot_file",
+    "restore_snapshot",
+    "save_snapshot_file",
+]
+
+#: First element of every snapshot: identifies the format before anything is parsed.
+SNAPSHOT_MAGIC: Final = "crdtcache-snapshot"
+#: Version of the snapshot layout this module writes and reads.
+SNAPSHOT_VERSION: Final = 1
+#: Largest snapshot accepted by default, in bytes (decode, encode and file load).
+MAX_SNAPSHOT_BYTES: Final = 1 << 30
+#: Longest node id accepted in persisted state (the wire format's limit).
+MAX_NODE_ID_CHARS: Final = 128
+
+# Stored-value kinds: the same codes as the wire format, so both read alike.
+PLAIN: Final = 0
+PACKED: Final = 1
+TOMB: Final = 2
+STUB: Final = 3
+
+MAX_TS: Final = (1 << 63) - 1  # stamps are stored as SQLite INTEGER too: signed 64 bits
+_INT_MIN: Final = -(1 << 63)
+_INT_MAX: Final = (1 << 64) - 1
+_SCALARS: Final = (type(None), bool, int, float, str, bytes)
+_DIGEST_BYTES: Final = 32
+# msgpack of a 4-item array followed by the magic str: checked on the raw bytes, so
+# a file of another kind is named as such before any parsing.
+_PREFIX: Final = b"\x94" + msgpack.packb(SNAPSHOT_MAGIC)
+#: What a snapshot may be given as.
+BytesLike = bytes | bytearray | memoryview
+_BODY_KEYS: Final = frozenset(
+    ("node", "created", "clock", "entries", "patterns", "marks", "collected")
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A decoded, fully validated snapshot (what :func:`decode_snapshot` returns).
+
+    ``node`` made it at ``created`` (seconds since the epoch) with its clock at
+    ``clock_ts``. ``marks`` and ``collected`` are that node's, for inspection: restore
+    does not adopt them (see the module doc).
+    """
+
+    node: str
+    created: float
+    clock_ts: int
+    entries: tuple[tuple[str, Entry], ...]
+    patterns: tuple[PatternTombstone, ...]
+    marks: Mapping[str, int]
+    collected: Mapping[str, int]
+
+
+# ----------------------------------------------------------------- validation
+# Shared with the SQLite store (crdtcache._store): both read entries that left this
+# process and may have been damaged or forged, and both must accept exactly what a
+# replica can hold. Field checks raise Invalid with the problem only; the caller adds
+# where it was found when turning it into CorruptStateError, so the location string is
+# built only on failure (building it for every entry doubled the cost of a restore).
+
+
+class Invalid(ValueError):
+    """A persisted field is wrong; the message says how (the caller says where)."""
+
+
+def fail(where: str, problem: str) -> NoReturn:
+    """Raise :class:`CorruptStateError` for ``problem`` found in ``where``."""
+    raise CorruptStateError(f"{where}: {problem}")
+
+
+def _refuse_ext(code: int, data: bytes) -> NoReturn:
+    raise ValueError(f"msgpack ext type {code} refused")
+
+
+def check_ts(ts: object) -> int:
+    """Return ``ts`` if it is a valid stamp (int in ``[0, MAX_TS]``), else raise Invalid."""
+    if type(ts) is not int or not 0 <= ts <= MAX_TS:
+        raise Invalid(f"stamp must be an int in [0, {MAX_TS}], not {_show(ts)}")
+    return ts
+
+
+def check_node(node: object) -> str:
+    """Return ``node`` if it is a valid node id, else raise Invalid."""
+    if type(node) is not str or not node or len(node) > MAX_NODE_ID_CHARS:
+        raise Invalid(
+            f"node id must be a non-empty str of at most {MAX_NODE_ID_CHARS} characters, "
+            f"not {_show(node)}"
+        )
+    return node
+
+
+def check_key(key: object, what: str = "key") -> str:
+    """Return ``key`` if it is a str within ``MAX_KEY_CHARS``, else raise Invalid."""
+    if type(key) is not str or len(key) > MAX_KEY_CHARS:
+        raise Invalid(f"{what} must be a str of at most {MAX_KEY_CHARS} characters")
+    return key
+
+
+def check_packed(blob: object) -> Packed:
+    """Validate a packed list/dict the way a peer's is validated, refusing ext types."""
+    if type(blob) is not bytes:
+        raise Invalid(f"packed value must be bytes, not {_show(blob)}")
+    try:
+        packed = unpack_stored(blob)
+        # unpack_stored leaves msgpack's default ext handling on; a replica never
+        # holds ext types (encode_value cannot make them), so one here is damage.
+        msgpack.unpackb(blob, strict_map_key=True, max_ext_len=0, ext_hook=_refuse_ext)
+    except ValueError as exc:
+        raise Invalid(f"packed value is invalid: {exc}") from exc
+    return packed
+
+
+def check_stored(kind: object, value: object) -> object:
+    """Turn a ``(kind, value)`` pair back into a replica's stored value, or raise Invalid."""
+    if type(kind) is not int:
+        raise Invalid(f"value kind must be an int, not {_show(kind)}")
+    if kind == PLAIN:
+        vt = type(value)
+        if vt not in _SCALARS:
+            raise Invalid(f"plain value must be a scalar, not {_show(value)}")
+        if (vt is str or vt is bytes) and len(value) > MAX_VALUE_BYTES:  # type: ignore[arg-type]  # str/bytes checked
+            raise Invalid(f"value exceeds MAX_VALUE_BYTES ({MAX_VALUE_BYTES})")
+        if vt is int and not _INT_MIN <= value <= _INT_MAX:  # type: ignore[operator]  # int checked
+            raise Invalid("int value does not fit in 64 bits")
+        return value
+    if kind == PACKED:
+        return check_packed(value)
+    if kind in (TOMB, STUB):
+        if value is not None:
+            raise Invalid("a tombstone or stub carries no value")
+        return TOMBSTONE if kind == TOMB else NOT_HELD
+    raise Invalid(f"unknown value kind {kind}")
+
+
+def check_expires(expires: object) -> float | None:
+    """Return a valid absolute expiry (finite number or None) as a float, else raise Invalid."""
+    if expires is None:
+        return None
+    if type(expires) not in (int, float) or not math.isfinite(expires):  # type: ignore[arg-type]  # number checked
+        raise Invalid(f"expiry must be a finite number or nil, not {_show(expires)}")
+    return float(expires)  # type: ignore[arg-type]  # number checked above
+
+
+def check_entry(
+    key: object, kind: object, value: object, ts: object, origin: object, expires: object
+) -> tuple[str, Entry]:
+    """Validate one persisted entry's fields and build it, or raise Invalid."""
+    key = check_key(key)
+    try:
+        entry = Entry(
+            check_stored(kind, value), check_ts(ts), check_node(origin), check_expires(expires)
+        )
+    except Invalid as exc:
+        raise Invalid(f"key {key!r}: {exc}") from None
+    return key, entry
+
+
+def check_pattern(pattern: object, ts: object, origin: object) -> PatternTombstone:
+    """Validate one persisted pattern tombstone and build it, or raise Invalid."""
+    return PatternTombstone(check_key(pattern, "pattern"), check_ts(ts), check_node(origin))
+
+
+def check_stamps(mapping: object) -> dict[str, int]:
+    """Validate an ``origin -> ts`` map (marks, collected), or raise Invalid."""
+    if type(mapping) is not dict:
+        raise Invalid(f"must be a map, not {_show(mapping)}")
+    return {check_node(o): check_ts(ts) for o, ts in mapping.items()}
+
+
+def stored_kind(value: object) -> int:
+    """The kind code of a replica's stored value."""
+    if value is TOMBSTONE:
+        return TOMB
+    if value is NOT_HELD:
+        return STUB
+    if type(value) is Packed:
+        return PACKED
+    return PLAIN
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
+
+
+# ------------------------------------------------------------------- encoding
+def encode_snapshot(replica: Replica, now: float, *, max_bytes: int = MAX_SNAPSHOT_BYTES) -> bytes:
+    """Encode ``replica``'s whole state as a snapshot (see the module doc).
+
+    ``now`` is recorded as the creation time and decides which values have expired
+    (those are saved as tombstones). Raises :class:`SerializationError` if the result
+    would exceed ``max_bytes``, or if the node id is longer than
+    :data:`MAX_NODE_ID_CHARS`, since :func:`decode_snapshot` would refuse either.
+    """
+    if len(replica.node) > MAX_NODE_ID_CHARS:
+        raise SerializationError(
+            f"node id of {len(replica.node)} characters exceeds {MAX_NODE_ID_CHARS}"
+        )
+    entries: list[list[Any]] = []
+    for key, e in replica.entries.items():
+        v = e.value
+        if v is not TOMBSTONE and e.expires is not None and e.expires <= now:
+            v = TOMBSTONE
+        kind = stored_kind(v)
+        payload: object = None  # tombstones and stubs carry no value
+        if kind == PLAIN:
+            payload = v
+        elif type(v) is Packed:
+            payload = bytes(v)  # msgpack packs exact bytes only, not the subclass
+        entries.append([key, kind, payload, e.ts, e.origin, e.expires])
+    body = {
+        "node": replica.node,
+        "created": float(now),
+        "clock": replica.clock.last_ts,
+        "entries": entries,
+        "patterns": [[p.pattern, p.ts, p.origin] for p in replica.patterns.values()],
+        "marks": dict(replica.marks),
+        "collected": dict(replica.collected),
+    }
+    raw: bytes = msgpack.packb(body, use_bin_type=True)
+    digest = hashlib.blake2b(raw, digest_size=_DIGEST_BYTES).digest()
+    data: bytes = msgpack.packb([SNAPSHOT_MAGIC, SNAPSHOT_VERSION, digest, raw], use_bin_type=True)
+    if len(data) > max_bytes:
+        raise SerializationError(
+            f"snapshot of {len(data)} bytes exceeds max_bytes ({max_bytes}); "
+            "raise the limit on both snapshot and restore"
+        )
+    return data
+
+
+# ------------------------------------------------------------------- decoding
+def decode_snapshot(data: BytesLike, *, max_bytes: int = MAX_SNAPSHOT_BYTES) -> Snapshot:
+    """Parse and validate a snapshot without applying it.
+
+    Raises :class:`CorruptStateError` naming the problem (wrong magic or version,
+    checksum mismatch, truncation, a field of the wrong shape, type or size), or
+    :class:`SerializationError` if ``data`` is not bytes.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise SerializationError(f"a snapshot is bytes, not {type(data).__name__}")
+    data = bytes(data)  # one copy, so a caller's bytearray cannot change under us
+    where = "snapshot"
+    if len(data) > max_bytes:
+        fail(where, f"{len(data)} bytes exceeds max_bytes ({max_bytes})")
+    if not data.startswith(_PREFIX):
+        fail(where, "not a crdtcache snapshot (wrong magic)")
+    try:
+        outer = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=len(SNAPSHOT_MAGIC),
+            max_bin_len=len(data),
+            max_array_len=4,
+            max_map_len=0,
+            max_ext_len=0,
+            ext_hook=_refuse_ext,
+        )
+    except Exception as exc:  # msgpack raises a wide family; all mean damaged bytes
+        fail(where, f"truncated or malformed ({exc})")
+    if type(outer) is not list or len(outer) != 4:
+        fail(where, "header must be a 4-item array")
+    _, version, digest, raw = outer
+    if type(version) is not int or version != SNAPSHOT_VERSION:
+        fail(
+            where,
+            f"format version {_show(version)} is not supported "
+            f"(this crdtcache reads version {SNAPSHOT_VERSION})",
+        )
+    if type(digest) is not bytes or type(raw) is not bytes:
+        fail(where, "checksum and body must be bytes")
+    expected = hashlib.blake2b(raw, digest_size=_DIGEST_BYTES).digest()
+    if not hmac.compare_digest(digest, expected):
+        fail(where, "checksum mismatch: the snapshot was damaged")
+    try:
+        body = msgpack.unpackb(
+            raw,
+            raw=False,
+            strict_map_key=True,
+            # A str value may hold MAX_VALUE_BYTES characters of up to 4 UTF-8 bytes.
+            max_str_len=4 * MAX_VALUE_BYTES,
+            max_bin_len=MAX_VALUE_BYTES,
+            max_array_len=len(raw),
+            max_map_len=len(raw),
+            max_ext_len=0,
+            ext_hook=_refuse_ext,
+        )
+    except Exception as exc:  # as above
+        fail(where, f"body is malformed ({exc})")
+    return _body(body, where)
+
+
+def _body(body: object, where: str) -> Snapshot:
+    if type(body) is not dict or set(body) != _BODY_KEYS:
+        fail(where, f"body must be a map with exactly the keys {sorted(_BODY_KEYS)}")
+    created = body["created"]
+    if type(created) not in (int, float) or not math.isfinite(created):
+        fail(where, "created must be a finite number")
+    try:
+        node = check_node(body["node"])
+        clock_ts = check_ts(body["clock"])
+        marks = check_stamps(body["marks"])
+        collected = check_stamps(body["collected"])
+    except Invalid as exc:
+        fail(where, str(exc))
+    raw_entries = body["entries"]
+    if type(raw_entries) is not list:
+        fail(where, "entries must be an array")
+    entries: dict[str, Entry] = {}
+    for i, item in enumerate(raw_entries):
+        try:
+            if type(item) is not list or len(item) != 6:
+                raise Invalid("must be a 6-item array [key, kind, value, ts, origin, expires]")
+            key, entry = check_entry(*item)
+            if key in entries:
+                raise Invalid(f"key {key!r} appears twice")
+        except Invalid as exc:
+            fail(f"{where} entry {i}", str(exc))
+        entries[key] = entry
+    raw_patterns = body["patterns"]
+    if type(raw_patterns) is not list:
+        fail(where, "patterns must be an array")
+    patterns: dict[str, PatternTombstone] = {}
+    for i, item in enumerate(raw_patterns):
+        try:
+            if type(item) is not list or len(item) != 3:
+                raise Invalid("must be a 3-item array [pattern, ts, origin]")
+            tomb = check_pattern(*item)
+            if tomb.pattern in patterns:
+                raise Invalid(f"pattern {tomb.pattern!r} appears twice")
+        except Invalid as exc:
+            fail(f"{where} pattern {i}", str(exc))
+        patterns[tomb.pattern] = tomb
+    return Snapshot(
+        node=node,
+        created=float(created),
+        clock_ts=clock_ts,
+        entries=tuple(entries.items()),
+        patterns=tuple(patterns.values()),
+        marks=marks,
+        collected=collected,
+    )
+
+
+# -------------------------------------------------------------------- restore
+def apply_snapshot(replica: Replica, snapshot: Snapshot, now: float) -> list[Change]:
+    """Merge a decoded snapshot into ``replica``; return the visible changes.
+
+    Raises :class:`~crdtcache.ClockDriftError` (nothing changed) if any stamp in it is
+    further ahead of ``now`` than the replica's clock allows. A ``conflict_resolver``
+    that raises stops the merge where it is: what was merged before stays, which is
+    still a valid state (every step is a join).
+    """
+    newest = max(
+        [snapshot.clock_ts]
+        + [e.ts for _, e in snapshot.entries]
+        + [p.ts for p in snapshot.patterns]
+    )
+    # Checking the greatest stamp is checking them all; doing it first keeps restore
+    # all-or-nothing, where merging one by one would stop half way. Observing it (and
+    # the snapshot's clock) once then lets every entry skip its own drift check.
+    replica.clock.check(newest, now)
+    replica.clock.observe(newest, now)
+    changes: list[Change] = []
+    # Patterns first: entries they cover are then refused on arrival, not added and
+    # removed again.
+    for tomb in snapshot.patterns:
+        changes += replica.merge_pattern(tomb, now)
+    for key, entry in snapshot.entries:
+        change = replica.merge_entry(key, entry, now, observed=True)
+        if change is not None:
+            changes.append(change)
+    return changes
+
+
+def restore_snapshot(
+    replica: Replica, data: BytesLike, now: float, *, max_bytes: int = MAX_SNAPSHOT_BYTES
+) -> list[Change]:
+    """Validate ``data`` completely, then merge it into ``replica`` (see the module doc).
+
+    Returns the visible changes. Raises :class:`CorruptStateError` or
+    :class:`SerializationError` for bad bytes and :class:`~crdtcache.ClockDriftError`
+    for stamps too far ahead; in every case the replica is unchanged.
+    """
+    return apply_snapshot(replica, decode_snapshot(data, max_bytes=max_bytes), now)
+
+
+# ---------------------------------------------------------------------- files
+def save_snapshot_file(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: a reader sees the old file or the new one.
+
+    The bytes go to a temporary file in the same directory, which is fsynced and then
+    renamed over ``path``; the directory is fsynced so the rename survives a power
+    cut. The file is created readable by its owner only (snapshots hold cache data).
+    Raises :class:`PersistenceError` naming the path on any OS error.
+    """
+    target = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(target))
+    tmp: str | None = None
+    try:
+        fd, tmp = tempfile.mkstemp(
+            dir=folder, prefix=f".{os.path.basename(target)}.", suffix=".tmp"
+        )
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+        tmp = None
+        _fsync_dir(folder)
+    except OSError as exc:
+        raise PersistenceError(f"cannot write snapshot {target!r}: {exc}") from exc
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _fsync_dir(folder: str) -> None:
+    # Not every platform can open a directory (Windows cannot); there the rename is
+    # as durable as the OS makes it.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_snapshot_file(
+    path: str | os.PathLike[str], *, max_bytes: int = MAX_SNAPSHOT_BYTES
+) -> bytes:
+    """Read a snapshot file written by :func:`save_snapshot_file` (not yet validated).
+
+    Raises :class:`PersistenceError` if it cannot be read and
+    :class:`CorruptStateError` if it is larger than ``max_bytes`` (checked before
+    reading, so a huge file is not loaded into memory).
+    """
+    target = os.fspath(path)
+    try:
+        with open(target, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > max_bytes:
+                fail(f"snapshot file {target!r}", f"{size} bytes exceeds max_bytes ({max_bytes})")
+            return f.read(max_bytes + 1)
+    except OSError as exc:
+        raise PersistenceError(f"cannot read snapshot {target!r}: {exc}") from exc
