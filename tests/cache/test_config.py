@@ -1,0 +1,124 @@
+"""Every option is validated at construction with a ConfigError that names it."""
+
+from __future__ import annotations
+
+import inspect
+import ssl
+from typing import Any
+
+import pytest
+
+from crdtcache import Cache, ConfigError
+
+SPEC_DEFAULTS = {
+    "backend": "p2p",
+    "node_id": None,
+    "cluster": "default",
+    "listen": "127.0.0.1:0",
+    "discovery": "mdns",
+    "seeds": (),
+    "redis_url": None,
+    "persist_path": None,
+    "max_size": 10_000,
+    "max_memory": None,
+    "default_ttl": None,
+    "local_max_size": None,
+    "local_ttl": None,
+    "sync_strategy": "write-behind",
+    "sync_interval": 0.005,
+    "conflict_resolver": None,
+    "schema": None,
+    "event_bus": None,
+    "invalidation_rules": (),
+    "on_change": None,
+    "warm_up": None,
+    "refresh_interval": None,
+    "refresh": None,
+    "metrics": None,
+    "secret": None,
+    "ssl": None,
+    "dashboard": None,
+}
+
+
+def test_constructor_matches_the_spec() -> None:
+    params = inspect.signature(Cache).parameters
+    public = {name: p.default for name, p in params.items() if not name.startswith("_")}
+    assert public == SPEC_DEFAULTS
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"backend": "dynamo"}, "backend"),
+        ({"backend": "redis"}, "redis backend: not available yet"),
+        ({"node_id": ""}, "node_id"),
+        ({"node_id": "has space"}, "node_id"),
+        ({"node_id": "x" * 129}, "node_id"),
+        ({"node_id": 5}, "node_id"),
+        ({"cluster": ""}, "cluster"),
+        ({"listen": "nohost"}, "listen"),
+        ({"listen": "127.0.0.1:99999"}, "listen"),
+        ({"listen": 8080}, "listen"),
+        ({"discovery": "dns"}, "discovery"),
+        ({"seeds": "10.0.0.1:1"}, "seeds"),
+        ({"seeds": ["bad"]}, "seeds"),
+        ({"seeds": 5}, "seeds"),
+        ({"redis_url": "redis://x"}, "redis_url"),
+        ({"local_max_size": 10}, "local_max_size"),
+        ({"local_ttl": 1.0}, "local_ttl"),
+        ({"persist_path": 5}, "persist_path"),
+        ({"persist_path": ""}, "persist_path"),
+        ({"max_size": 0}, "max_size"),
+        ({"max_size": -1}, "max_size"),
+        ({"max_size": 1.5}, "max_size"),
+        ({"max_size": True}, "max_size"),
+        ({"max_memory": 0}, "max_memory"),
+        ({"default_ttl": -1}, "default_ttl"),
+        ({"default_ttl": 0}, "default_ttl"),
+        ({"sync_strategy": "eventual"}, "sync_strategy"),
+        ({"sync_interval": 0}, "sync_interval"),
+        ({"sync_interval": None}, "sync_interval"),
+        ({"conflict_resolver": "lww"}, "conflict_resolver"),
+        ({"on_change": 1}, "on_change"),
+        ({"warm_up": 1}, "warm_up"),
+        ({"refresh_interval": 5}, "refresh_interval and refresh"),
+        ({"refresh": print}, "refresh_interval and refresh"),
+        ({"refresh_interval": -1, "refresh": print}, "refresh_interval"),
+        ({"secret": "text"}, "secret"),
+        ({"secret": b""}, "secret"),
+        ({"ssl": "context"}, "ssl"),
+        ({"dashboard": "nope"}, "dashboard"),
+        ({"dashboard": "127.0.0.1:8080"}, "dashboard=: not available yet"),
+        ({"metrics": object()}, "metrics"),
+    ],
+)
+def test_bad_options(options: dict[str, Any], message: str) -> None:
+    options.setdefault("backend", "memory")
+    with pytest.raises(ConfigError, match=message):
+        Cache(**options)
+
+
+def test_good_options_are_accepted() -> None:
+    Cache(
+        backend="p2p",
+        node_id="n1",
+        cluster="c",
+        listen="[::1]:7946",
+        discovery="static",
+        seeds=["10.0.0.2:7946", "[fe80::1]:1"],
+        max_size=None,
+        max_memory=1 << 20,
+        default_ttl=30,
+        sync_strategy="on-demand",
+        sync_interval=0.1,
+        secret=b"s3cret",
+        ssl=ssl.create_default_context(),
+        refresh_interval=60,
+        refresh=lambda k: None,
+    )
+
+
+def test_config_errors_are_value_errors() -> None:
+    with pytest.raises(ValueError):
+        Cache(backend="nope")

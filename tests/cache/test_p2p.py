@@ -1,0 +1,247 @@
+"""Several p2p caches on 127.0.0.1, over the real TCP transport."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from crdtcache import Cache, CacheEvent, EventBus, InvalidationRule, PeerError, SyncCache
+from crdtcache.core import NOT_HELD, Push
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(0.005)
+
+
+async def eventually(probe: Callable[[], Any], expected: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (got := await probe()) != expected:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still {got!r}, expected {expected!r}")
+        await asyncio.sleep(0.005)
+
+
+def fast(cache: Cache) -> None:
+    """Shorter failure detection than the defaults, for tests."""
+    engine = cache._engine
+    assert engine is not None
+    engine.config = dataclasses.replace(
+        engine.config, heartbeat_interval=0.05, suspect_after=0.2, dead_after=0.4
+    )
+
+
+async def cluster(count: int, **options: Any) -> list[Cache]:
+    caches: list[Cache] = []
+    for i in range(count):
+        seeds = [caches[0].address] if caches else []
+        per_node = {
+            k: v[i] if isinstance(v, list) and k != "seeds" else v for k, v in options.items()
+        }
+        cache = Cache(backend="p2p", discovery="none", node_id=f"n{i}", seeds=seeds, **per_node)
+        await cache.start()
+        fast(cache)
+        caches.append(cache)
+    await wait_for(lambda: all(len(c._engine.live_peers()) == count - 1 for c in caches))  # type: ignore[union-attr]
+    return caches
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[list[Cache]]:
+    caches = await cluster(2)
+    yield caches
+    for cache in caches:
+        await cache.close()
+
+
+async def test_writes_replicate(pair: list[Cache]) -> None:
+    a, b = pair
+    assert a.address is not None and a.address.startswith("127.0.0.1:")
+    await a.set("user:1", {"name": "Alice"}, ttl=60)
+    await eventually(lambda: b.get("user:1"), {"name": "Alice"})
+    await b.set("user:2", 2)
+    await eventually(lambda: a.keys("user:*"), ["user:1", "user:2"])
+    await b.delete("user:1")
+    await eventually(lambda: a.get("user:1"), None)
+
+
+async def test_pattern_invalidation_and_clear_replicate(pair: list[Cache]) -> None:
+    a, b = pair
+    for i in range(5):
+        await a.set(f"p:{i}", i)
+    await a.set("q", 1)
+    await eventually(lambda: b.keys(), sorted([*(f"p:{i}" for i in range(5)), "q"]))
+    await b.invalidate_pattern("p:*")
+    await eventually(lambda: a.keys(), ["q"])
+    await a.clear()
+    await eventually(lambda: b.keys(), [])
+
+
+async def test_remote_events_and_statistics(pair: list[Cache]) -> None:
+    a, b = pair
+    seen: list[CacheEvent] = []
+    b.on("set", seen.append)
+    await a.set("k", 1)
+    await wait_for(lambda: bool(seen))
+    assert (seen[0].origin, seen[0].remote) == ("n0", True)
+    stats = await b.get_statistics()
+    assert stats.cluster.instances == 2
+    assert [(p.id, p.state) for p in stats.cluster.peers] == [("n0", "alive")]
+    assert stats.cluster.peers[0].address == a.address
+    assert stats.cluster.sync_latency_ms.samples >= 1
+    assert stats.cluster.last_sync_time is not None
+    assert stats.traffic.frames_received > 0 and stats.traffic.bytes_sent > 0
+
+
+async def test_write_through_waits_for_acks() -> None:
+    caches = await cluster(3, sync_strategy="write-through")
+    try:
+        a, b, c = caches
+        await a.set("k", "v")
+        # Returned only once every peer applied it: no waiting needed.
+        assert await b.get("k") == "v" and await c.get("k") == "v"
+        stats = await a.get_statistics()
+        assert stats.write_ack_ms.samples == 1 and stats.write_ack_ms.p50 is not None
+    finally:
+        for cache in caches:
+            await cache.close()
+
+
+async def test_write_through_names_peers_that_did_not_ack() -> None:
+    caches = await cluster(2, sync_strategy="write-through")
+    a, b = caches
+    try:
+        engine = b._engine
+        assert engine is not None
+        handle = engine.handle
+
+        def deaf(sender: str, message: Any, now: float) -> Any:
+            if isinstance(message, Push):
+                return []  # applies nothing, acks nothing
+            return handle(sender, message, now)
+
+        engine.handle = deaf  # type: ignore[method-assign]
+        a.write_timeout = 0.2
+        with pytest.raises(PeerError, match="n1") as info:
+            await a.set("k", 1)
+        assert "applied on this node" in str(info.value)
+        assert await a.get("k") == 1  # stays applied here
+        assert any("not acknowledged" in r for r in a.health().reasons)
+        # get_or_set logs the timeout instead: the value is what the caller wants.
+        assert await a.get_or_set("j", lambda: 2) == 2
+    finally:
+        for cache in caches:
+            await cache.close()
+
+
+async def test_on_demand_replicates_stamps_and_fetches_values() -> None:
+    caches = await cluster(2, sync_strategy="on-demand")
+    a, b = caches
+    try:
+        await a.set("k", {"big": "value"})
+        await wait_for(lambda: "k" in b._entries)
+        assert b._entries["k"].value is NOT_HELD
+        assert await b.keys() == ["k"]
+        assert await b.get("k") == {"big": "value"}  # fetched from a
+        stats = await b.get_statistics()
+        assert (stats.distributed.hits, stats.local.misses) == (1, 1)
+        assert await b.get("k") == {"big": "value"}  # now held here
+        assert (await b.get_statistics()).local.hits == 1
+        await a.delete("k")
+        await eventually(lambda: b.get("k"), None)
+    finally:
+        for cache in caches:
+            await cache.close()
+
+
+async def test_evicted_value_is_fetched_back_from_a_peer() -> None:
+    caches = await cluster(2, max_size=[10_000, 2])
+    a, b = caches
+    try:
+        events: list[CacheEvent] = []
+        b.on("eviction", events.append)
+        for key in "abcd":
+            await a.set(key, key.upper())
+        await eventually(lambda: b.keys(), ["a", "b", "c", "d"])
+        await wait_for(lambda: b._tier.count == 2)
+        assert {e.reason for e in events} == {"size"}
+        evicted = [k for k, e in b._entries.items() if e.value is NOT_HELD]
+        assert len(evicted) == 2
+        assert await b.get(evicted[0]) == evicted[0].upper()
+        stats = await b.get_statistics()
+        assert stats.distributed.hits == 1
+        assert await a.get(evicted[0]) == evicted[0].upper()  # a never lost it
+    finally:
+        for cache in caches:
+            await cache.close()
+
+
+async def test_remote_value_refused_by_the_schema() -> None:
+    caches = await cluster(2, schema=[None, lambda v: isinstance(v, int)])
+    a, b = caches
+    try:
+        await a.set("good", 1)
+        await a.set("bad", "text")
+        await eventually(lambda: b.get("good"), 1)
+        await wait_for(lambda: "bad" in b._entries)
+        assert await b.get("bad") is None  # refused, and a fetch brings back only junk
+        assert (await b.get_statistics()).refused_values >= 1
+    finally:
+        for cache in caches:
+            await cache.close()
+
+
+async def test_event_on_one_node_invalidates_every_node() -> None:
+    bus = EventBus()
+    rules = [InvalidationRule(event="user:updated", pattern="user:{id}")]
+    a = Cache(backend="p2p", discovery="none", node_id="a", event_bus=bus, invalidation_rules=rules)
+    await a.start()
+    b = Cache(backend="p2p", discovery="none", node_id="b", seeds=[a.address or ""])
+    await b.start()
+    try:
+        await wait_for(lambda: bool(a._engine and a._engine.live_peers()))
+        await b.set("user:7", {"v": 1})
+        await eventually(lambda: a.get("user:7"), {"v": 1})
+        await bus.emit("user:updated", {"data": {"id": 7}})  # only a listens
+        await eventually(lambda: b.get("user:7"), None)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_peer_up_and_down_events() -> None:
+    a = Cache(backend="p2p", discovery="none", node_id="a")
+    await a.start()
+    fast(a)
+    ups: list[CacheEvent] = []
+    downs: list[CacheEvent] = []
+    a.on("peer_up", ups.append)
+    a.on("peer_down", downs.append)
+    b = Cache(backend="p2p", discovery="none", node_id="b", seeds=[a.address or ""])
+    await b.start()
+    await wait_for(lambda: bool(ups))
+    assert ups[0].peer == "b"
+    await b.close()
+    await wait_for(lambda: bool(downs), timeout=5)
+    assert downs[0].peer == "b"
+    assert any("down: b" in r for r in a.health().reasons)
+    await a.close()
+
+
+def test_sync_caches_replicate() -> None:
+    with SyncCache(backend="p2p", discovery="none", node_id="s0") as s0:
+        assert s0.address is not None
+        with SyncCache(backend="p2p", discovery="none", node_id="s1", seeds=[s0.address]) as s1:
+            s0.set("k", [1, 2])
+            deadline = time.monotonic() + 5
+            while s1.get("k") is None and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert s1.get("k") == [1, 2]

@@ -1,0 +1,184 @@
+"""What a value may be, how it is held, and that reads never alias the replica."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from crdtcache import CacheError, SerializationError
+from crdtcache.core import (
+    MAX_KEY_CHARS,
+    MAX_VALUE_BYTES,
+    Packed,
+    check_key,
+    decode_value,
+    encode_value,
+    unpack_stored,
+)
+from crdtcache.core._values import stored_size
+from tests.core.helpers import T0, make_replica
+
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(1 << 63), (1 << 64) - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20)
+    | st.binary(max_size=20)
+)
+values = st.recursive(
+    scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@pytest.mark.parametrize("value", [None, True, 0, -(1 << 63), (1 << 64) - 1, 1.5, "s", b"b"])
+def test_scalars_are_stored_as_they_are(value: object) -> None:
+    assert encode_value("k", value) is value
+    assert decode_value(value) is value
+
+
+def test_containers_are_stored_packed_and_read_as_fresh_copies() -> None:
+    stored = encode_value("k", {"a": [1, 2]})
+    assert type(stored) is Packed
+    first, second = decode_value(stored), decode_value(stored)
+    assert first == second == {"a": [1, 2]}
+    assert first is not second
+
+
+def test_a_tuple_reads_back_as_a_list() -> None:
+    assert decode_value(encode_value("k", (1, "x"))) == [1, "x"]
+
+
+@given(values)
+def test_every_allowed_value_round_trips(value: Any) -> None:
+    assert decode_value(encode_value("k", value)) == value
+
+
+@pytest.mark.parametrize(
+    ("value", "type_name"),
+    [(object(), "object"), ({1, 2}, "set"), (1 + 2j, "complex"), (math, "module")],
+)
+def test_unsupported_type_names_the_key_and_the_type(value: object, type_name: str) -> None:
+    with pytest.raises(SerializationError, match=rf"'user:1'.*type {type_name}\b"):
+        encode_value("user:1", value)
+
+
+def test_serialization_error_is_a_cache_error_and_a_type_error() -> None:
+    with pytest.raises(CacheError):
+        encode_value("k", object())
+    with pytest.raises(TypeError):
+        encode_value("k", object())
+
+
+def test_dict_with_int_keys_is_refused() -> None:
+    with pytest.raises(SerializationError, match=r"'cfg'.*str keys"):
+        encode_value("cfg", {1: "a"})
+
+
+def test_nested_unsupported_value_is_refused() -> None:
+    with pytest.raises(SerializationError, match="'k' cannot be carried"):
+        encode_value("k", [1, {"x": object()}])
+
+
+@pytest.mark.parametrize("number", [1 << 64, -(1 << 63) - 1, 10**30])
+def test_int_beyond_64_bits_is_refused(number: int) -> None:
+    with pytest.raises(SerializationError, match=r"'n'.*64 bits"):
+        encode_value("n", number)
+
+
+def test_int_beyond_64_bits_inside_a_list_is_refused() -> None:
+    with pytest.raises(SerializationError, match="'n'"):
+        encode_value("n", [1 << 64])
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["x" * (MAX_VALUE_BYTES + 1), b"x" * (MAX_VALUE_BYTES + 1), ["x" * MAX_VALUE_BYTES]],
+)
+def test_too_large_value_is_refused(value: object) -> None:
+    with pytest.raises(SerializationError, match=f"'big' exceeds {MAX_VALUE_BYTES} bytes"):
+        encode_value("big", value)
+
+
+def test_largest_value_is_accepted() -> None:
+    assert len(encode_value("big", b"x" * MAX_VALUE_BYTES)) == MAX_VALUE_BYTES  # type: ignore[arg-type]  # bytes in, bytes out
+
+
+def test_check_key_accepts_str_up_to_the_limit() -> None:
+    key = "k" * MAX_KEY_CHARS
+    assert check_key(key) is key
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        (b"k", "must be str, not bytes"),
+        (1, "must be str, not int"),
+        (None, "must be str, not NoneType"),
+        ("k" * (MAX_KEY_CHARS + 1), f"exceeds {MAX_KEY_CHARS}"),
+    ],
+)
+def test_check_key_refuses_bad_keys(key: object, message: str) -> None:
+    with pytest.raises(SerializationError, match=message):
+        check_key(key)
+
+
+def test_check_key_refuses_a_str_subclass() -> None:
+    class Name(str):
+        __slots__ = ()
+
+    with pytest.raises(SerializationError):
+        check_key(Name("k"))
+
+
+def test_unpack_stored_accepts_a_packed_container() -> None:
+    blob = msgpack.packb({"a": 1})
+    assert type(unpack_stored(blob)) is Packed
+
+
+@pytest.mark.parametrize(
+    ("blob", "message"),
+    [
+        (b"\xc1", "not valid msgpack"),
+        (msgpack.packb(5), "not a list or dict"),
+        (msgpack.packb({1: 2}), "not valid msgpack"),
+        (b"\x00" * (MAX_VALUE_BYTES + 1), "over MAX_VALUE_BYTES"),
+    ],
+)
+def test_unpack_stored_refuses_junk(blob: bytes, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        unpack_stored(blob)
+
+
+def test_stored_size_counts_bytes_of_sized_values() -> None:
+    assert stored_size("abc") == 3
+    assert stored_size(b"ab") == 2
+    assert stored_size(encode_value("k", [1])) == 2
+    assert stored_size(12345) == 8
+
+
+# ----------------------------------------------------------------- no aliasing
+def test_mutating_a_read_value_does_not_change_the_replica() -> None:
+    r = make_replica()
+    r.set("user:1", encode_value("user:1", {"name": "Alice", "tags": ["a"]}), T0)
+    read = r.visible(T0)["user:1"][0]
+    read["name"] = "Mallory"
+    read["tags"].append("b")
+    assert r.visible(T0)["user:1"][0] == {"name": "Alice", "tags": ["a"]}
+
+
+def test_mutating_the_written_value_afterwards_does_not_change_the_replica() -> None:
+    r = make_replica()
+    value = {"n": [1]}
+    r.set("k", encode_value("k", value), T0)
+    value["n"].append(2)
+    assert r.visible(T0)["k"][0] == {"n": [1]}
