@@ -4,25 +4,60 @@ Every node keeps a last-writer-wins register map stamped with hybrid logical clo
 gossips deltas to its peers over TCP and repairs divergence by anti-entropy.
 """
 
+from crdtcache._cache import Cache
+from crdtcache._cached import cached
 from crdtcache._errors import (
     CacheError,
     ClockDriftError,
     ConfigError,
+    CorruptStateError,
     PeerError,
+    PersistenceError,
     ProtocolError,
     SerializationError,
     ValidationError,
 )
+from crdtcache._events import CacheEvent, ChangeEvent, EventBus, InvalidationRule
+from crdtcache._stats import (
+    CacheStatistics,
+    ClusterStatistics,
+    EvictionStatistics,
+    Health,
+    LatencyStatistics,
+    OverallStatistics,
+    PeerStatistics,
+    TierStatistics,
+    TrafficStatistics,
+)
+from crdtcache._sync import SyncCache
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Cache",
     "CacheError",
+    "CacheEvent",
+    "CacheStatistics",
+    "ChangeEvent",
     "ClockDriftError",
+    "ClusterStatistics",
     "ConfigError",
+    "CorruptStateError",
+    "EventBus",
+    "EvictionStatistics",
+    "Health",
+    "InvalidationRule",
+    "LatencyStatistics",
+    "OverallStatistics",
     "PeerError",
+    "PeerStatistics",
+    "PersistenceError",
     "ProtocolError",
     "SerializationError",
+    "SyncCache",
+    "TierStatistics",
+    "TrafficStatistics",
     "ValidationError",
     "__version__",
+    "cached",
 ]

@@ -34,6 +34,7 @@ partition you expect a node to come back from with its state.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final
@@ -88,9 +89,11 @@ class Replica:
         #: Per origin, the greatest stamp ever merged from it (an upper bound of what
         #: this replica holds from it): lets :meth:`changes_since` skip its scan.
         self.high: dict[str, int] = {}
-        # Keys whose entry is a tombstone or has an expiry: all :meth:`collect` walks.
-        # (A dict, not a set: its order is the same in every run of a seeded test.)
-        self._mortal: dict[str, None] = {}
+        # Keys whose entry will need collecting, bucketed by the whole second when it
+        # falls due (expiry, or stamp + grace for a tombstone): :meth:`collect` walks
+        # only due buckets. A key rewritten within one bucket is listed once, so this
+        # costs about one pointer per mortal entry (a dict or set would cost ~40 B).
+        self._due: dict[int, list[str]] = {}
         self._matchers: dict[str, _Matcher] = {}
         self._max_pattern_ts = -1
         #: Remote entries refused for clock drift.
@@ -133,17 +136,29 @@ class Replica:
             local = self.entries.get(key)
             if local is not None:
                 entry = self._resolve(key, local, entry)
+        previous = self.entries.get(key)
         self.entries[key] = entry
         self.marks[self.node] = ts
         self.high[self.node] = ts
-        self._note(key, entry)
+        self._note(key, entry, previous)
         return entry
 
-    def _note(self, key: str, entry: Entry) -> None:
-        if entry.value is TOMBSTONE or entry.expires is not None:
-            self._mortal[key] = None
+    def _due_second(self, entry: Entry) -> int | None:
+        if entry.value is TOMBSTONE:
+            return math.ceil((entry.ts >> LOGICAL_BITS) / 1000.0 + self.tombstone_grace)
+        if entry.expires is not None:
+            return math.ceil(entry.expires)
+        return None
+
+    def _note(self, key: str, entry: Entry, previous: Entry | None) -> None:
+        due = self._due_second(entry)
+        if due is None or (previous is not None and self._due_second(previous) == due):
+            return
+        bucket = self._due.get(due)
+        if bucket is None:
+            self._due[due] = [key]
         else:
-            self._mortal.pop(key, None)
+            bucket.append(key)
 
     def set(self, key: str, stored: object, now: float, expires: float | None = None) -> Entry:
         """Write a stored value (see :func:`encode_value`) with an optional absolute expiry."""
@@ -207,7 +222,7 @@ class Replica:
                 # The same write: fill in a value this node did not hold, else keep ours.
                 if local.value is NOT_HELD and entry.value is not NOT_HELD:
                     self.entries[key] = entry
-                    self._note(key, entry)
+                    self._note(key, entry, local)
                 return None
             if self.resolver is None:
                 if not _beats(entry.ts, entry.origin, local):
@@ -215,7 +230,7 @@ class Replica:
             elif self._resolve(key, local, entry) is local:
                 return None
         self.entries[key] = entry
-        self._note(key, entry)
+        self._note(key, entry, local)
         return Change(
             key, "delete" if entry.value is TOMBSTONE else "set", entry.origin, entry.ts, True
         )
@@ -330,26 +345,29 @@ class Replica:
         expired: list[Change] = []
         collected = self.collected
         entries = self.entries
-        for key in list(self._mortal):
-            e = entries.get(key)
-            if e is None or (e.value is not TOMBSTONE and e.expires is None):
-                del self._mortal[key]
-                continue
-            gone = e.value is TOMBSTONE
-            if e.expires is not None and e.expires <= now:
+        for due in [d for d in self._due if d <= now]:
+            for key in self._due.pop(due):
+                e = entries.get(key)
+                if e is None:
+                    continue
+                gone = e.value is TOMBSTONE
+                if e.expires is not None and e.expires <= now:
+                    if not gone:
+                        expired.append(Change(key, "expire", e.origin, e.ts, False))
+                    gone = True
                 if not gone:
-                    expired.append(Change(key, "expire", e.origin, e.ts, False))
-                gone = True
-            if not gone:
-                continue
-            if e.ts <= horizon_ts:
-                del entries[key]
-                del self._mortal[key]
-                if e.ts > collected.get(e.origin, -1):
-                    collected[e.origin] = e.ts
-                dropped += 1
-            elif e.value is not TOMBSTONE:
-                entries[key] = Entry(TOMBSTONE, e.ts, e.origin, e.expires)
+                    continue  # rewritten since: listed again under its new due second
+                if e.ts <= horizon_ts:
+                    del entries[key]
+                    if e.ts > collected.get(e.origin, -1):
+                        collected[e.origin] = e.ts
+                    dropped += 1
+                elif e.value is not TOMBSTONE:
+                    shrunk = Entry(TOMBSTONE, e.ts, e.origin, e.expires)
+                    entries[key] = shrunk
+                    self._note(key, shrunk, None)
+                else:
+                    self._note(key, e, None)  # a tombstone listed early: list it again
         for pat, tomb in list(self.patterns.items()):
             if tomb.ts <= horizon_ts:
                 del self.patterns[pat]

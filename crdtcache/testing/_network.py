@@ -35,12 +35,15 @@ from crdtcache.core import (
     Resolver,
     Stamp,
     encode_value,
+    pack_ts,
 )
 from crdtcache.core._entry import TOMBSTONE
 
 __all__ = ["NetworkStatistics", "SimNode", "SimulatedNetwork", "Write"]
 
 EPOCH = 1_700_000_000.0
+#: A write as replicas and messages carry it: (is a pattern, key or pattern, stamp).
+_WriteId = tuple[bool, str, Stamp]
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +131,9 @@ class SimulatedNetwork:
         self.now = start
         self.stats = NetworkStatistics()
         self.writes: list[Write] = []
+        # Writes lost with a node's state, and writes only messages in flight still carry.
+        self._lost: set[_WriteId] = set()
+        self._fragile: set[_WriteId] = set()
         self._queue: list[tuple[float, int, str, Any]] = []
         self._seq = 0
         self._groups: list[frozenset[str]] | None = None
@@ -173,8 +179,8 @@ class SimulatedNetwork:
                     self._drain(node)
                 self._schedule(self.now + self.tick_interval, "tick", node.id)
         else:
-            sender, sender_id, receiver, message = payload
-            self._deliver(sender, sender_id, receiver, message)
+            sender, sender_id, receiver, receiver_id, message = payload
+            self._deliver(sender, sender_id, receiver, receiver_id, message)
         return True
 
     def run(self, duration: float) -> None:
@@ -214,19 +220,30 @@ class SimulatedNetwork:
             self.stats.duplicated += copies - 1
             for _ in range(copies):
                 lag = self.delay[0] + self.rng.random() * (self.delay[1] - self.delay[0])
-                self._schedule(self.now + lag, "msg", (sender, sender_id, peer, message))
+                self._schedule(self.now + lag, "msg", (sender, sender_id, peer, peer_id, message))
 
-    def _deliver(self, sender: str, sender_id: str, receiver: str, message: Message) -> None:
+    def _deliver(
+        self, sender: str, sender_id: str, receiver: str, receiver_id: str, message: Message
+    ) -> None:
         node = self.nodes.get(receiver)
-        if node is None or not node.up or not self.reachable(sender, receiver):
+        if (
+            node is None
+            or not node.up
+            or not self.reachable(sender, receiver)
+            # Sent to an engine that has since restarted without state: its connections
+            # died with it, so an answer to its requests never reaches its successor.
+            or node.engine.node != receiver_id
+        ):
             self.stats.blocked += 1
-            return
-        if self.codec is not None:
-            message = self.codec(message)
-        self.stats.delivered += 1
-        self.stats.entries_delivered += len(getattr(message, "entries", ()))
-        self._send(receiver, node.engine.handle(sender_id, message, self.local_time(receiver)))
-        self._drain(node)
+        else:
+            if self.codec is not None:
+                message = self.codec(message)
+            self.stats.delivered += 1
+            self.stats.entries_delivered += len(getattr(message, "entries", ()))
+            self._send(receiver, node.engine.handle(sender_id, message, self.local_time(receiver)))
+            self._drain(node)
+        if self._fragile:
+            self._forget_lost(self._fragile)
 
     def _drain(self, node: SimNode) -> None:
         node.changes.extend(node.engine.drain_changes())
@@ -309,10 +326,35 @@ class SimulatedNetwork:
             replica = Replica(clock, resolver=self.resolver, tombstone_grace=self.tombstone_grace)
             self._route[new_id] = node
         n.engine = self._engine(node, replica)
+        if not keep_state:
+            self._forget_lost({_write_id(w) for w in self.writes} - self._lost)
         n.up = True
         for other in self.nodes.values():
             if other.id != node:
                 self._send(node, n.engine.add_peer(other.engine.node, self.local_time(node)))
+
+    def _forget_lost(self, writes: Iterable[_WriteId]) -> None:
+        """Move the ``writes`` that nothing carries any more to the lost writes.
+
+        A write is carried while a replica holds it (the same stamp) or a message in
+        flight does; one that only messages carry stays a candidate until they land.
+        Writes older than the tombstone grace are kept: collection drops those on
+        purpose, and the model must still let them beat older values.
+        """
+        held: set[_WriteId] = set()
+        for n in self.nodes.values():
+            held.update((False, k, Stamp(e.ts, e.origin)) for k, e in n.replica.entries.items())
+            held.update((True, p.pattern, p.stamp) for p in n.replica.patterns.values())
+        flying: set[_WriteId] = set()
+        for _, _, kind, payload in self._queue:
+            if kind == "msg":
+                message = payload[-1]
+                flying.update((False, k, e.stamp) for k, e in getattr(message, "entries", ()))
+                flying.update((True, p.pattern, p.stamp) for p in getattr(message, "patterns", ()))
+        collectable = pack_ts(int((self.now - self.tombstone_grace) * 1000))
+        uncarried = frozenset(writes) - held
+        self._lost |= {w for w in uncarried - flying if w[2].ts > collectable}
+        self._fragile = set(uncarried & flying)
 
     # ------------------------------------------------------------- checking
     def live_nodes(self) -> list[SimNode]:
@@ -339,11 +381,17 @@ class SimulatedNetwork:
 
     def expected(self, now: float | None = None) -> dict[str, tuple[Any, Stamp]]:
         """The reference model: per key the greatest-stamped write, unless deleted,
-        covered by a later pattern invalidation, or expired at ``now``."""
+        covered by a later pattern invalidation, or expired at ``now``.
+
+        Writes lost with a node's state (a restart without it, when no other replica
+        and no message in flight carried them) are left out; writes held only by a
+        node that is down still count.
+        """
         now = self.now if now is None else now
         best: dict[str, Write] = {}
-        patterns = [w for w in self.writes if w.kind == "pattern"]
-        for w in self.writes:
+        writes = [w for w in self.writes if _write_id(w) not in self._lost]
+        patterns = [w for w in writes if w.kind == "pattern"]
+        for w in writes:
             if w.kind == "pattern":
                 continue
             cur = best.get(w.key)
@@ -357,6 +405,11 @@ class SimulatedNetwork:
                 continue
             out[key] = (w.value, w.stamp)
         return out
+
+
+def _write_id(w: Write) -> _WriteId:
+    """What identifies a write among everything replicas and messages carry."""
+    return (w.kind == "pattern", w.key, w.stamp)
 
 
 def _glob(pattern: str, key: str) -> bool:

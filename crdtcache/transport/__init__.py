@@ -1,4 +1,10 @@
-"""Peers over a real network: framing, the wire codec, connections and the p2p node."""
+"""Peers over a real network: framing, the wire codec, connections and the p2p node.
+
+Security: ``secret=`` authenticates peers and frames with a shared cluster secret (see
+:mod:`crdtcache.transport._auth` for what it does and does not guarantee); ``ssl=``
+runs mutual TLS 1.3 with each node's id in its certificate (:func:`tls_contexts`,
+:func:`node_id_uri`). Both may be combined.
+"""
 
 from __future__ import annotations
 
@@ -7,28 +13,65 @@ from collections.abc import Sequence
 
 from crdtcache._errors import ConfigError
 from crdtcache.core import GossipEngine
-from crdtcache.transport._codec import PROTOCOL_VERSION, Bye, Hello, decode, encode
+from crdtcache.transport._auth import (
+    MIN_SECRET_BYTES,
+    AuthError,
+    FrameOpener,
+    FrameSealer,
+    Handshake,
+    SessionKeys,
+    keyring,
+)
+from crdtcache.transport._codec import (
+    AUTH_VERSION,
+    MAX_SECRETS,
+    PROTOCOL_VERSION,
+    Bye,
+    Hello,
+    decode,
+    encode,
+)
 from crdtcache.transport._connection import MAX_SEND_BUFFER, Connection
 from crdtcache.transport._framing import MAX_FRAME_BYTES, FrameDecoder, FrameTooLarge, encode_frame
 from crdtcache.transport._node import HANDSHAKE_TIMEOUT, MAX_CONNECTIONS, Node, parse_address
+from crdtcache.transport._tls import (
+    NODE_URI_PREFIX,
+    certificate_node_ids,
+    check_tls_contexts,
+    node_id_uri,
+    tls_contexts,
+)
 
 __all__ = [
+    "AUTH_VERSION",
     "HANDSHAKE_TIMEOUT",
     "MAX_CONNECTIONS",
     "MAX_FRAME_BYTES",
+    "MAX_SECRETS",
     "MAX_SEND_BUFFER",
+    "MIN_SECRET_BYTES",
+    "NODE_URI_PREFIX",
     "PROTOCOL_VERSION",
+    "AuthError",
     "Bye",
     "Connection",
     "FrameDecoder",
+    "FrameOpener",
+    "FrameSealer",
     "FrameTooLarge",
+    "Handshake",
     "Hello",
     "Node",
+    "SessionKeys",
+    "certificate_node_ids",
     "decode",
     "encode",
     "encode_frame",
+    "keyring",
     "make_node",
+    "node_id_uri",
     "parse_address",
+    "tls_contexts",
 ]
 
 
@@ -45,18 +88,25 @@ def make_node(
     """Build the p2p runtime for ``engine`` from the cache's options.
 
     ``discovery`` is ``"mdns"``, ``"static"`` or ``"none"``; ``seeds`` are dialled
-    in every mode. ``ssl`` is one context used both ways or a (server, client) pair.
-    Raises :class:`ConfigError` for invalid options.
+    in every mode. ``secret`` is the cluster secret (at least ``MIN_SECRET_BYTES``
+    bytes), or a list of up to ``MAX_SECRETS`` during a rotation: the first signs,
+    all are accepted. ``ssl`` is a (server, client) pair such as :func:`tls_contexts`
+    returns, or one context used both ways; it must require the peer's certificate
+    and TLS 1.3. Raises :class:`ConfigError` for invalid options.
     """
     from crdtcache.discovery import make_discovery
 
-    if secret is not None:
-        raise ConfigError("secret= (cluster authentication) is not available yet")
+    ring = keyring(secret) if secret is not None else None
     server_ctx = client_ctx = None
     if isinstance(ssl, tuple):
+        if len(ssl) != 2:
+            raise ConfigError("ssl must be one SSLContext or a (server, client) pair")
         server_ctx, client_ctx = ssl
     elif ssl is not None:
+        if not isinstance(ssl, _ssl.SSLContext):
+            raise ConfigError(f"ssl must be an ssl.SSLContext, not {type(ssl).__name__}")
         server_ctx = client_ctx = ssl
+    check_tls_contexts(server_ctx, client_ctx)  # before discovery is set up
     found = make_discovery(discovery, cluster=cluster, seeds=seeds)
     node = Node(
         engine,
@@ -65,6 +115,7 @@ def make_node(
         discovery=found,
         ssl_server=server_ctx,
         ssl_client=client_ctx,
+        secret=ring,
     )
     for seed in seeds:
         node.add_seed(seed)

@@ -8,6 +8,11 @@ decoded message is always well-formed. Anything else raises :class:`ProtocolErro
 Entries travel as ``[key, kind, value, ts, origin, expires]`` where ``kind`` says how
 to read ``value``: a plain scalar, a packed list/dict (validated by
 :func:`~crdtcache.core.unpack_stored`), a tombstone, or a stub (value not held).
+
+Versions: :data:`PROTOCOL_VERSION` (in the :class:`Hello`) versions this message set;
+the authenticated handshake of ``secret=`` (:class:`AuthHello` … :class:`AuthAccept`,
+driven by :mod:`crdtcache.transport._auth`) announces its own :data:`AUTH_VERSION` in
+its first frame, so a node that does not speak it refuses the stream at once.
 """
 
 from __future__ import annotations
@@ -40,8 +45,17 @@ from crdtcache.core import (
 from crdtcache.transport._framing import MAX_FRAME_BYTES
 
 __all__ = [
+    "AUTH_VERSION",
+    "MAX_HELLO_BYTES",
     "MAX_NODE_ID_CHARS",
+    "MAX_SECRETS",
+    "NONCE_BYTES",
     "PROTOCOL_VERSION",
+    "TAG_BYTES",
+    "AuthAccept",
+    "AuthChallenge",
+    "AuthHello",
+    "AuthProof",
     "Bye",
     "Hello",
     "PeerList",
@@ -56,8 +70,19 @@ PROTOCOL_VERSION: Final = 1
 MAX_NODE_ID_CHARS: Final = 128
 #: Most entries, keys or marks one message may carry.
 MAX_ITEMS: Final = 1 << 16
+#: Version of the authenticated handshake and sealed frames (``secret=``).
+AUTH_VERSION: Final = 1
+#: Bytes of a handshake nonce and of an HMAC-SHA256 tag.
+NONCE_BYTES: Final = 32
+TAG_BYTES: Final = 32
+#: Secrets a keyring may hold (the first signs, all are accepted); the challenge always
+#: carries this many tags so that it does not reveal how many secrets a node holds.
+MAX_SECRETS: Final = 4
+#: Largest encoded hello carried inside the authenticated handshake.
+MAX_HELLO_BYTES: Final = 1024
 
 _HELLO, _PUSH, _ACK, _SYNC_REQ, _SYNC_RESP, _PING, _FETCH, _FETCH_REPLY, _BYE, _PEERS = range(1, 11)
+_AUTH_HELLO, _AUTH_CHALLENGE, _AUTH_PROOF, _AUTH_ACCEPT = range(11, 15)
 _PLAIN, _PACKED, _TOMB, _STUB = range(4)
 _MAX_TS: Final = (1 << 63) - 1
 _SCALAR_TYPES: Final = (type(None), bool, int, float, str, bytes)
@@ -91,7 +116,49 @@ class PeerList:
     peers: tuple[tuple[str, str, int], ...]
 
 
-WireMessage = Message | Hello | Bye | PeerList
+@dataclass(frozen=True, slots=True)
+class AuthHello:
+    """First frame of the authenticated handshake (initiator to responder).
+
+    It shows only that the sender wants ``secret=`` authentication, which version of
+    it, and a fresh nonce: no cluster name, node id or port.
+    """
+
+    version: int
+    nonce: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AuthChallenge:
+    """The responder's nonce and its proof of the secret over both nonces.
+
+    ``tags`` holds one tag per secret of the responder's keyring, padded with random
+    bytes to :data:`MAX_SECRETS`, so that an initiator holding any one of them (during a
+    rotation) can verify it, and nobody learns the size of the keyring.
+    """
+
+    nonce: bytes
+    tags: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AuthProof:
+    """The initiator's proof of the secret, and its hello (only now revealed)."""
+
+    hello: bytes
+    tag: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AuthAccept:
+    """The responder's proof over both hellos, and its own hello."""
+
+    hello: bytes
+    tag: bytes
+
+
+AuthMessage = AuthHello | AuthChallenge | AuthProof | AuthAccept
+WireMessage = Message | Hello | Bye | PeerList | AuthMessage
 
 
 # ------------------------------------------------------------------ encoding
@@ -140,6 +207,14 @@ def encode(message: WireMessage) -> bytes:
         body = [_BYE]
     elif isinstance(m, PeerList):
         body = [_PEERS, [list(p) for p in m.peers]]
+    elif isinstance(m, AuthHello):
+        body = [_AUTH_HELLO, m.version, m.nonce]
+    elif isinstance(m, AuthChallenge):
+        body = [_AUTH_CHALLENGE, m.nonce, list(m.tags)]
+    elif isinstance(m, AuthProof):
+        body = [_AUTH_PROOF, m.hello, m.tag]
+    elif isinstance(m, AuthAccept):
+        body = [_AUTH_ACCEPT, m.hello, m.tag]
     else:
         raise TypeError(f"cannot encode {type(m).__name__}")
     packed: bytes = msgpack.packb(body, use_bin_type=True)
@@ -170,6 +245,12 @@ def _str(v: object, what: str, limit: int = MAX_NODE_ID_CHARS) -> str:
 def _key(v: object) -> str:
     if type(v) is not str or len(v) > MAX_KEY_CHARS:
         _bad(f"a key must be a str of at most {MAX_KEY_CHARS} characters")
+    return v
+
+
+def _bin(v: object, what: str, lo: int, hi: int) -> bytes:
+    if type(v) is not bytes or not lo <= len(v) <= hi:
+        _bad(f"{what} must be bin of {lo}..{hi} bytes")
     return v
 
 
@@ -322,4 +403,22 @@ def decode(body: bytes, max_bytes: int = MAX_FRAME_BYTES) -> WireMessage:
                 _bad("a peer must be [node, host, port]")
             peers.append((_str(p[0], "node id"), _str(p[1], "host"), _int(p[2], "port", 1, 65535)))
         return PeerList(tuple(peers))
+    if kind == _AUTH_HELLO:
+        _arity(obj, 3, "auth hello")
+        return AuthHello(
+            _int(obj[1], "auth version", 0, 1 << 16),
+            _bin(obj[2], "nonce", NONCE_BYTES, NONCE_BYTES),
+        )
+    if kind == _AUTH_CHALLENGE:
+        _arity(obj, 3, "auth challenge")
+        raw_tags = obj[2]
+        if type(raw_tags) is not list or len(raw_tags) != MAX_SECRETS:
+            _bad(f"an auth challenge carries exactly {MAX_SECRETS} tags")
+        tags = tuple(_bin(t, "tag", TAG_BYTES, TAG_BYTES) for t in raw_tags)
+        return AuthChallenge(_bin(obj[1], "nonce", NONCE_BYTES, NONCE_BYTES), tags)
+    if kind in (_AUTH_PROOF, _AUTH_ACCEPT):
+        _arity(obj, 3, "auth proof or accept")
+        hello = _bin(obj[1], "hello", 1, MAX_HELLO_BYTES)
+        tag = _bin(obj[2], "tag", TAG_BYTES, TAG_BYTES)
+        return AuthProof(hello, tag) if kind == _AUTH_PROOF else AuthAccept(hello, tag)
     _bad(f"unknown message type {kind}")

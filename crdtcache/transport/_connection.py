@@ -1,12 +1,19 @@
-"""One TCP (or TLS) stream to a peer: frame reading, bounded buffered writing, counters."""
+"""One TCP (or TLS) stream to a peer: frame reading, bounded buffered writing, counters.
+
+After an authenticated handshake (``secret=``) the connection is :meth:`secured
+<Connection.secure>`: every body written is sealed and every body read is opened
+(see :mod:`crdtcache.transport._auth`) before the codec sees it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Final
+import ssl
+from typing import Any, Final
 
 from crdtcache._errors import ProtocolError
+from crdtcache.transport._auth import SEALED_OVERHEAD, FrameOpener, FrameSealer, SessionKeys
 from crdtcache.transport._codec import WireMessage, decode
 from crdtcache.transport._framing import HEADER, MAX_FRAME_BYTES, check_length, encode_frame
 
@@ -51,6 +58,10 @@ class Connection:
         self.dropped = 0
         self.stalled_since: float | None = None
         self.closed = asyncio.get_running_loop().create_future()
+        #: Whether the stream runs over TLS (set by :meth:`start_tls`).
+        self.tls = False
+        self._sealer: FrameSealer | None = None
+        self._opener: FrameOpener | None = None
 
     @property
     def label(self) -> str:
@@ -66,18 +77,61 @@ class Connection:
             host = f"[{host}]"
         return f"{host}:{self.peer_port}"
 
-    async def read_message(self) -> WireMessage:
-        """Read and decode one frame; the length is checked before the body is read.
+    @property
+    def secured(self) -> bool:
+        """Whether frames are sealed (after an authenticated handshake)."""
+        return self._sealer is not None
 
-        Raises :class:`ProtocolError` for junk, ``asyncio.IncompleteReadError`` when the
-        stream ends (``partial`` non-empty means a truncated frame).
+    def secure(self, keys: SessionKeys) -> None:
+        """Seal every frame from now on, and accept only sealed frames."""
+        self._sealer = FrameSealer(keys.send)
+        self._opener = FrameOpener(keys.receive)
+
+    async def start_tls(self, context: ssl.SSLContext, server_hostname: str | None) -> None:
+        """Upgrade the stream to TLS (the side is the one this stream was opened on).
+
+        Raises ``ssl.SSLError`` if the TLS handshake fails.
+        """
+        await self.writer.start_tls(context, server_hostname=server_hostname)
+        self.tls = True
+
+    def peer_certificate(self) -> dict[str, Any] | None:
+        """The peer's verified certificate (``getpeercert()``), or None without TLS."""
+        ssl_object = self.writer.get_extra_info("ssl_object")
+        if ssl_object is None:
+            return None
+        cert: dict[str, Any] | None = ssl_object.getpeercert()
+        return cert or {}
+
+    async def read_body(self, max_bytes: int | None = None) -> bytes:
+        """Read one raw frame body; the length is checked before the body is read.
+
+        ``max_bytes`` lowers the limit (the handshake reads small frames only).
+        Raises :class:`ProtocolError` for an oversized header and
+        ``asyncio.IncompleteReadError`` when the stream ends.
         """
         header = await self.reader.readexactly(HEADER.size)
         (length,) = HEADER.unpack(header)
-        check_length(length, self.max_frame_bytes)
+        limit = self.max_frame_bytes if max_bytes is None else min(max_bytes, self.max_frame_bytes)
+        if length > limit and self.frames_received == 0 and header[:2] == b"\x16\x03":
+            # A TLS record header (handshake, version 3.x) read as a frame length.
+            raise ProtocolError("the peer opened with TLS (ssl=) and this node has no ssl context")
+        check_length(length, limit)
         body = await self.reader.readexactly(length)
         self.bytes_received += HEADER.size + length
         self.frames_received += 1
+        return body
+
+    async def read_message(self) -> WireMessage:
+        """Read, open (if secured) and decode one frame.
+
+        Raises :class:`ProtocolError` for junk (:class:`~crdtcache.transport.AuthError`
+        for a frame that is not authentic), ``asyncio.IncompleteReadError`` when the
+        stream ends (``partial`` non-empty means a truncated frame).
+        """
+        body = await self.read_body()
+        if self._opener is not None:
+            body = self._opener.open(body)
         return decode(body, self.max_frame_bytes)
 
     def send(self, body: bytes) -> bool:
@@ -88,6 +142,16 @@ class Connection:
         if transport.get_write_buffer_size() > self.send_buffer:
             self.dropped += 1
             return False
+        sealer = self._sealer
+        if sealer is not None:
+            # Checked before sealing: a sealed frame that is not written would leave a
+            # gap in the sequence numbers, which the peer treats as an attack.
+            if len(body) + SEALED_OVERHEAD > self.max_frame_bytes:
+                raise ProtocolError(
+                    f"refusing to send: sealed frame of {len(body) + SEALED_OVERHEAD} bytes "
+                    f"exceeds the {self.max_frame_bytes}-byte limit"
+                )
+            body = sealer.seal(body)
         try:
             frame = encode_frame(body, self.max_frame_bytes)
         except ValueError as exc:

@@ -9,6 +9,13 @@ mismatch drops the stream with one log line. There is one connection per pair of
 nodes: when both dial at once, both keep the one dialed by the smaller node id; a
 hello with a new incarnation replaces a stale connection of a restarted peer.
 
+Security, all inside the handshake timeout and before the engine hears of the peer:
+with ``ssl``, the stream is first upgraded to mutual TLS (the node id of the hello must
+be one the peer's certificate names, see :mod:`~crdtcache.transport._tls`); with a
+``secret``, the hellos travel inside the authenticated handshake of
+:mod:`~crdtcache.transport._auth` and every later frame is sealed. A refused stream
+costs one log line and is counted in ``statistics()``.
+
 The engine is touched only from the event loop: frames are decoded in the reader
 task and handed to ``engine.handle``; a periodic callback calls ``engine.tick``; a
 write wakes a one-shot flush at the engine's next flush time. Whatever the engine
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import random
 import ssl as _ssl
@@ -36,9 +44,31 @@ from crdtcache._errors import ConfigError, PeerError, ProtocolError
 from crdtcache._runtime import ChangeListener, PeerListener
 from crdtcache.core import GossipEngine, Outgoing
 from crdtcache.discovery._base import Discovery, PeerAddress
-from crdtcache.transport._codec import PROTOCOL_VERSION, Bye, Hello, PeerList, encode
+from crdtcache.transport._auth import (
+    AWAIT_ACCEPT,
+    AWAIT_CHALLENGE,
+    AWAIT_PROOF,
+    DONE,
+    MAX_HANDSHAKE_BYTES,
+    PEER_PROVED,
+    AuthError,
+    Handshake,
+    keyring,
+)
+from crdtcache.transport._codec import (
+    PROTOCOL_VERSION,
+    AuthAccept,
+    AuthChallenge,
+    AuthHello,
+    AuthProof,
+    Bye,
+    Hello,
+    PeerList,
+    encode,
+)
 from crdtcache.transport._connection import MAX_SEND_BUFFER, Connection
 from crdtcache.transport._framing import MAX_FRAME_BYTES
+from crdtcache.transport._tls import certificate_node_ids, check_tls_contexts
 
 __all__ = [
     "HANDSHAKE_TIMEOUT",
@@ -50,8 +80,17 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Seconds a new stream has to complete its hello.
+#: Seconds a new stream has to complete its handshake (TLS, authentication, hellos).
 HANDSHAKE_TIMEOUT: Final = 5.0
+#: Why a peer that closes the stream silently in each handshake state most likely did.
+_CLOSED_DURING_AUTH: Final = {
+    AWAIT_CHALLENGE: "the peer closed the stream instead of answering the authenticated "
+    "handshake (it refuses this node's version or configuration)",
+    AWAIT_PROOF: "the peer closed the stream after this node's challenge: "
+    "it does not hold the cluster secret",
+    AWAIT_ACCEPT: "the peer closed the stream after this node's proof: it refused this "
+    "node (cluster, node id or certificate)",
+}
 #: Seconds a dial may take.
 CONNECT_TIMEOUT: Final = 3.0
 #: Streams (handshaking or established) accepted at once; more are refused.
@@ -87,8 +126,11 @@ class _Dialing:
 class Node:
     """Runs one :class:`GossipEngine` over TCP (implements the cache's ``Runtime``).
 
-    Raises :class:`ConfigError` for a bad ``listen`` address and :class:`PeerError`
-    if it cannot be bound.
+    ``secret`` (bytes, or a list whose first entry signs and all are accepted) turns
+    on the authenticated handshake and sealed frames; ``ssl_server`` and
+    ``ssl_client`` (both or neither) turn on mutual TLS. Raises :class:`ConfigError`
+    for a bad ``listen`` address, secret or TLS context, and :class:`PeerError` if the
+    address cannot be bound.
     """
 
     def __init__(
@@ -100,6 +142,7 @@ class Node:
         discovery: Discovery | None = None,
         ssl_server: _ssl.SSLContext | None = None,
         ssl_client: _ssl.SSLContext | None = None,
+        secret: bytes | Sequence[bytes] | None = None,
         clock: Callable[[], float] = time.time,
         max_frame_bytes: int = MAX_FRAME_BYTES,
         max_connections: int = MAX_CONNECTIONS,
@@ -114,8 +157,10 @@ class Node:
         self.cluster = cluster
         self._listen = parse_address(listen)
         self._discovery = discovery
-        self._ssl_server = ssl_server
-        self._ssl_client = ssl_client
+        tls = check_tls_contexts(ssl_server, ssl_client)
+        self._ssl_server: _ssl.SSLContext | None = tls[0] if tls else None
+        self._ssl_client: _ssl.SSLContext | None = tls[1] if tls else None
+        self._keyring = keyring(secret) if secret is not None else ()
         self._clock = clock
         self.max_frame_bytes = max_frame_bytes
         self.max_connections = max_connections
@@ -139,6 +184,8 @@ class Node:
         self._closing = False
         self.protocol_errors = 0
         self.refused_connections = 0
+        self.auth_failures = 0
+        self.handshake_failures = 0
         self._closed_bytes = [0, 0, 0, 0]  # counters of closed connections
 
     # ------------------------------------------------------------ lifecycle
@@ -158,14 +205,21 @@ class Node:
             return
         host, port = self._listen
         try:
-            self._server = await asyncio.start_server(
-                self._accept, host, port, ssl=self._ssl_server, limit=1 << 16
-            )
+            self._server = await self._listen_on(host, port)
         except OSError as exc:
             raise PeerError(f"cannot listen on {host}:{port}: {exc}") from exc
         sock = self._server.sockets[0].getsockname()
         bound_host = f"[{sock[0]}]" if ":" in sock[0] else sock[0]
         self._address = f"{bound_host}:{sock[1]}"
+        if not self._keyring and self._ssl_server is None and not self._loopback_only():
+            # Redis's protected-mode idea: say it once, loudly, where operators look.
+            log.warning(
+                "node %s listens on %s without secret= or ssl=: anyone who can reach this "
+                "port can read and change the cache; set a cluster secret or mutual TLS",
+                self.node_id,
+                self._address,
+                extra={"node": self.node_id},
+            )
         self._started = True
         loop = asyncio.get_running_loop()
         self._tick_handle = loop.call_later(0, self._tick)
@@ -174,6 +228,29 @@ class Node:
                 self.node_id, PeerAddress(sock[0], sock[1], self.node_id), self._found, self._lost
             )
         log.info("node %s listening on %s (cluster %r)", self.node_id, self._address, self.cluster)
+
+    async def _listen_on(self, host: str, port: int) -> asyncio.Server:
+        loop = asyncio.get_running_loop()
+        tls = self._ssl_server is not None
+
+        def factory() -> asyncio.StreamReaderProtocol:
+            reader = asyncio.StreamReader(limit=1 << 16, loop=loop)
+            return _StreamProtocol(reader, self._accept, pause=tls)
+
+        # Like asyncio.start_server, but TLS is started by the handshake itself (not by
+        # the server) so that a failed TLS handshake is logged, counted and timed out
+        # like any other refusal.
+        return await loop.create_server(factory, host, port)
+
+    def _loopback_only(self) -> bool:
+        assert self._server is not None
+        for sock in self._server.sockets:
+            try:
+                if not ipaddress.ip_address(sock.getsockname()[0].split("%")[0]).is_loopback:
+                    return False
+            except ValueError:  # not an IP address (a Unix socket?): be cautious
+                return False
+        return True
 
     async def close(self) -> None:
         """Flush queued deltas to connected peers, say goodbye and stop. Idempotent."""
@@ -286,9 +363,7 @@ class Node:
 
     async def _dial(self, address: PeerAddress) -> Connection | None:
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(
-                address.host, address.port, ssl=self._ssl_client, limit=1 << 16
-            ),
+            asyncio.open_connection(address.host, address.port, limit=1 << 16),
             CONNECT_TIMEOUT,
         )
         conn = Connection(
@@ -319,41 +394,38 @@ class Node:
             max_frame_bytes=self.max_frame_bytes,
             send_buffer=self.send_buffer,
         )
-        with contextlib.suppress(_SelfDial):
+        # A failed handshake has been logged once already; letting it escape would make
+        # asyncio log it again ("Unhandled exception in client_connected_cb").
+        with contextlib.suppress(
+            _SelfDial, ProtocolError, asyncio.IncompleteReadError, ConnectionError, OSError
+        ):
             await self._run_handshake(conn)
 
-    def _hello(self) -> bytes:
+    def _hello(self) -> Hello:
         port = int(self._address.rpartition(":")[2]) if self._address else 0
-        return encode(Hello(PROTOCOL_VERSION, self.cluster, self.node_id, port, self.incarnation))
+        return Hello(PROTOCOL_VERSION, self.cluster, self.node_id, port, self.incarnation)
 
     async def _run_handshake(self, conn: Connection) -> Connection | None:
-        """Exchange hellos, register the connection and start its reader.
+        """TLS (with ``ssl``), then hellos (authenticated with a ``secret``); register.
 
         Returns the registered connection, or None if it lost a duplicate race.
         Raises for a failed handshake (after logging and closing the stream).
         """
         self._streams.add(conn)
         try:
-            if conn.dialed:
-                conn.send(self._hello())
             try:
-                hello = await asyncio.wait_for(conn.read_message(), self.handshake_timeout)
+                async with asyncio.timeout(self.handshake_timeout):
+                    if self._ssl_server is not None:
+                        await self._start_tls(conn)
+                    if self._keyring:
+                        hello = await self._authenticate(conn)
+                    else:
+                        hello = await self._exchange_hellos(conn)
             except TimeoutError:
                 raise ProtocolError(
-                    f"no hello within {self.handshake_timeout:.1f} s (handshake timeout)"
+                    f"handshake not finished within {self.handshake_timeout:.1f} s "
+                    "(handshake timeout)"
                 ) from None
-            if not isinstance(hello, Hello):
-                raise ProtocolError(f"expected a hello, got {type(hello).__name__}")
-            if hello.version != PROTOCOL_VERSION:
-                raise ProtocolError(
-                    f"protocol version {hello.version}, this node speaks {PROTOCOL_VERSION}"
-                )
-            if hello.cluster != self.cluster:
-                raise ProtocolError(f"cluster {hello.cluster!r}, this node is in {self.cluster!r}")
-            if hello.node == self.node_id:
-                raise _SelfDial()
-            if not conn.dialed:
-                conn.send(self._hello())
             conn.peer, conn.peer_port, conn.incarnation = hello.node, hello.port, hello.incarnation
         except _SelfDial:
             self._streams.discard(conn)
@@ -361,9 +433,26 @@ class Node:
             raise
         except (ProtocolError, asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
             self._streams.discard(conn)
+            self.handshake_failures += 1
             self.protocol_errors += isinstance(exc, ProtocolError)
-            log.warning("dropping connection from %s: %s", conn.label, _reason(exc))
-            conn.abort()
+            self.auth_failures += isinstance(exc, AuthError)
+            reason = _reason(exc)
+            if conn.tls and isinstance(exc, asyncio.IncompleteReadError) and not exc.partial:
+                # TLS 1.3 reports a refused client certificate only after the handshake.
+                reason = (
+                    "the peer closed the stream right after TLS "
+                    "(it may have refused this node's certificate)"
+                )
+            log.warning(
+                "dropping connection from %s: %s", conn.label, reason, extra={"node": self.node_id}
+            )
+            reply = exc.reply if isinstance(exc, AuthError) else None
+            if reply is not None:
+                # Tell a peer speaking the other mode why, so its log says so too.
+                conn.send(reply)
+                await conn.close(0.2)
+            else:
+                conn.abort()
             raise
         if not self._register(conn):
             self._streams.discard(conn)
@@ -377,8 +466,86 @@ class Node:
             # A peer that dialled us is dialled back after a drop, too.
             self._want(PeerAddress(conn.remote_host, conn.peer_port, conn.peer), seed=False)
         self._announce(conn)
-        log.info("connected to %s", conn.label)
+        log.info("connected to %s%s", conn.label, " (authenticated)" if conn.secured else "")
         return conn
+
+    async def _start_tls(self, conn: Connection) -> None:
+        context = self._ssl_client if conn.dialed else self._ssl_server
+        assert context is not None
+        # Only a context that checks host names needs one; ours check node ids.
+        hostname = conn.remote_host if conn.dialed and context.check_hostname else None
+        try:
+            await conn.start_tls(context, hostname)
+        except _ssl.SSLError as exc:
+            raise AuthError(f"TLS handshake failed: {_tls_reason(exc)}") from exc
+        except ConnectionError as exc:
+            raise AuthError(
+                "TLS handshake failed: the peer closed the stream (no ssl= on its side, "
+                "or it refused this node's certificate)"
+            ) from exc
+
+    async def _exchange_hellos(self, conn: Connection) -> Hello:
+        """The plain handshake: hellos both ways, the dialer first."""
+        if conn.dialed:
+            conn.send(encode(self._hello()))
+        message = await conn.read_message()
+        if isinstance(message, AuthHello):
+            raise AuthError(
+                "the peer requires a cluster secret (secret=) and this node has none",
+                None if conn.dialed else encode(self._hello()),
+            )
+        if not isinstance(message, Hello):
+            raise ProtocolError(f"expected a hello, got {type(message).__name__}")
+        self._check_hello(conn, message)
+        if not conn.dialed:
+            conn.send(encode(self._hello()))
+        return message
+
+    async def _authenticate(self, conn: Connection) -> Hello:
+        """Drive the authenticated handshake; the stream is sealed when it returns."""
+        shake = Handshake(self._keyring, self._hello(), initiator=conn.dialed)
+        if conn.dialed:
+            conn.send(shake.start())
+        while shake.state != DONE:
+            try:
+                body = await conn.read_body(MAX_HANDSHAKE_BYTES)
+            except asyncio.IncompleteReadError as exc:
+                reason = _CLOSED_DURING_AUTH.get(shake.state)
+                if exc.partial or reason is None:
+                    raise
+                raise AuthError(reason) from None
+            reply = shake.receive(body)
+            if reply is not None:
+                conn.send(reply)
+            if shake.state == PEER_PROVED:
+                # The responder reveals its hello only once the peer's checks out here.
+                assert shake.peer_hello is not None
+                self._check_hello(conn, shake.peer_hello)
+                conn.send(shake.accept())
+        hello = shake.peer_hello
+        assert hello is not None
+        if conn.dialed:
+            self._check_hello(conn, hello)
+        conn.secure(shake.session_keys())
+        return hello
+
+    def _check_hello(self, conn: Connection, hello: Hello) -> None:
+        if hello.version != PROTOCOL_VERSION:
+            raise ProtocolError(
+                f"protocol version {hello.version}, this node speaks {PROTOCOL_VERSION}"
+            )
+        if hello.cluster != self.cluster:
+            raise ProtocolError(f"cluster {hello.cluster!r}, this node is in {self.cluster!r}")
+        if hello.node == self.node_id:
+            raise _SelfDial()
+        cert = conn.peer_certificate()
+        if cert is not None:
+            named = certificate_node_ids(cert)
+            if hello.node not in named:
+                names = ", ".join(sorted(named)) or "no crdtcache node id"
+                raise AuthError(
+                    f"the hello says node {hello.node!r} but the peer's certificate names {names}"
+                )
 
     def _announce(self, new: Connection) -> None:
         """Tell the new peer whom we know, and everyone else about the new peer."""
@@ -423,8 +590,8 @@ class Node:
                 if isinstance(message, Bye):
                     reason = "peer said goodbye"
                     break
-                if isinstance(message, Hello):
-                    raise ProtocolError("a second hello")
+                if isinstance(message, Hello | AuthHello | AuthChallenge | AuthProof | AuthAccept):
+                    raise ProtocolError(f"a {type(message).__name__} after the handshake")
                 if isinstance(message, PeerList):
                     for node_id, host, port in message.peers:
                         if node_id != self.node_id and node_id not in self._conns:
@@ -443,7 +610,10 @@ class Node:
             reason = "closed by peer"
         except ProtocolError as exc:
             self.protocol_errors += 1
-            log.warning("dropping connection from %s: %s", conn.label, exc)
+            self.auth_failures += isinstance(exc, AuthError)
+            log.warning(
+                "dropping connection from %s: %s", conn.label, exc, extra={"node": self.node_id}
+            )
             reason = str(exc)
         except (ConnectionError, OSError) as exc:
             reason = _reason(exc)
@@ -584,7 +754,11 @@ class Node:
             "frames_dropped": sum(c.dropped for c in conns),
             "connections": len(self._conns),
             "protocol_errors": self.protocol_errors,
+            "auth_failures": self.auth_failures,
+            "handshake_failures": self.handshake_failures,
             "refused_connections": self.refused_connections,
+            "authenticated": bool(self._keyring),
+            "tls": self._ssl_server is not None,
             "peer_addresses": self.connected_peers(),
         }
 
@@ -593,7 +767,52 @@ class _SelfDial(Exception):
     """The address dialled is this node's own."""
 
 
+class _StreamProtocol(asyncio.StreamReaderProtocol):
+    """asyncio's stream protocol; with ``pause``, reading waits for the TLS upgrade.
+
+    Without the pause the peer's TLS ClientHello could be read into the plain stream
+    buffer before the handshake task swaps in TLS, and be lost.
+    """
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        on_connected: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any],
+        *,
+        pause: bool,
+    ) -> None:
+        super().__init__(reader, on_connected)
+        self._pause = pause
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._pause and isinstance(transport, asyncio.ReadTransport):
+            transport.pause_reading()
+        super().connection_made(transport)
+
+
+#: OpenSSL reasons worth a plain-words explanation in the log line.
+_TLS_REASONS: Final = {
+    "WRONG_VERSION_NUMBER": "the peer does not speak TLS 1.3 (no ssl= on its side?)",
+    "HTTP_REQUEST": "the peer does not speak TLS (no ssl= on its side?)",
+    "TLSV1_ALERT_UNKNOWN_CA": "the peer does not trust this node's certificate (unknown CA)",
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the peer requires a certificate from this node",
+    "TLSV1_ALERT_PROTOCOL_VERSION": "no TLS version in common (TLS 1.3 is required)",
+    "UNSUPPORTED_PROTOCOL": "no TLS version in common (TLS 1.3 is required)",
+}
+
+
+def _tls_reason(exc: _ssl.SSLError) -> str:
+    if isinstance(exc, _ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {exc.verify_message}"
+    reason = exc.reason or ""
+    return _TLS_REASONS.get(reason, reason or str(exc))
+
+
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, _ssl.SSLError):
+        return f"TLS error: {_tls_reason(exc)}"
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset by the peer"
     if isinstance(exc, asyncio.IncompleteReadError):
         return "truncated frame" if exc.partial else "closed before the handshake finished"
     return str(exc) or type(exc).__name__

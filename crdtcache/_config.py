@@ -1,0 +1,191 @@
+"""The options of a :class:`~crdtcache.Cache`, validated once, before anything starts.
+
+Every check raises :class:`ConfigError` naming the option and what it accepts, so a
+misconfigured cache fails at construction rather than on first use.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import ssl as _ssl
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from crdtcache._errors import ConfigError
+from crdtcache._snapshot import MAX_NODE_ID_CHARS
+
+__all__ = [
+    "BACKENDS",
+    "DISCOVERY",
+    "STRATEGIES",
+    "CacheConfig",
+    "check_ttl",
+]
+
+BACKENDS: Final = ("memory", "p2p", "redis")
+STRATEGIES: Final = ("write-through", "write-behind", "on-demand")
+DISCOVERY: Final = ("mdns", "static", "none")
+
+
+def _address(option: str, value: object) -> str:
+    from crdtcache.transport import parse_address
+
+    if not isinstance(value, str):
+        raise ConfigError(f"{option} must be a 'host:port' str, not {type(value).__name__}")
+    try:
+        parse_address(value)
+    except ConfigError as exc:
+        raise ConfigError(f"{option}: {exc}") from None
+    return value
+
+
+def _count(option: str, value: object, *, optional: bool) -> int | None:
+    if value is None and optional:
+        return None
+    if type(value) is not int or value < 1:
+        raise ConfigError(f"{option} must be a positive int{' or None' if optional else ''}")
+    return value
+
+
+def _seconds(option: str, value: object, *, optional: bool) -> float | None:
+    if value is None and optional:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        more = " or None" if optional else ""
+        raise ConfigError(f"{option} must be a positive number of seconds{more}, not {value!r}")
+    return float(value)
+
+
+def check_ttl(ttl: object) -> float | None:
+    """Return ``ttl`` as float seconds (None: no expiry), or raise ``ConfigError``."""
+    return _seconds("ttl", ttl, optional=True)
+
+
+def _callable(option: str, value: object) -> Any:
+    if value is not None and not callable(value):
+        raise ConfigError(f"{option} must be callable or None, not {type(value).__name__}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    """The validated options of one cache (see :class:`~crdtcache.Cache` for each)."""
+
+    backend: str
+    node_id: str | None
+    cluster: str
+    listen: str
+    discovery: str
+    seeds: tuple[str, ...]
+    redis_url: str | None
+    persist_path: str | None
+    max_size: int | None
+    max_memory: int | None
+    default_ttl: float | None
+    local_max_size: int | None
+    local_ttl: float | None
+    sync_strategy: str
+    sync_interval: float
+    conflict_resolver: Callable[..., Any] | None
+    on_change: Callable[..., Any] | None
+    warm_up: Callable[..., Any] | None
+    refresh_interval: float | None
+    refresh: Callable[..., Any] | None
+    secret: bytes | None
+    ssl: _ssl.SSLContext | None
+    dashboard: str | None
+
+    @classmethod
+    def build(cls, **options: Any) -> CacheConfig:
+        """Validate raw options; raises :class:`ConfigError` for the first bad one."""
+        o = options
+        backend = o["backend"]
+        if backend not in BACKENDS:
+            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+        node_id = o["node_id"]
+        if node_id is not None and (
+            not isinstance(node_id, str)
+            or not node_id
+            or len(node_id) > MAX_NODE_ID_CHARS
+            or not node_id.isprintable()
+            or any(c.isspace() for c in node_id)
+        ):
+            raise ConfigError(
+                f"node_id must be a non-empty printable str without spaces of at most "
+                f"{MAX_NODE_ID_CHARS} characters, or None; got {node_id!r}"
+            )
+        cluster = o["cluster"]
+        if not isinstance(cluster, str) or not cluster or len(cluster) > 128:
+            raise ConfigError("cluster must be a non-empty str of at most 128 characters")
+        discovery = o["discovery"]
+        if discovery not in DISCOVERY:
+            raise ConfigError(f"discovery must be one of {', '.join(DISCOVERY)}; got {discovery!r}")
+        seeds = o["seeds"]
+        if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Iterable):
+            raise ConfigError("seeds must be a list of 'host:port' strings, not a single str")
+        seeds = tuple(_address("seeds", s) for s in seeds)
+        redis_url = o["redis_url"]
+        if redis_url is not None and backend != "redis":
+            raise ConfigError("redis_url applies to backend='redis' only")
+        for option in ("local_max_size", "local_ttl"):
+            if o[option] is not None and backend != "redis":
+                raise ConfigError(f"{option} (the hot tier) applies to backend='redis' only")
+        persist_path = o["persist_path"]
+        if persist_path is not None:
+            if not isinstance(persist_path, (str, os.PathLike)):
+                raise ConfigError("persist_path must be a str or path-like, or None")
+            persist_path = os.fspath(persist_path)
+            if not isinstance(persist_path, str) or not persist_path:
+                raise ConfigError("persist_path must name a file")
+        strategy = o["sync_strategy"]
+        if strategy not in STRATEGIES:
+            raise ConfigError(
+                f"sync_strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}"
+            )
+        refresh_interval = _seconds("refresh_interval", o["refresh_interval"], optional=True)
+        refresh = _callable("refresh", o["refresh"])
+        if (refresh_interval is None) != (refresh is None):
+            raise ConfigError("refresh_interval and refresh go together: give both or neither")
+        secret = o["secret"]
+        if secret is not None and (not isinstance(secret, bytes) or not secret):
+            raise ConfigError("secret must be non-empty bytes (the cluster secret), or None")
+        ssl = o["ssl"]
+        if ssl is not None and not isinstance(ssl, _ssl.SSLContext):
+            raise ConfigError(f"ssl must be an ssl.SSLContext or None, not {type(ssl).__name__}")
+        dashboard = o["dashboard"]
+        if dashboard is not None:
+            _address("dashboard", dashboard)
+        if o["conflict_resolver"] is not None and not callable(o["conflict_resolver"]):
+            raise ConfigError("conflict_resolver must be callable(local, remote) -> winner")
+        return cls(
+            backend=backend,
+            node_id=node_id,
+            cluster=cluster,
+            listen=_address("listen", o["listen"]),
+            discovery=discovery,
+            seeds=seeds,
+            redis_url=redis_url,
+            persist_path=persist_path,
+            max_size=_count("max_size", o["max_size"], optional=True),
+            max_memory=_count("max_memory", o["max_memory"], optional=True),
+            default_ttl=_seconds("default_ttl", o["default_ttl"], optional=True),
+            local_max_size=_count("local_max_size", o["local_max_size"], optional=True),
+            local_ttl=_seconds("local_ttl", o["local_ttl"], optional=True),
+            sync_strategy=strategy,
+            sync_interval=_seconds("sync_interval", o["sync_interval"], optional=False) or 0.0,
+            conflict_resolver=o["conflict_resolver"],
+            on_change=_callable("on_change", o["on_change"]),
+            warm_up=_callable("warm_up", o["warm_up"]),
+            refresh_interval=refresh_interval,
+            refresh=refresh,
+            secret=secret,
+            ssl=ssl,
+            dashboard=dashboard,
+        )

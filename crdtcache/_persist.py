@@ -1,0 +1,152 @@
+"""``persist_path=`` for the cache: open the SQLite store at start, write changes in batches.
+
+Theory of operation
+-------------------
+The store (:mod:`crdtcache._store`) is the durable copy of the replica. At start it
+gives back the node id and the replica as it was (so a restarted node serves its data
+at once, then catches up by anti-entropy); a new file is given this node's id.
+
+Which keys changed is known exactly: the local tier's entry map records every key it
+replaces in ``tier.dirty``, whatever replaced it (local write, merge, eviction to a
+stub, pattern tombstone, collection). Every ``PERSIST_INTERVAL`` seconds, and at
+close, those keys are captured on the event loop and written in one transaction;
+batches are serialized, so an older capture never commits after a newer one. A large
+batch (after a resync) is written in a worker thread. A failed write is logged and its
+keys kept for the next batch. Evicted values stay in the file, so a read of a stub is
+served from disk before any peer is asked (:meth:`Persistence.read`); a value evicted
+before its first batch was written is kept aside by the tier (``tier.evicted``) and
+written in place of its stub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Mapping
+from typing import Final
+
+from crdtcache._errors import ConfigError, PersistenceError
+from crdtcache._store import ReplicaStore, StoreBatch
+from crdtcache._tier import LocalTier
+from crdtcache.core import NOT_HELD, Entry, HybridClock, Replica, Resolver
+
+__all__ = ["PERSIST_INTERVAL", "THREAD_BATCH", "Persistence"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two batches written to the store.
+PERSIST_INTERVAL: Final = 0.1
+#: Keys in one batch above which it is written off the event loop.
+THREAD_BATCH: Final = 2000
+
+
+class Persistence:
+    """One cache's store: opened at start, fed batches, closed at close."""
+
+    def __init__(self, path: str) -> None:
+        self.store = ReplicaStore(path)
+        self.path = path
+        #: Batches that failed (their keys were kept for the next one).
+        self.errors = 0
+        self._lock = asyncio.Lock()
+        self._clock_ts = -1
+        self._marks: dict[str, int] = {}
+
+    def open(
+        self,
+        *,
+        node_id: str | None,
+        new_id: str,
+        now: float,
+        resolver: Resolver | None,
+        max_held: int | None,
+    ) -> Replica:
+        """The replica the file holds (or a new one named ``node_id`` or ``new_id``).
+
+        Raises :class:`ConfigError` if the file belongs to another ``node_id``, and
+        :class:`PersistenceError` if it cannot be opened or is not a crdtcache store.
+        """
+        state = self.store.open()
+        if state is None:
+            node = node_id or new_id
+            self.store.initialize(node)
+            return Replica(HybridClock(node), resolver=resolver)
+        if node_id is not None and node_id != state.node_id:
+            self.store.close()
+            raise ConfigError(
+                f"persist_path {self.path!r} belongs to node {state.node_id!r}, "
+                f"not node_id={node_id!r}"
+            )
+        return state.build_replica(now, resolver=resolver, max_held=max_held)
+
+    def read(self, key: str) -> Entry | None:
+        """The stored entry of ``key``, with its value even if evicted from memory."""
+        try:
+            return self.store.get(key)
+        except PersistenceError as exc:
+            log.error("reading %r from the store failed: %s", key, exc)
+            return None
+
+    async def flush(self, replica: Replica, tier: LocalTier) -> None:
+        """Write what changed since the last batch, if anything did."""
+        async with self._lock:
+            if tier.dirty is None:
+                return
+            if (
+                not tier.dirty
+                and replica.clock.last_ts == self._clock_ts
+                and replica.marks == self._marks
+            ):
+                return
+            keys, tier.dirty = tier.dirty, set()
+            evicted, tier.evicted = tier.evicted or {}, {}
+            batch = StoreBatch.capture(replica, keys)
+            if evicted:
+                batch = dataclasses.replace(batch, entries=_with_values(batch.entries, evicted))
+            try:
+                if len(keys) > THREAD_BATCH:
+                    await asyncio.to_thread(self.store.write, batch)
+                else:
+                    self.store.write(batch)
+            except PersistenceError as exc:
+                self.errors += 1
+                tier.dirty |= keys
+                tier.evicted = {**evicted, **(tier.evicted or {})}
+                log.error(
+                    "writing %d keys to the store failed (kept for retry): %s", len(keys), exc
+                )
+                return
+            self._clock_ts = batch.clock_ts
+            self._marks = dict(batch.marks)
+
+    async def run(self, replica: Replica, tier: LocalTier) -> None:
+        """Write a batch every ``PERSIST_INTERVAL`` seconds, until cancelled."""
+        while True:
+            await asyncio.sleep(PERSIST_INTERVAL)
+            await self.flush(replica, tier)
+
+    async def close(self, replica: Replica, tier: LocalTier) -> None:
+        """Write the last batch and close the file."""
+        try:
+            await self.flush(replica, tier)
+        finally:
+            self.store.close()
+
+
+def _with_values(
+    entries: tuple[tuple[str, Entry | None], ...], evicted: Mapping[str, Entry]
+) -> tuple[tuple[str, Entry | None], ...]:
+    """Put back the value of each stub whose write was evicted before being stored."""
+    out: list[tuple[str, Entry | None]] = []
+    for key, e in entries:
+        held = evicted.get(key)
+        if (
+            e is not None
+            and held is not None
+            and e.value is NOT_HELD
+            and (e.ts, e.origin) == (held.ts, held.origin)
+        ):
+            e = held
+        out.append((key, e))
+    return tuple(out)

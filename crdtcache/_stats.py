@@ -1,0 +1,172 @@
+"""What ``Cache.get_statistics()`` and ``Cache.health()`` return, and the latency window."""
+
+from __future__ import annotations
+
+import dataclasses
+from array import array
+from dataclasses import dataclass
+from typing import Any, Final
+
+__all__ = [
+    "LATENCY_WINDOW",
+    "CacheStatistics",
+    "ClusterStatistics",
+    "EvictionStatistics",
+    "Health",
+    "LatencyStatistics",
+    "LatencyWindow",
+    "OverallStatistics",
+    "PeerStatistics",
+    "TierStatistics",
+    "TrafficStatistics",
+]
+
+#: Latency samples kept (the most recent ones) for percentiles.
+LATENCY_WINDOW: Final = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyStatistics:
+    """Percentiles in milliseconds over the most recent samples (None without samples)."""
+
+    p50: float | None
+    p99: float | None
+    samples: int
+
+
+class LatencyWindow:
+    """The most recent ``size`` latency samples, in a fixed buffer (bounded memory)."""
+
+    __slots__ = ("_buf", "_next", "count")
+
+    def __init__(self, size: int = LATENCY_WINDOW) -> None:
+        self._buf = array("d", bytes(8 * size))
+        self._next = 0
+        #: Samples added since creation.
+        self.count = 0
+
+    def add(self, ms: float) -> None:
+        """Record one sample (milliseconds)."""
+        buf = self._buf
+        buf[self._next] = ms
+        self._next = (self._next + 1) % len(buf)
+        self.count += 1
+
+    def summary(self) -> LatencyStatistics:
+        """p50 and p99 of the samples in the window."""
+        n = min(self.count, len(self._buf))
+        if not n:
+            return LatencyStatistics(None, None, 0)
+        ordered = sorted(self._buf[:n])
+        return LatencyStatistics(
+            round(ordered[(n - 1) // 2], 3), round(ordered[min(n - 1, (99 * n) // 100)], 3), n
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TierStatistics:
+    """Lookups served by one tier; ``size`` is what it holds."""
+
+    hits: int
+    misses: int
+    hit_rate: float
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class OverallStatistics:
+    """Lookups answered by either tier, over all lookups."""
+
+    hit_rate: float
+
+
+@dataclass(frozen=True, slots=True)
+class EvictionStatistics:
+    """Values that left the local tier, by reason.
+
+    ``ttl``: expired; ``size`` / ``memory``: pushed out by ``max_size`` /
+    ``max_memory``; ``explicit``: deleted or invalidated (here or on a peer).
+    """
+
+    ttl: int = 0
+    size: int = 0
+    memory: int = 0
+    explicit: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStatistics:
+    """One peer as this node sees it (``state``: alive, suspect or dead)."""
+
+    id: str
+    address: str | None
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterStatistics:
+    """Membership and replication health.
+
+    ``instances`` counts this node and its live peers. ``last_sync_time`` is the wall
+    time this node last applied a change from a peer (None before any).
+    ``sync_latency_ms`` runs from a write's origin stamp to its apply here, so it
+    includes clock offset between the nodes.
+    """
+
+    instances: int
+    peers: tuple[PeerStatistics, ...]
+    last_sync_time: float | None
+    sync_latency_ms: LatencyStatistics
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficStatistics:
+    """Peer traffic since start (zero without a network)."""
+
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    frames_sent: int = 0
+    frames_received: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStatistics:
+    """A snapshot of one cache's counters; :meth:`as_dict` for JSON."""
+
+    node_id: str
+    backend: str
+    sync_strategy: str
+    local: TierStatistics
+    distributed: TierStatistics
+    overall: OverallStatistics
+    evictions: EvictionStatistics
+    cluster: ClusterStatistics
+    traffic: TrafficStatistics
+    #: Write-through: time from the local apply to every live peer's ack.
+    write_ack_ms: LatencyStatistics
+    #: Values from peers refused by the schema, stamps refused for clock drift.
+    refused_values: int
+    refused_drift: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """The statistics as nested dicts (JSON-ready)."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """A 0-100 score (100: nothing wrong) and the reasons for each point taken off."""
+
+    score: int
+    reasons: tuple[str, ...]
+
+    @property
+    def healthy(self) -> bool:
+        """True when the score is at least 70."""
+        return self.score >= 70
+
+
+def rate(hits: int, misses: int) -> float:
+    """``hits / (hits + misses)``, 0.0 before any lookup."""
+    total = hits + misses
+    return hits / total if total else 0.0

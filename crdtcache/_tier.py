@@ -1,0 +1,278 @@
+"""The local tier: how many values this node holds, and which it gives up under pressure.
+
+Theory of operation
+-------------------
+The replica keeps one :class:`Entry` per key; the tier bounds how many of them *hold a
+value* (``max_size``) and how many bytes those take (``max_memory``: key length plus
+:func:`stored_size` of the value). Eviction is local: :meth:`Replica.evict` leaves a
+``NOT_HELD`` stub with the stamp, so nothing is replicated and a later read may fetch
+the value from a peer.
+
+*Accounting.* :meth:`LocalTier.attach` swaps the replica's ``entries`` for
+:class:`_Entries`, a dict that reports every replacement ``(key, old, new)`` to the
+tier whatever caused it: a local write, a merge, a fetch filling a stub, a pattern
+tombstone, collection. ``count`` and ``nbytes`` are therefore exact without a per-key
+side table, and the tier sees each remote value before it becomes readable, which is
+where the schema gate (``admit``) refuses invalid ones: such a value is stored as a
+``NOT_HELD`` stub of the same stamp, exactly as if it had arrived and been evicted, so
+the replica still converges on stamps while this node never serves the value.
+
+*Replacement: CLOCK with epoch marks, an approximation of LRU.* The hand walks the
+held keys in passes; each pass starts from a fresh list of them and bumps ``epoch``.
+A hit stores the current epoch in the key's mark; the hand spares a key marked during
+this pass or the previous one and evicts the first other key (an expired value is
+never spared). Writes do not mark: a value written but not read since the hand last
+came by goes before one that was read, so a stream of writes never read again (a scan)
+cannot push out the keys being read, which a mark-on-write CLOCK lets happen once
+every key in the ring looks recent. The key being written is spared by the eviction
+its own write triggers (``keep``): it is the most recently used key.
+
+Marks live in one ``bytearray`` indexed by the key's hash. Two keys may share a mark,
+which can spare a cold key undeservedly but never costs a recently used key its
+protection, since marks are never cleared, only outdated by later epochs. So a hit is
+one byte store that needs no lock (a ``SyncCache`` caller thread may do it; a lost
+store costs one key its protection), and the tier costs about 1 byte per entry at rest
+plus, while evicting, the list of keys the hand has still to visit (8 bytes per held
+key) -- where an ``OrderedDict`` costs ~90 bytes per key and must be reordered under a
+lock on each hit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final
+
+from crdtcache.core import NOT_HELD, TOMBSTONE, Entry, Replica
+from crdtcache.core._values import stored_size
+
+__all__ = ["MAX_REFERENCE_BITS", "LocalTier"]
+
+#: Upper bound on the reference-bit array (bytes); larger tiers share bits.
+MAX_REFERENCE_BITS: Final = 1 << 22
+_MIN_REFERENCE_BITS: Final = 1 << 10
+_NOTHING: Final = object()
+
+Admit = Callable[[str, Entry], bool]
+
+
+def _held(entry: Entry | None) -> bool:
+    return entry is not None and entry.value is not TOMBSTONE and entry.value is not NOT_HELD
+
+
+class _Entries(dict[str, Entry]):
+    """The replica's entry map, reporting every replacement to its :class:`LocalTier`."""
+
+    __slots__ = ("_tier",)
+
+    def __init__(self, tier: LocalTier, items: Mapping[str, Entry]) -> None:
+        super().__init__(items)
+        self._tier = tier
+
+    def __setitem__(self, key: str, new: Entry) -> None:
+        dict.__setitem__(self, key, self._tier.stored(key, self.get(key), new))
+
+    def __delitem__(self, key: str) -> None:
+        old = self[key]
+        dict.__delitem__(self, key)
+        self._tier.removed(key, old)
+
+    # The overrides below keep the accounting exact whatever mutator is used.
+    def pop(self, key: str, default: Any = _NOTHING) -> Any:
+        """Remove ``key`` and return its entry (or ``default``), reporting the removal."""
+        if key in self:
+            old = dict.pop(self, key)
+            self._tier.removed(key, old)
+            return old
+        if default is _NOTHING:
+            raise KeyError(key)
+        return default
+
+    def popitem(self) -> tuple[str, Entry]:
+        """Remove and return the last inserted item, reporting the removal."""
+        key, old = dict.popitem(self)
+        self._tier.removed(key, old)
+        return key, old
+
+    def setdefault(self, key: str, default: Entry) -> Entry:
+        """Insert ``default`` under ``key`` if absent (reported) and return the entry."""
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def update(self, *args: Any, **kwargs: Entry) -> None:
+        """Assign each item through :meth:`__setitem__`."""
+        for key, entry in dict(*args, **kwargs).items():
+            self[key] = entry
+
+    def __ior__(self, other: Any) -> _Entries:  # type: ignore[override,misc]  # returns the same map
+        self.update(other)
+        return self
+
+    def clear(self) -> None:
+        """Remove every entry, reporting each removal."""
+        while self:
+            self.popitem()
+
+
+class LocalTier:
+    """Bounds and accounts for the values one replica holds (see module doc).
+
+    ``admit(key, entry)`` is asked about every held value written by another node;
+    False makes it a stub. ``on_over`` is called whenever a value is added while a
+    bound is exceeded, so the owner can schedule :meth:`evict_over` (which must not
+    run re-entrantly, inside the replica operation that called ``on_over``).
+    """
+
+    def __init__(
+        self,
+        *,
+        node: str,
+        max_size: int | None,
+        max_memory: int | None,
+        admit: Admit | None = None,
+        on_over: Callable[[], None] | None = None,
+    ) -> None:
+        self.node = node
+        self.max_size = max_size
+        self.max_memory = max_memory
+        self.admit = admit
+        self.on_over = on_over
+        #: Held values and their bytes (key length + stored size).
+        self.count = 0
+        self.nbytes = 0
+        #: Remote values refused by ``admit``.
+        self.refused = 0
+        #: Keys replaced in any way since the owner last took them (None: not tracked);
+        #: what a persistence batch must write.
+        self.dirty: set[str] | None = None
+        #: With ``dirty``: held entries evicted before a batch wrote them, so that the
+        #: batch writes the value and not the stub (None: not tracked).
+        self.evicted: dict[str, Entry] | None = None
+        #: Keys whose held value was removed (deleted, invalidated, expired) since
+        #: the owner last cleared it: tells an explicit or TTL eviction from a stub's.
+        self.left: set[str] = set()
+        nbits = _MIN_REFERENCE_BITS
+        while nbits < min(max_size or 1 << 16, MAX_REFERENCE_BITS):
+            nbits <<= 1
+        #: Epoch marks (see module doc): a hit sets ``bits[hash(key) & mask] = epoch``.
+        self.bits = bytearray(nbits)
+        self.mask = nbits - 1
+        #: The hand's pass number, modulo 256 (starts where untouched marks look old).
+        self.epoch = 2
+        self._ring: list[str] = []
+        self._hand = 0
+
+    # ---------------------------------------------------------- accounting
+    def attach(self, replica: Replica) -> None:
+        """Instrument ``replica.entries`` and recount what it holds (idempotent)."""
+        entries = replica.entries
+        if not isinstance(entries, _Entries) or entries._tier is not self:
+            replica.entries = _Entries(self, entries)
+        self.recount(replica.entries.items())
+
+    def recount(self, items: Iterable[tuple[str, Entry]]) -> None:
+        """Recompute ``count`` and ``nbytes`` from scratch."""
+        count = nbytes = 0
+        for key, e in items:
+            if _held(e):
+                count += 1
+                nbytes += len(key) + stored_size(e.value)
+        self.count, self.nbytes = count, nbytes
+
+    def stored(self, key: str, old: Entry | None, new: Entry) -> Entry:
+        """Account for ``new`` replacing ``old``; returns the entry to store instead."""
+        if self.dirty is not None:
+            self.dirty.add(key)
+        if old is not None:
+            self._leave(key, old, removed=new.value is TOMBSTONE)
+        value = new.value
+        if value is TOMBSTONE or value is NOT_HELD:
+            return new
+        if self.admit is not None and new.origin != self.node and not self.admit(key, new):
+            self.refused += 1
+            return Entry(NOT_HELD, new.ts, new.origin, new.expires)
+        self.count += 1
+        self.nbytes += len(key) + stored_size(value)
+        if self.on_over is not None and self.over:
+            self.on_over()
+        return new
+
+    def removed(self, key: str, old: Entry) -> None:
+        """Account for ``old`` leaving the map."""
+        if self.dirty is not None:
+            self.dirty.add(key)
+        self._leave(key, old, removed=True)
+
+    def _leave(self, key: str, old: Entry, *, removed: bool) -> None:
+        value = old.value
+        if value is not TOMBSTONE and value is not NOT_HELD:
+            self.count -= 1
+            self.nbytes -= len(key) + stored_size(value)
+            if removed:
+                self.left.add(key)
+
+    @property
+    def over(self) -> bool:
+        """True while a bound is exceeded."""
+        return (self.max_size is not None and self.count > self.max_size) or (
+            self.max_memory is not None and self.nbytes > self.max_memory
+        )
+
+    def touch(self, key: str) -> None:
+        """Mark ``key`` recently used (safe from any thread)."""
+        self.bits[hash(key) & self.mask] = self.epoch
+
+    # ------------------------------------------------------------ eviction
+    def evict_over(
+        self, replica: Replica, now: float, *, forget: bool, keep: str | None = None
+    ) -> list[tuple[str, str]]:
+        """Evict until both bounds hold; returns ``(key, reason)`` for each eviction.
+
+        ``reason`` is ``"ttl"`` (already expired), ``"size"`` or ``"memory"``. With
+        ``forget`` the entry is dropped outright instead of kept as a stub: for a node
+        that has no peer to fetch it from again. ``keep`` (the key just written) goes
+        last: only if it alone breaks ``max_memory``.
+        """
+        evicted: list[tuple[str, str]] = []
+        entries = replica.entries
+        bits, mask = self.bits, self.mask
+        passes = 0
+        while self.over:
+            if self._hand >= len(self._ring):
+                self._ring = [k for k, e in entries.items() if _held(e)]
+                self._hand = 0
+                self.epoch = (self.epoch + 1) & 0xFF
+                passes += 1
+                if not self._ring:  # pragma: no cover - over implies something is held
+                    break
+            key = self._ring[self._hand]
+            self._hand += 1
+            e = entries.get(key)
+            if e is None or not _held(e):
+                continue
+            if key == keep and passes < 4:
+                continue
+            expired = e.expires is not None and e.expires <= now
+            # Spare keys used in this pass or the last. Within one call nothing else
+            # marks keys on this thread, so the third pass finds unmarked ones; past it,
+            # marks from caller threads are ignored so they cannot stall eviction.
+            if not expired and passes < 3 and (self.epoch - bits[hash(key) & mask]) & 0xFF <= 1:
+                continue
+            if expired:
+                reason = "ttl"
+            elif self.max_size is not None and self.count > self.max_size:
+                reason = "size"
+            else:
+                reason = "memory"
+            if self.evicted is not None and self.dirty is not None and key in self.dirty:
+                self.evicted[key] = e
+            if forget:
+                entries.pop(key)
+            else:
+                replica.evict(key)
+            self.left.discard(key)
+            evicted.append((key, reason))
+        if self._hand >= len(self._ring):
+            self._ring = []
+            self._hand = 0
+        return evicted
