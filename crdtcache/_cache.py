@@ -219,7 +219,13 @@ class Cache:
         self._bus = event_bus
         self._metrics = check_metrics(metrics)
         self._clock = _clock
-        self._node_id = config.node_id or uuid.uuid4().hex[:12]
+        if config.node_id is not None and config.persist_path is None and config.backend == "p2p":
+            # Without its data a node must never speak for its earlier writes (its
+            # marks would claim writes it no longer holds), so a given id gets a
+            # per-start suffix; with persist_path the id is stable, as is the data.
+            self._node_id = f"{config.node_id}~{uuid.uuid4().hex[:6]}"
+        else:
+            self._node_id = config.node_id or uuid.uuid4().hex[:12]
         # An evicted value that neither a peer nor the file could serve again is
         # dropped with its stub rather than kept as one.
         self._forget = config.backend == "memory" and config.persist_path is None
