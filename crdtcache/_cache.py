@@ -36,7 +36,7 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from crdtcache._codec import ValueCodec
 from crdtcache._config import CacheConfig, check_ttl
@@ -87,6 +87,10 @@ from crdtcache.core._entry import compile_pattern
 from crdtcache.core._hlc import LOGICAL_BITS
 from crdtcache.metrics import Metrics, check_metrics
 
+if TYPE_CHECKING:
+    from crdtcache.dashboard._access import BindPolicy
+    from crdtcache.dashboard._server import Dashboard
+
 __all__ = ["ABSENT", "Cache"]
 
 log = logging.getLogger(__name__)
@@ -135,8 +139,12 @@ class Cache:
     * ``warm_up(cache)``: run at start. ``refresh(key)`` every ``refresh_interval``
       seconds for the live keys this node wrote last; its result is stored.
     * ``metrics``: a :class:`~crdtcache.metrics.Metrics`, e.g. ``PrometheusMetrics()``.
-    * ``local_max_size``, ``local_ttl``, ``redis_url``: redis mode only;
-      ``dashboard``: not available yet.
+    * ``local_max_size``, ``local_ttl``, ``redis_url``: redis mode only.
+    * ``dashboard``: ``host:port`` of a live page, ``/api/stats``, ``/metrics`` and
+      ``/healthz`` served from this node's loop (the ``dashboard`` extra; see
+      :mod:`crdtcache.dashboard`). Loopback only, unless ``secret`` is set (the page
+      then needs ``crdtcache.dashboard.access_token(secret)``) or the environment has
+      ``CRDTCACHE_DASHBOARD_PUBLIC=1``.
     """
 
     #: Seconds write-through waits for every live peer's ack before raising PeerError.
@@ -203,8 +211,11 @@ class Cache:
         )
         if config.backend == "redis":
             raise ConfigError("redis backend: not available yet")
+        self._dashboard_policy: BindPolicy | None = None
         if config.dashboard is not None:
-            raise ConfigError("dashboard=: not available yet")
+            from crdtcache.dashboard import policy
+
+            self._dashboard_policy = policy(config.dashboard, secret=config.secret)
         rules = tuple(invalidation_rules)
         for rule in rules:
             if not isinstance(rule, InvalidationRule):
@@ -253,6 +264,7 @@ class Cache:
         self._persister: asyncio.Task[None] | None = None
         self._enforce_pending = False
         self._unsubscribe: list[Callable[[], None]] = []
+        self._dashboard: Dashboard | None = None
         # Counters (see get_statistics).
         self._local_hits = 0
         self._local_misses = 0
@@ -275,6 +287,11 @@ class Cache:
     def address(self) -> str | None:
         """``host:port`` bound for peer traffic once started (None for ``"memory"``)."""
         return self._runtime.address if self._runtime is not None else None
+
+    @property
+    def dashboard_url(self) -> str | None:
+        """``http://host:port/`` of the running dashboard (None without ``dashboard=``)."""
+        return self._dashboard.url if self._dashboard is not None else None
 
     async def start(self) -> None:
         """Start the node in the running loop: runtime, subscriptions, warm-up, refresh.
@@ -334,6 +351,14 @@ class Cache:
             self._refresher = self._loop.create_task(self._refresh_forever())
         if self._persistence is not None:
             self._persister = self._loop.create_task(self._persistence.run(replica, self._tier))
+        if self._dashboard_policy is not None:
+            from crdtcache.dashboard._server import start_dashboard
+
+            try:
+                self._dashboard = await start_dashboard(self, self._dashboard_policy)
+            except BaseException:
+                await self.close()
+                raise
 
     def _make_runtime(self, engine: GossipEngine) -> Runtime:
         config = self._config
@@ -358,6 +383,9 @@ class Cache:
         if self._state != _RUNNING:
             self._state = _CLOSED
             return
+        dashboard, self._dashboard = self._dashboard, None
+        if dashboard is not None:
+            await dashboard.close()
         self._state = _CLOSED
         self._entries = {}
         for unsubscribe in self._unsubscribe:
@@ -497,6 +525,22 @@ class Cache:
         if self._hit_cbs:
             self._emit(CacheEvent("hit", key, source=source))
         return value
+
+    async def wait_for_peers(self, count: int = 1, timeout: float = 5.0) -> int:
+        """Wait until at least ``count`` peers are connected; return how many are.
+
+        Raises :class:`PeerError` if ``timeout`` seconds pass first. Useful before a
+        first write-through ``set``, which only waits for peers already connected.
+        """
+        _, engine, _ = self._running()
+        deadline = time.monotonic() + timeout
+        while len(engine.live_peers()) < count:
+            if time.monotonic() > deadline:
+                raise PeerError(
+                    f"{len(engine.live_peers())} of {count} peers connected after {timeout} s"
+                )
+            await asyncio.sleep(0.005)
+        return len(engine.live_peers())
 
     async def keys(self, pattern: str = "*") -> list[str]:
         """Sorted live keys matching the glob ``pattern`` (``fnmatch``, case-sensitive).

@@ -272,9 +272,16 @@ class Node:
         if self._server is not None:
             self._server.close()
         await asyncio.gather(*(c.close() for c in list(self._streams)), return_exceptions=True)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Cancel until none is left: a handshake finishing during shutdown may have
+        # spawned a task, and on Python < 3.12 wait_for can swallow a cancellation.
+        for _ in range(10):
+            if not self._tasks:
+                break
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.wait(list(self._tasks), timeout=1.0)
+        for conn in list(self._streams):
+            conn.abort()
         for waiter in self._ack_waiters.values():
             if not waiter.done():
                 waiter.set_result(None)
@@ -348,12 +355,18 @@ class Node:
                     log.info("giving up on %s after %.0f s of failures", key, now - failing_since)
                     self._dialing.pop(key, None)
                     return
+                if isinstance(exc, AuthError):
+                    # A refused secret or certificate does not fix itself in 50 ms: retry
+                    # slowly (the operator may be rotating), one log line each time.
+                    backoff = MAX_BACKOFF
                 log.debug("dial %s failed: %s; retrying in %.2f s", key, exc, backoff)
                 await asyncio.sleep(backoff * (0.5 + self._rng.random()))
                 backoff = min(backoff * 2, MAX_BACKOFF)
                 continue
             failing_since = None
             backoff = INITIAL_BACKOFF
+            if self._closing:
+                return
             if conn is not None:
                 if dialing.address.node_id is None and conn.peer is not None:
                     dialing.address = PeerAddress(
@@ -377,7 +390,13 @@ class Node:
 
     # ------------------------------------------------------------ streams
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._closing or len(self._streams) >= self.max_connections:
+        if self._closing:
+            log.debug(
+                "refusing a connection from %s: shutting down", writer.get_extra_info("peername")
+            )
+            writer.transport.abort()
+            return
+        if len(self._streams) >= self.max_connections:
             self.refused_connections += 1
             log.warning(
                 "refusing a connection from %s: %d streams open (limit %d)",
@@ -454,7 +473,7 @@ class Node:
             else:
                 conn.abort()
             raise
-        if not self._register(conn):
+        if self._closing or not self._register(conn):
             self._streams.discard(conn)
             await conn.close(0.1)
             return None

@@ -247,3 +247,19 @@ def test_sync_caches_replicate() -> None:
             while s1.get("k") is None and time.monotonic() < deadline:
                 time.sleep(0.005)
             assert s1.get("k") == [1, 2]
+
+
+async def test_wait_for_peers_returns_the_count_or_raises() -> None:
+    a = Cache(backend="p2p", discovery="none")
+    await a.start()
+    try:
+        with pytest.raises(PeerError, match="0 of 1 peers"):
+            await a.wait_for_peers(1, timeout=0.05)
+        b = Cache(backend="p2p", discovery="none", seeds=[a.address or ""])
+        await b.start()
+        try:
+            assert await a.wait_for_peers(1) == 1
+        finally:
+            await b.close()
+    finally:
+        await a.close()
