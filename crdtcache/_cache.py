@@ -50,7 +50,7 @@ from crdtcache._events import (
 )
 from crdtcache._local import LocalRuntime
 from crdtcache._persist import Persistence
-from crdtcache._runtime import Runtime
+from crdtcache._runtime import Runtime, SharedTier
 from crdtcache._snapshot import encode_snapshot, restore_snapshot
 from crdtcache._stats import (
     CacheStatistics,
@@ -117,7 +117,8 @@ class Cache:
     Options (all keyword; :class:`ConfigError` at construction for an invalid one):
 
     * ``backend``: ``"memory"`` (one process), ``"p2p"`` (peers over TCP) or
-      ``"redis"`` (not available yet).
+      ``"redis"`` (a shared Redis at ``redis_url``, this node's tier a hot cache in
+      front of it; see :mod:`crdtcache._redis`).
     * ``node_id``: this node's id; random unless given, and with ``persist_path`` the
       id stored in the file. ``cluster``: name that isolates groups on one network.
     * ``listen`` (``host:port`` for peer traffic), ``discovery`` (``"mdns"``,
@@ -139,7 +140,10 @@ class Cache:
     * ``warm_up(cache)``: run at start. ``refresh(key)`` every ``refresh_interval``
       seconds for the live keys this node wrote last; its result is stored.
     * ``metrics``: a :class:`~crdtcache.metrics.Metrics`, e.g. ``PrometheusMetrics()``.
-    * ``local_max_size``, ``local_ttl``, ``redis_url``: redis mode only.
+    * ``local_max_size``, ``local_ttl``, ``redis_url``: redis mode only: the hot
+      tier's bound (default ``max_size``), the seconds a value stays in it (default:
+      until invalidated or evicted), and the server (default
+      ``redis://127.0.0.1:6379/0``; the ``redis`` extra).
     * ``dashboard``: ``host:port`` of a live page, ``/api/stats``, ``/metrics`` and
       ``/healthz`` served from this node's loop (the ``dashboard`` extra; see
       :mod:`crdtcache.dashboard`). Loopback only, unless ``secret`` is set (the page
@@ -209,8 +213,6 @@ class Cache:
             ssl=ssl,
             dashboard=dashboard,
         )
-        if config.backend == "redis":
-            raise ConfigError("redis backend: not available yet")
         self._dashboard_policy: BindPolicy | None = None
         if config.dashboard is not None:
             from crdtcache.dashboard import policy
@@ -230,19 +232,25 @@ class Cache:
         self._bus = event_bus
         self._metrics = check_metrics(metrics)
         self._clock = _clock
-        if config.node_id is not None and config.persist_path is None and config.backend == "p2p":
+        stable = config.persist_path is not None or config.backend == "memory"
+        if config.node_id is not None and not stable:
             # Without its data a node must never speak for its earlier writes (its
             # marks would claim writes it no longer holds), so a given id gets a
-            # per-start suffix; with persist_path the id is stable, as is the data.
+            # per-start suffix; with persist_path the id is stable, as is the data. In
+            # redis mode two instances started with one id would also take each
+            # other's invalidations for their own and ignore them.
             self._node_id = f"{config.node_id}~{uuid.uuid4().hex[:6]}"
         else:
             self._node_id = config.node_id or uuid.uuid4().hex[:12]
         # An evicted value that neither a peer nor the file could serve again is
-        # dropped with its stub rather than kept as one.
-        self._forget = config.backend == "memory" and config.persist_path is None
+        # dropped with its stub rather than kept as one; in redis mode Redis serves it
+        # again, and a stub would only cost memory.
+        self._forget = config.backend == "redis" or (
+            config.backend == "memory" and config.persist_path is None
+        )
         self._tier = LocalTier(
             node=self._node_id,
-            max_size=config.max_size,
+            max_size=config.local_max_size or config.max_size,
             max_memory=config.max_memory,
             admit=self._admit if self._codec.adapter or self._codec.validator else None,
             on_over=self._schedule_enforce,
@@ -257,6 +265,8 @@ class Cache:
         self._replica: Replica | None = None
         self._engine: GossipEngine | None = None
         self._runtime: Runtime | None = None
+        # Redis mode: the store that answers for the whole key space (see SharedTier).
+        self._shared: SharedTier | None = None
         self._inflight: dict[str, asyncio.Future[object]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._refresher: asyncio.Task[None] | None = None
@@ -330,6 +340,8 @@ class Cache:
         )
         runtime = self._make_runtime(engine)
         runtime.listen(self._on_changes, self._on_peer)
+        if hasattr(runtime, "admin"):
+            runtime.admin = self._serve_admin  # crdtcache get/set/stats from the shell
         try:
             await runtime.start()
         except BaseException:
@@ -364,6 +376,8 @@ class Cache:
         config = self._config
         if config.backend == "memory":
             return LocalRuntime(engine, clock=self._clock)
+        if config.backend == "redis":
+            return self._redis_runtime(engine)
         try:
             from crdtcache.transport import make_node
         except ImportError as exc:  # pragma: no cover - the transport ships with the package
@@ -378,15 +392,35 @@ class Cache:
             ssl=config.ssl,
         )
 
+    def _redis_runtime(self, engine: GossipEngine) -> Runtime:
+        config = self._config
+        try:
+            from crdtcache._redis import RedisRuntime
+        except ImportError as exc:  # checked at construction; a broken install lands here
+            raise ConfigError(f"backend='redis' needs 'crdtcache[redis]': {exc}") from exc
+        assert config.redis_url is not None  # the config fills in the default
+        runtime = RedisRuntime(
+            engine,
+            url=config.redis_url,
+            cluster=config.cluster,
+            strategy=config.sync_strategy,
+            sync_interval=config.sync_interval,
+            local_ttl=config.local_ttl,
+            clock=self._clock,
+            on_evict=self._count_eviction,
+        )
+        self._shared = runtime
+        return runtime
+
     async def close(self) -> None:
         """Flush what is queued to peers, stop the node and its tasks; idempotent."""
         if self._state != _RUNNING:
             self._state = _CLOSED
             return
+        self._state = _CLOSED
         dashboard, self._dashboard = self._dashboard, None
         if dashboard is not None:
             await dashboard.close()
-        self._state = _CLOSED
         self._entries = {}
         for unsubscribe in self._unsubscribe:
             unsubscribe()
@@ -495,7 +529,8 @@ class Cache:
                 if value is not ABSENT:
                     return self._hit(key, value, "local")
         self._local_misses += 1
-        if e is not None:  # a stub: a peer holds the value
+        # A stub: a peer holds the value. In redis mode Redis may hold any key.
+        if e is not None or self._shared is not None:
             await runtime.fetch([key], self.fetch_timeout)
             value = self._filled(replica, key)
             if value is not ABSENT:
@@ -526,6 +561,24 @@ class Cache:
             self._emit(CacheEvent("hit", key, source=source))
         return value
 
+    async def _serve_admin(self, op: str, args: tuple[Any, ...]) -> Any:
+        """Run one operation a connected client asked for (``crdtcache get/set/stats``)."""
+        if op == "get":
+            missing = object()
+            value = await self.get(args[0], missing)
+            if value is missing:
+                return {"found": False}
+            # The plain (msgpack) form, also for schema models.
+            return {"found": True, "value": decode_value(self._codec.dump(args[0], value))}
+        if op == "set":
+            await self.set(args[0], args[1], ttl=args[2])
+            return True
+        if op == "delete":
+            return await self.delete(args[0])
+        if op == "stats":
+            return (await self.get_statistics()).as_dict()
+        raise ConfigError(f"unknown operation {op!r}")
+
     async def wait_for_peers(self, count: int = 1, timeout: float = 5.0) -> int:
         """Wait until at least ``count`` peers are connected; return how many are.
 
@@ -549,6 +602,8 @@ class Cache:
         """
         replica, _, _ = self._running()
         _check_pattern(pattern)
+        if self._shared is not None:
+            return await self._shared.keys(pattern)
         live = replica.live_keys(self._clock())
         if pattern == "*":
             return sorted(live)
@@ -559,11 +614,17 @@ class Cache:
     def _apply_set(self, key: str, stored: object, ttl: float | None) -> None:
         """Write a stored value locally; ``ttl`` was checked by the caller."""
         _, engine, _ = self._running()
+        self._writable()
         seconds = self._config.default_ttl if ttl is None else ttl
         now = self._clock()
         engine.set(key, stored, now, None if seconds is None else now + seconds)
         self._writes += 1
         self._after_write(key=key)
+
+    def _writable(self) -> None:
+        """Redis mode: refuse a write before applying it if Redis cannot take it."""
+        if self._shared is not None:
+            self._shared.check_writable()
 
     def _after_write(self, *, as_invalidate: bool = False, key: str | None = None) -> None:
         assert self._engine is not None
@@ -575,7 +636,8 @@ class Cache:
         if self._config.sync_strategy != "write-through":
             runtime.wake()
             return
-        waited = bool(engine.live_peers())
+        # In redis mode the wait includes Redis's commit even without other instances.
+        waited = bool(engine.live_peers()) or self._shared is not None
         started = time.perf_counter()
         missing = await runtime.flush(ack=True, timeout=self.write_timeout)
         if missing:
@@ -617,9 +679,13 @@ class Cache:
         return await self._delete(key, as_invalidate=True)
 
     async def _delete(self, key: str, *, as_invalidate: bool) -> bool:
-        _, engine, _ = self._running()
+        replica, engine, _ = self._running()
         check_key(key)
-        existed = engine.delete(key, self._clock())
+        self._writable()
+        existed = False
+        if self._shared is not None and replica.lookup(key, self._clock()) is None:
+            existed = await self._shared.live(key)  # "live here" is "live in Redis"
+        existed = engine.delete(key, self._clock()) or existed
         self._writes += 1
         self._after_write(as_invalidate=as_invalidate)
         await self._replicate(f"{'invalidate' if as_invalidate else 'delete'} {key!r}")
@@ -633,6 +699,7 @@ class Cache:
         """
         _, engine, _ = self._running()
         _check_pattern(pattern)
+        self._writable()
         removed = len(engine.invalidate_pattern(pattern, self._clock()))
         self._writes += 1
         self._after_write()
@@ -894,6 +961,8 @@ class Cache:
         Raises :class:`SerializationError` if it would exceed ``MAX_SNAPSHOT_BYTES``.
         """
         replica, _, _ = self._running()
+        if self._shared is not None:
+            return await self._shared.snapshot()
         return encode_snapshot(replica, self._clock())
 
     async def restore(self, data: bytes) -> int:
@@ -906,7 +975,10 @@ class Cache:
         bytes and :class:`ClockDriftError` for stamps too far ahead, with nothing changed.
         """
         replica, _, _ = self._running()
-        changes = restore_snapshot(replica, data, self._clock())
+        if self._shared is not None:
+            changes = await self._shared.restore(data)
+        else:
+            changes = restore_snapshot(replica, data, self._clock())
         self._on_changes(changes, restored=True)
         self._enforce()
         return len(changes)
@@ -917,12 +989,21 @@ class Cache:
         replica, engine, runtime = self._running()
         transport = runtime.statistics()
         addresses = transport.get("peer_addresses", {})
-        peers = tuple(
-            PeerStatistics(p.id, addresses.get(p.id), p.state)
-            for p in sorted(engine.peers.values(), key=lambda p: p.id)
-        )
+        listed = transport.get("peers")
+        if listed is not None:  # a runtime that tracks members itself (redis: instances)
+            peers = tuple(PeerStatistics(*p) for p in listed)
+            instances = int(transport.get("instances", 1 + len(peers)))
+        else:
+            peers = tuple(
+                PeerStatistics(p.id, addresses.get(p.id), p.state)
+                for p in sorted(engine.peers.values(), key=lambda p: p.id)
+            )
+            instances = 1 + len(engine.live_peers())
         now = self._clock()
-        live_keys = sum(1 for _ in replica.live_keys(now))
+        if self._shared is not None:
+            live_keys = await self._shared.size()
+        else:
+            live_keys = sum(1 for _ in replica.live_keys(now))
         hits, misses = self._local_hits, self._local_misses
         dh, dm = self._dist_hits, self._dist_misses
         return CacheStatistics(
@@ -934,7 +1015,7 @@ class Cache:
             overall=OverallStatistics(rate(hits + dh, misses - dh)),
             evictions=EvictionStatistics(**self._evictions),
             cluster=ClusterStatistics(
-                instances=1 + len(engine.live_peers()),
+                instances=instances,
                 peers=peers,
                 last_sync_time=self._last_sync,
                 sync_latency_ms=self._sync_window.summary(),
@@ -967,8 +1048,17 @@ class Cache:
             score -= points
             reasons.append(f"-{points}: {reason}")
 
+        transport = self._runtime.statistics() if self._runtime is not None else {}
+        listed = transport.get("peers")
+        states = (
+            [(p[0], p[2]) for p in listed]
+            if listed is not None
+            else [(p.id, p.state) for p in engine.peers.values()]
+        )
+        for points, problem in transport.get("problems", ()):  # the runtime's own findings
+            take(points, problem)
         for state, each, label in ((SUSPECT, 10, "suspect"), (DEAD, 15, "down")):
-            ids = sorted(p.id for p in engine.peers.values() if p.state == state)
+            ids = sorted(peer for peer, peer_state in states if peer_state == state)
             if ids:
                 take(min(30, each * len(ids)), f"{len(ids)} peer(s) {label}: {', '.join(ids)}")
         p99 = self._sync_window.summary().p99

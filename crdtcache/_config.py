@@ -6,6 +6,7 @@ misconfigured cache fails at construction rather than on first use.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import ssl as _ssl
@@ -18,6 +19,7 @@ from crdtcache._snapshot import MAX_NODE_ID_CHARS
 
 __all__ = [
     "BACKENDS",
+    "DEFAULT_REDIS_URL",
     "DISCOVERY",
     "STRATEGIES",
     "CacheConfig",
@@ -27,6 +29,26 @@ __all__ = [
 BACKENDS: Final = ("memory", "p2p", "redis")
 STRATEGIES: Final = ("write-through", "write-behind", "on-demand")
 DISCOVERY: Final = ("mdns", "static", "none")
+#: Where ``backend="redis"`` connects when ``redis_url`` is not given.
+DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
+# Options of the p2p transport or replica that have no meaning against Redis, with
+# what to do instead: refusing them beats silently ignoring them (a secret that
+# protects nothing, a file that would serve stale data after a restart).
+_NOT_FOR_REDIS: Final = (
+    ("seeds", "instances find each other through Redis"),
+    ("secret", "Redis authenticates with the password in redis_url (redis://user:pw@host)"),
+    ("ssl", "use a rediss:// URL (ssl_* query parameters set the certificates)"),
+    (
+        "persist_path",
+        "the data lives in Redis (use its persistence); a hot tier kept on disk would be "
+        "stale after a restart",
+    ),
+    (
+        "conflict_resolver",
+        "Redis enforces last-writer-wins atomically in a Lua script, where a Python "
+        "resolver cannot run",
+    ),
+)
 
 
 def _address(option: str, value: object) -> str:
@@ -61,6 +83,23 @@ def _seconds(option: str, value: object, *, optional: bool) -> float | None:
         more = " or None" if optional else ""
         raise ConfigError(f"{option} must be a positive number of seconds{more}, not {value!r}")
     return float(value)
+
+
+def _redis_url(options: dict[str, Any]) -> str:
+    """Validate the options of ``backend="redis"``; returns the URL to connect to."""
+    if importlib.util.find_spec("redis") is None:
+        raise ConfigError("backend='redis' needs redis-py: pip install 'crdtcache[redis]'")
+    for option, instead in _NOT_FOR_REDIS:
+        if options[option]:
+            raise ConfigError(f"{option} does not apply to backend='redis': {instead}")
+    url = options["redis_url"]
+    if url is None:
+        return DEFAULT_REDIS_URL
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigError("redis_url must be a URL such as 'redis://host:6379/0'")
+    if url.split("://", 1)[0].lower() not in ("redis", "rediss", "unix"):
+        raise ConfigError("redis_url must start with redis://, rediss:// or unix://")
+    return url
 
 
 def check_ttl(ttl: object) -> float | None:
@@ -134,6 +173,8 @@ class CacheConfig:
         redis_url = o["redis_url"]
         if redis_url is not None and backend != "redis":
             raise ConfigError("redis_url applies to backend='redis' only")
+        if backend == "redis":
+            redis_url = _redis_url(o)
         for option in ("local_max_size", "local_ttl"):
             if o[option] is not None and backend != "redis":
                 raise ConfigError(f"{option} (the hot tier) applies to backend='redis' only")

@@ -54,10 +54,22 @@ class LatencyWindow:
 
     def summary(self) -> LatencyStatistics:
         """p50 and p99 of the samples in the window."""
-        n = min(self.count, len(self._buf))
-        if not n:
+        return self.since(0)
+
+    def since(self, count: int) -> LatencyStatistics:
+        """p50 and p99 of the samples added after ``count`` had been reached.
+
+        Only samples still in the window count: ``since(c)`` taken every second
+        gives per-second percentiles (the dashboard's charts) as long as fewer than
+        the window's size arrive per second, and the most recent ones otherwise.
+        """
+        size = len(self._buf)
+        n = min(self.count - max(0, count), size)
+        if n <= 0:
             return LatencyStatistics(None, None, 0)
-        ordered = sorted(self._buf[:n])
+        start, end = self._next - n, self._next
+        buf = self._buf
+        ordered = sorted(buf[start:end] if start >= 0 else buf[start:] + buf[:end])
         return LatencyStatistics(
             round(ordered[(n - 1) // 2], 3), round(ordered[min(n - 1, (99 * n) // 100)], 3), n
         )

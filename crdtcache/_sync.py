@@ -84,6 +84,11 @@ class SyncCache:
         """``host:port`` bound for peer traffic once started (None for ``"memory"``)."""
         return self._cache.address
 
+    @property
+    def dashboard_url(self) -> str | None:
+        """``http://host:port/`` of the running dashboard (None without ``dashboard=``)."""
+        return self._cache.dashboard_url
+
     def start(self) -> None:
         """Start the loop thread and the node, then run ``warm_up``; idempotent."""
         if self._thread is not None:

@@ -285,7 +285,9 @@ class GossipEngine:
         return changes
 
     def _queue_local(self, key: str, entry: Entry) -> None:
-        if entry.origin != self.node:  # a resolver kept the older version: nothing new
+        if entry.origin != self.node or entry.ts != self.replica.clock.last_ts:
+            # A resolver kept an older version (perhaps our own): nothing new to send,
+            # and re-queuing an old stamp would break the stamp order of stream claims.
             return
         # Re-inserting moves the key to the end, which keeps _pending in stamp order.
         self._pending.pop(key, None)
@@ -297,6 +299,19 @@ class GossipEngine:
         """Local deltas not flushed yet."""
         return len(self._pending) + len(self._pending_patterns)
 
+    def take_pending(self) -> tuple[list[tuple[str, Entry]], list[PatternTombstone]]:
+        """Take the queued local deltas instead of pushing them to peers.
+
+        For a driver that ships local writes somewhere else than to gossip peers (the
+        redis runtime writes them to a shared store). Entries come in stamp order, at
+        most one per key (the newest); afterwards nothing is pending.
+        """
+        entries = list(self._pending.items())
+        patterns = self._pending_patterns
+        self._pending = {}
+        self._pending_patterns = []
+        return entries, patterns
+
     # ------------------------------------------------------------ delta push
     def flush(self, now: float, *, ack: bool = False) -> tuple[list[Outgoing], int]:
         """Push queued deltas to peers now.
@@ -306,7 +321,15 @@ class GossipEngine:
         """
         self._next_flush = now + self.config.sync_interval
         if not self._pending and not self._pending_patterns:
-            return self._retransmit(now), 0
+            relays = self._retransmit(now)
+            if ack:
+                # Our writes may have left in a push that asked for no ack (the flush
+                # timer took them first): an empty push that does ask acts as a barrier,
+                # since a link delivers in order.
+                barrier = self._barrier(now)
+                if barrier is not None:
+                    return relays + barrier[0], barrier[1]
+            return relays, 0
         entries = list(self._pending.items())
         patterns = self._pending_patterns
         self._pending = {}
@@ -386,6 +409,17 @@ class GossipEngine:
                 self.peers[peer].last_sent = now
         self.stats.relays_sent += len(out)
         return out
+
+    def _barrier(self, now: float) -> tuple[list[Outgoing], int] | None:
+        targets = self._targets(exclude=())
+        if not targets:
+            return None
+        self._ack_seq += 1
+        self._awaiting[self._ack_seq] = set(targets)
+        push = Push((), (), None, -1, -1, 0, self._ack_seq)
+        for peer in targets:
+            self.peers[peer].last_sent = now
+        return [Outgoing(peer, push) for peer in targets], self._ack_seq
 
     def unacked(self, ack_id: int) -> frozenset[str]:
         """Peers that have not yet acknowledged push ``ack_id`` (empty when done)."""

@@ -10,7 +10,11 @@ idempotent, and replicas that have merged the same writes in any order are equal
 
 *Pattern tombstones.* An entry covered by a pattern tombstone (key matches, stamp at
 or before the tombstone's) is removed on sight and refused on arrival, so a read never
-has to consult patterns and the map holds only uncovered entries.
+has to consult patterns and the map holds only uncovered entries. With a custom
+resolver, a pattern tombstone is a delete of every key it matches, stamped like it:
+"covered" means the resolver ranks that delete above the entry (under last-writer-wins
+the same thing), so the outcome does not depend on what arrived first. Among
+themselves, tombstones of one pattern are last-writer-wins.
 
 *Marks.* ``marks[o] = S`` promises: for every write by origin ``o`` stamped at or
 before ``S``, this replica holds that write or something that beats it (or has
@@ -136,6 +140,10 @@ class Replica:
             local = self.entries.get(key)
             if local is not None:
                 entry = self._resolve(key, local, entry)
+            elif (tomb := self._pattern_beats(key, entry)) is not None:
+                # The resolver ranks a matching pattern tombstone above this write:
+                # the key stays deleted, as under that tombstone's delete.
+                entry = Entry(TOMBSTONE, tomb.ts, tomb.origin)
         previous = self.entries.get(key)
         self.entries[key] = entry
         self.marks[self.node] = ts
@@ -154,6 +162,9 @@ class Replica:
         due = self._due_second(entry)
         if due is None or (previous is not None and self._due_second(previous) == due):
             return
+        self._list(key, due)
+
+    def _list(self, key: str, due: int) -> None:
         bucket = self._due.get(due)
         if bucket is None:
             self._due[due] = [key]
@@ -187,6 +198,15 @@ class Replica:
             return local
         raise TypeError("conflict_resolver must return one of its two arguments")
 
+    def _pattern_beats(self, key: str, entry: Entry) -> PatternTombstone | None:
+        """With a resolver: a pattern tombstone matching ``key`` that it ranks above ``entry``."""
+        for pat, tomb in self.patterns.items():
+            if self._matchers[pat].match(key):
+                deletion = Entry(TOMBSTONE, tomb.ts, tomb.origin)
+                if self._resolve(key, entry, deletion) is deletion:
+                    return tomb
+        return None
+
     def _covered(self, key: str, ts: int, origin: str) -> bool:
         if ts > self._max_pattern_ts:
             return False
@@ -214,7 +234,10 @@ class Replica:
                 raise
         if entry.ts > self.high.get(entry.origin, -1):
             self.high[entry.origin] = entry.ts
-        if self._covered(key, entry.ts, entry.origin):
+        if self.resolver is None:
+            if self._covered(key, entry.ts, entry.origin):
+                return None
+        elif self.patterns and self._pattern_beats(key, entry) is not None:
             return None
         local = self.entries.get(key)
         if local is not None:
@@ -255,12 +278,20 @@ class Replica:
         self._matchers[tomb.pattern] = matcher
         self._max_pattern_ts = max(self._max_pattern_ts, tomb.ts)
         changes: list[Change] = []
-        gone = [
-            key
-            for key, e in self.entries.items()
-            if (e.ts < tomb.ts or (e.ts == tomb.ts and e.origin <= tomb.origin))
-            and matcher.match(key)
-        ]
+        if self.resolver is None:
+            gone = [
+                key
+                for key, e in self.entries.items()
+                if (e.ts < tomb.ts or (e.ts == tomb.ts and e.origin <= tomb.origin))
+                and matcher.match(key)
+            ]
+        else:
+            deletion = Entry(TOMBSTONE, tomb.ts, tomb.origin)
+            gone = [
+                key
+                for key, e in self.entries.items()
+                if matcher.match(key) and self._resolve(key, e, deletion) is deletion
+            ]
         for key in gone:
             e = self.entries.pop(key)
             if e.value is not TOMBSTONE:
@@ -338,6 +369,9 @@ class Replica:
     def collect(self, now: float) -> tuple[int, list[Change]]:
         """Shrink expired values to tombstones, drop tombstones past the grace period.
 
+        With a resolver, expired values are not shrunk but dropped with the tombstones:
+        a resolver sees values, and must see the same versions on every node.
+
         Returns how many entries and patterns were dropped, and the expirations seen.
         """
         horizon_ts = int((now - self.tombstone_grace) * 1000) << LOGICAL_BITS
@@ -352,7 +386,8 @@ class Replica:
                     continue
                 gone = e.value is TOMBSTONE
                 if e.expires is not None and e.expires <= now:
-                    if not gone:
+                    # (With a resolver an expired value is listed twice: report it once.)
+                    if not gone and (self.resolver is None or due == math.ceil(e.expires)):
                         expired.append(Change(key, "expire", e.origin, e.ts, False))
                     gone = True
                 if not gone:
@@ -362,6 +397,12 @@ class Replica:
                     if e.ts > collected.get(e.origin, -1):
                         collected[e.origin] = e.ts
                     dropped += 1
+                elif e.value is not TOMBSTONE and self.resolver is not None:
+                    # A resolver may rank versions by value: the expired value stays (it
+                    # reads as absent) until the grace, so that every node resolves
+                    # against the same version however late it collects.
+                    grace_due = math.ceil((e.ts >> LOGICAL_BITS) / 1000.0 + self.tombstone_grace)
+                    self._list(key, max(grace_due, due + 1))
                 elif e.value is not TOMBSTONE:
                     shrunk = Entry(TOMBSTONE, e.ts, e.origin, e.expires)
                     entries[key] = shrunk

@@ -45,6 +45,9 @@ from crdtcache.core import (
 from crdtcache.transport._framing import MAX_FRAME_BYTES
 
 __all__ = [
+    "ADMIN_OPS",
+    "AdminReply",
+    "AdminRequest",
     "AUTH_VERSION",
     "MAX_HELLO_BYTES",
     "MAX_NODE_ID_CHARS",
@@ -83,6 +86,9 @@ MAX_HELLO_BYTES: Final = 1024
 
 _HELLO, _PUSH, _ACK, _SYNC_REQ, _SYNC_RESP, _PING, _FETCH, _FETCH_REPLY, _BYE, _PEERS = range(1, 11)
 _AUTH_HELLO, _AUTH_CHALLENGE, _AUTH_PROOF, _AUTH_ACCEPT = range(11, 15)
+_ADMIN, _ADMIN_REPLY = 15, 16
+#: Operations a connected client may ask of a node, with their argument counts.
+ADMIN_OPS: Final = {"get": 1, "set": 3, "delete": 1, "stats": 0}
 _PLAIN, _PACKED, _TOMB, _STUB = range(4)
 _MAX_TS: Final = (1 << 63) - 1
 _SCALAR_TYPES: Final = (type(None), bool, int, float, str, bytes)
@@ -106,6 +112,27 @@ class Hello:
 @dataclass(frozen=True, slots=True)
 class Bye:
     """A clean goodbye: the sender is shutting down, not failing."""
+
+
+@dataclass(frozen=True, slots=True)
+class AdminRequest:
+    """A client (``crdtcache get/set/stats``) asks a node to run one cache operation.
+
+    Only peers that passed the handshake (and so the secret or TLS, when set) can ask.
+    """
+
+    request: int
+    op: str
+    args: tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AdminReply:
+    """The answer to :class:`AdminRequest`: the result, or the error text if not ``ok``."""
+
+    request: int
+    ok: bool
+    result: Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +185,7 @@ class AuthAccept:
 
 
 AuthMessage = AuthHello | AuthChallenge | AuthProof | AuthAccept
-WireMessage = Message | Hello | Bye | PeerList | AuthMessage
+WireMessage = Message | Hello | Bye | PeerList | AdminRequest | AdminReply | AuthMessage
 
 
 # ------------------------------------------------------------------ encoding
@@ -207,6 +234,10 @@ def encode(message: WireMessage) -> bytes:
         body = [_BYE]
     elif isinstance(m, PeerList):
         body = [_PEERS, [list(p) for p in m.peers]]
+    elif isinstance(m, AdminRequest):
+        body = [_ADMIN, m.request, m.op, list(m.args)]
+    elif isinstance(m, AdminReply):
+        body = [_ADMIN_REPLY, m.request, m.ok, m.result]
     elif isinstance(m, AuthHello):
         body = [_AUTH_HELLO, m.version, m.nonce]
     elif isinstance(m, AuthChallenge):
@@ -403,6 +434,24 @@ def decode(body: bytes, max_bytes: int = MAX_FRAME_BYTES) -> WireMessage:
                 _bad("a peer must be [node, host, port]")
             peers.append((_str(p[0], "node id"), _str(p[1], "host"), _int(p[2], "port", 1, 65535)))
         return PeerList(tuple(peers))
+    if kind == _ADMIN:
+        _arity(obj, 4, "admin request")
+        op = obj[2]
+        if op not in ADMIN_OPS:
+            _bad(f"unknown admin operation {op!r}")
+        args = _list(obj[3], "admin arguments")
+        if len(args) != ADMIN_OPS[op]:
+            _bad(f"admin {op} takes {ADMIN_OPS[op]} arguments")
+        if op in ("get", "set", "delete"):
+            _key(args[0])
+        if op == "set" and args[2] is not None and type(args[2]) not in (int, float):
+            _bad("admin set ttl must be a number or nil")
+        return AdminRequest(_int(obj[1], "request"), op, tuple(args))
+    if kind == _ADMIN_REPLY:
+        _arity(obj, 4, "admin reply")
+        if type(obj[2]) is not bool:
+            _bad("admin reply ok must be a bool")
+        return AdminReply(_int(obj[1], "request"), obj[2], obj[3])
     if kind == _AUTH_HELLO:
         _arity(obj, 3, "auth hello")
         return AuthHello(

@@ -36,11 +36,11 @@ import logging
 import random
 import ssl as _ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from crdtcache._errors import ConfigError, PeerError, ProtocolError
+from crdtcache._errors import CacheError, ConfigError, PeerError, ProtocolError
 from crdtcache._runtime import ChangeListener, PeerListener
 from crdtcache.core import GossipEngine, Outgoing
 from crdtcache.discovery._base import Discovery, PeerAddress
@@ -57,6 +57,8 @@ from crdtcache.transport._auth import (
 )
 from crdtcache.transport._codec import (
     PROTOCOL_VERSION,
+    AdminReply,
+    AdminRequest,
     AuthAccept,
     AuthChallenge,
     AuthHello,
@@ -149,6 +151,7 @@ class Node:
         send_buffer: int = MAX_SEND_BUFFER,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         tick_interval: float = TICK_INTERVAL,
+        client_mode: bool = False,
     ) -> None:
         if not cluster or len(cluster) > 128:
             raise ConfigError("cluster must be a non-empty name of at most 128 characters")
@@ -181,6 +184,13 @@ class Node:
         self._on_changes: ChangeListener | None = None
         self._on_peer: PeerListener | None = None
         self._started = False
+        #: A client only asks nodes for cache operations: it follows no gossip, is not
+        #: dialled back and is not announced to other peers.
+        self.client_mode = client_mode
+        #: Serves :class:`AdminRequest` (the cache installs it): ``await admin(op, args)``.
+        self.admin: Callable[[str, tuple[Any, ...]], Awaitable[Any]] | None = None
+        self._admin_seq = 0
+        self._admin_waiters: dict[int, asyncio.Future[AdminReply]] = {}
         self._closing = False
         self.protocol_errors = 0
         self.refused_connections = 0
@@ -222,7 +232,8 @@ class Node:
             )
         self._started = True
         loop = asyncio.get_running_loop()
-        self._tick_handle = loop.call_later(0, self._tick)
+        if not self.client_mode:
+            self._tick_handle = loop.call_later(0, self._tick)
         if self._discovery is not None:
             await self._discovery.start(
                 self.node_id, PeerAddress(sock[0], sock[1], self.node_id), self._found, self._lost
@@ -422,6 +433,8 @@ class Node:
 
     def _hello(self) -> Hello:
         port = int(self._address.rpartition(":")[2]) if self._address else 0
+        if self.client_mode:
+            port = 0  # a client is not to be dialled back or announced
         return Hello(PROTOCOL_VERSION, self.cluster, self.node_id, port, self.incarnation)
 
     async def _run_handshake(self, conn: Connection) -> Connection | None:
@@ -478,6 +491,11 @@ class Node:
             await conn.close(0.1)
             return None
         self._spawn(self._read_loop(conn))
+        if self.client_mode or not conn.peer_port:
+            # We are a client, or the peer is one (it listens nowhere): no membership,
+            # no gossip, only cache operations.
+            log.debug("connected to %s (client link)", conn.label)
+            return conn
         now = self._clock()
         self._deliver(self.engine.peer_reachable(conn.peer, now))
         self._after_engine()
@@ -608,7 +626,21 @@ class Node:
                 message = await conn.read_message()
                 if isinstance(message, Bye):
                     reason = "peer said goodbye"
+                    # It left on purpose: forget it rather than keep a dead member
+                    # around (a restarted node, or a CLI client, is added again).
+                    self.engine.remove_peer(peer)
+                    self._after_engine()
                     break
+                if isinstance(message, AdminRequest):
+                    self._spawn(self._serve_admin(conn, message))
+                    continue
+                if isinstance(message, AdminReply):
+                    waiter = self._admin_waiters.pop(message.request, None)
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result(message)
+                    continue
+                if self.client_mode:
+                    continue  # a client follows no gossip
                 if isinstance(message, Hello | AuthHello | AuthChallenge | AuthProof | AuthAccept):
                     raise ProtocolError(f"a {type(message).__name__} after the handshake")
                 if isinstance(message, PeerList):
@@ -638,6 +670,43 @@ class Node:
             reason = _reason(exc)
         finally:
             self._drop(conn, reason)
+
+    async def _serve_admin(self, conn: Connection, request: AdminRequest) -> None:
+        handler = self.admin
+        if handler is None:
+            reply = AdminReply(request.request, False, "this node serves no cache operations")
+        else:
+            try:
+                reply = AdminReply(request.request, True, await handler(request.op, request.args))
+            except CacheError as exc:
+                reply = AdminReply(request.request, False, str(exc))
+        try:
+            conn.send(encode(reply))
+        except (TypeError, ValueError, ProtocolError) as exc:
+            conn.send(encode(AdminReply(request.request, False, f"unsendable result: {exc}")))
+
+    async def request(self, peer: str, op: str, *args: Any, timeout: float = 5.0) -> Any:
+        """Ask ``peer`` to run the cache operation ``op``; return its result.
+
+        Raises :class:`PeerError` if it is not connected, does not answer within
+        ``timeout``, or refuses (with its error text).
+        """
+        conn = self._conns.get(peer)
+        if conn is None:
+            raise PeerError(f"not connected to {peer}")
+        self._admin_seq += 1
+        waiter: asyncio.Future[AdminReply] = asyncio.get_running_loop().create_future()
+        self._admin_waiters[self._admin_seq] = waiter
+        conn.send(encode(AdminRequest(self._admin_seq, op, args)))
+        try:
+            reply = await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            raise PeerError(f"{peer} did not answer {op} within {timeout} s") from None
+        finally:
+            self._admin_waiters.pop(self._admin_seq, None)
+        if not reply.ok:
+            raise PeerError(f"{peer} refused {op}: {reply.result}")
+        return reply.result
 
     def _drop(self, conn: Connection, reason: str) -> None:
         conn.abort()

@@ -75,16 +75,23 @@ def check_tls_contexts(
 ) -> tuple[ssl.SSLContext, ssl.SSLContext] | None:
     """Check user-made contexts are fit for mutual TLS; return the pair, or None.
 
-    Raises :class:`ConfigError` if only one is given, if either does not require the
-    peer's certificate, or if either allows a TLS version below 1.3.
+    Raises :class:`ConfigError` if only one is given, if one is made for the other side,
+    if either does not require the peer's certificate, or if either allows a TLS version
+    below 1.3.
     """
     if server is None and client is None:
         return None
     if server is None or client is None:
         raise ConfigError("TLS needs both a server and a client context, or neither")
+    wrong_side = {"server": ssl.PROTOCOL_TLS_CLIENT, "client": ssl.PROTOCOL_TLS_SERVER}
     for side, ctx in (("server", server), ("client", client)):
         if not isinstance(ctx, ssl.SSLContext):
             raise ConfigError(f"the {side} TLS context must be an ssl.SSLContext")
+        if ctx.protocol == wrong_side[side]:
+            raise ConfigError(
+                f"the {side} TLS context is made for the other side ({ctx.protocol.name}); "
+                "pass a (server, client) pair, e.g. from crdtcache.transport.tls_contexts()"
+            )
         if ctx.verify_mode != ssl.CERT_REQUIRED:
             raise ConfigError(
                 f"mutual TLS: the {side} context must require the peer's certificate "

@@ -51,7 +51,7 @@ def test_constructor_matches_the_spec() -> None:
     ("options", "message"),
     [
         ({"backend": "dynamo"}, "backend"),
-        ({"backend": "redis"}, "redis backend: not available yet"),
+        ({"backend": "redis", "redis_url": "http://x"}, "redis_url"),
         ({"node_id": ""}, "node_id"),
         ({"node_id": "has space"}, "node_id"),
         ({"node_id": "x" * 129}, "node_id"),
@@ -89,7 +89,7 @@ def test_constructor_matches_the_spec() -> None:
         ({"secret": b""}, "secret"),
         ({"ssl": "context"}, "ssl"),
         ({"dashboard": "nope"}, "dashboard"),
-        ({"dashboard": "127.0.0.1:8080"}, "dashboard=: not available yet"),
+        ({"dashboard": "0.0.0.0:8080"}, "not a loopback address"),
         ({"metrics": object()}, "metrics"),
     ],
 )

@@ -33,7 +33,14 @@ from crdtcache.transport import (
     encode,
     encode_frame,
 )
-from crdtcache.transport._codec import PeerList
+from crdtcache.transport._codec import (
+    MAX_SECRETS,
+    AuthAccept,
+    AuthChallenge,
+    AuthHello,
+    AuthProof,
+    PeerList,
+)
 
 keys = st.text(min_size=0, max_size=20)
 node_ids = st.text(min_size=1, max_size=12)
@@ -88,6 +95,14 @@ messages = st.one_of(
         PeerList,
         st.lists(st.tuples(node_ids, node_ids, st.integers(1, 65535)), max_size=3).map(tuple),
     ),
+    st.builds(AuthHello, st.integers(0, 9), st.binary(min_size=32, max_size=32)),
+    st.builds(
+        AuthChallenge,
+        st.binary(min_size=32, max_size=32),
+        st.lists(st.binary(min_size=32, max_size=32), min_size=4, max_size=4).map(tuple),
+    ),
+    st.builds(AuthProof, st.binary(min_size=1, max_size=64), st.binary(min_size=32, max_size=32)),
+    st.builds(AuthAccept, st.binary(min_size=1, max_size=64), st.binary(min_size=32, max_size=32)),
 )
 
 
@@ -137,6 +152,12 @@ JUNK = {
     "invalid utf8": b"\x92\x06\xa2\xff\xfe",
     "part out of range": msgpack.packb([5, 1, 3, 2, [], [], {}, False]),
     "stamp too big": msgpack.packb([2, [["k", 0, 1, 2**64 - 1, "n", None]], [], None, 1, 2, 0, 0]),
+    "short nonce": msgpack.packb([11, 1, b"n" * 31]),
+    "nonce as str": msgpack.packb([11, 1, "n" * 32]),
+    "too few tags": msgpack.packb([12, b"n" * 32, [b"t" * 32] * (MAX_SECRETS - 1)]),
+    "long tag": msgpack.packb([12, b"n" * 32, [b"t" * 33] * MAX_SECRETS]),
+    "empty hello in proof": msgpack.packb([13, b"", b"t" * 32]),
+    "oversized hello": msgpack.packb([14, b"h" * 2000, b"t" * 32]),
 }
 
 

@@ -9,8 +9,8 @@ Three ways to run it:
   hypothesis profile) and a seeded mutation fuzzer for ``CRDTCACHE_FUZZ_SECONDS``
   (default 2 s); a failure prints the seed and the input to paste into ``REGRESSIONS``.
   ``CRDTCACHE_FUZZ_SECONDS=600 CRDTCACHE_FUZZ_SEED=...`` fuzzes longer, or elsewhere.
-* ``python tests/transport/test_fuzz.py -max_total_time=600``: coverage-guided with
-  atheris, when it is installed (``pip install atheris``).
+* ``python tests/transport/fuzz_atheris.py -max_total_time=600``: coverage-guided with
+  atheris, when it is installed (``pip install atheris``), on the same targets.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import sys
 import time
 from collections.abc import Callable
 
@@ -55,7 +54,7 @@ from crdtcache.transport import (
     encode_frame,
 )
 from crdtcache.transport._auth import _STEP_PROOF, AWAIT_PROOF, DONE, PEER_PROVED, _tag
-from crdtcache.transport._codec import AuthProof, PeerList
+from crdtcache.transport._codec import AuthProof, PeerList, WireMessage
 
 SECRET = b"fuzzing-secret-0123456789abcdef!"
 KEY = b"k" * 32
@@ -185,7 +184,7 @@ def exercise(target: int, data: bytes) -> None:
 def _corpus() -> list[bytes]:
     entry = Entry(encode_value("k", {"a": [1, 2.5, "x"]}), 123, "n1", 99.0)
     entries = (("k", entry), ("t", Entry(TOMBSTONE, 5, "n2")), ("s", Entry(NOT_HELD, 6, "n3")))
-    messages = [
+    messages: list[WireMessage] = [
         Push(entries, (PatternTombstone("user:*", 9, "n1"),), "n1", 1, 2, 3, 4),
         SyncResponse(1, 0, 1, entries, (), {"n1": 5}, True),
         SyncRequest(7, {"n1": 3, "n2": -1}),
@@ -362,20 +361,3 @@ def test_no_altered_sealed_frame_opens(payload: bytes, where: int, bit: int) -> 
 
 def test_the_responder_states_are_reachable() -> None:
     assert _at_await_proof().state == AWAIT_PROOF
-
-
-# ------------------------------------------------------------ atheris
-def _atheris_main() -> None:  # pragma: no cover - run by hand
-    import atheris  # type: ignore[import-not-found]  # optional, not a dependency
-
-    def one_input(data: bytes) -> None:
-        if data:
-            exercise(data[0], data[1:])
-
-    atheris.instrument_all()
-    atheris.Setup(sys.argv, one_input)
-    atheris.Fuzz()
-
-
-if __name__ == "__main__":
-    _atheris_main()

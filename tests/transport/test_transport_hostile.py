@@ -22,9 +22,13 @@ async def _open(node: Node) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
 def _hello(
-    node_id: str = "intruder", *, version: int = PROTOCOL_VERSION, cluster: str = "default"
+    node_id: str = "intruder",
+    *,
+    version: int = PROTOCOL_VERSION,
+    cluster: str = "default",
+    port: int = 0,
 ) -> bytes:
-    return encode_frame(encode(Hello(version, cluster, node_id, 0, 1)))
+    return encode_frame(encode(Hello(version, cluster, node_id, port, 1)))
 
 
 async def _closed_by_node(reader: asyncio.StreamReader, timeout: float = 3.0) -> None:
@@ -158,7 +162,8 @@ async def test_a_peer_that_never_reads_cannot_grow_memory() -> None:
     await node.start()
     try:
         _reader, writer = await _open(node)
-        writer.write(_hello("sluggish"))
+        # A listening port makes it a member (port 0 would be a client link).
+        writer.write(_hello("sluggish", port=1))
         await writer.drain()
         await wait_for(lambda: "sluggish" in node.connected_peers())
         for i in range(400):  # ~40 MB offered to a peer that reads nothing

@@ -210,6 +210,8 @@ def test_unfit_contexts_are_config_errors(pki: TestPKI) -> None:
     old.minimum_version = ssl.TLSVersion.TLSv1_2
     with pytest.raises(ConfigError, match="allows TLSv1_2"):
         make_node(make_engine("cfg"), discovery="none", ssl=(server, old))
+    with pytest.raises(ConfigError, match="made for the other side"):
+        make_node(make_engine("cfg"), discovery="none", ssl=ssl.create_default_context())
     with pytest.raises(ConfigError, match="both a server and a client"):
         Node(make_engine("cfg"), ssl_server=server)
     with pytest.raises(ConfigError, match="ssl must be"):
