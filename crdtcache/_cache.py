@@ -35,7 +35,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from crdtcache._codec import ValueCodec
@@ -183,7 +183,7 @@ class Cache:
         refresh_interval: float | None = None,
         refresh: Callable[[str], Any] | None = None,
         metrics: Metrics | None = None,
-        secret: bytes | None = None,
+        secret: bytes | Sequence[bytes] | None = None,
         ssl: Any = None,
         dashboard: str | None = None,
         _clock: Callable[[], float] = time.time,
@@ -217,7 +217,9 @@ class Cache:
         if config.dashboard is not None:
             from crdtcache.dashboard import policy
 
-            self._dashboard_policy = policy(config.dashboard, secret=config.secret)
+            # The policy only asks whether a cluster secret is set.
+            first = config.secret if isinstance(config.secret, bytes | None) else config.secret[0]
+            self._dashboard_policy = policy(config.dashboard, secret=first)
         rules = tuple(invalidation_rules)
         for rule in rules:
             if not isinstance(rule, InvalidationRule):

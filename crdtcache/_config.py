@@ -10,12 +10,14 @@ import importlib.util
 import math
 import os
 import ssl as _ssl
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 from crdtcache._errors import ConfigError
 from crdtcache._snapshot import MAX_NODE_ID_CHARS
+from crdtcache.transport._auth import keyring
+from crdtcache.transport._tls import check_tls_contexts
 
 __all__ = [
     "BACKENDS",
@@ -137,8 +139,8 @@ class CacheConfig:
     warm_up: Callable[..., Any] | None
     refresh_interval: float | None
     refresh: Callable[..., Any] | None
-    secret: bytes | None
-    ssl: _ssl.SSLContext | None
+    secret: bytes | Sequence[bytes] | None
+    ssl: _ssl.SSLContext | tuple[_ssl.SSLContext, _ssl.SSLContext] | None
     dashboard: str | None
 
     @classmethod
@@ -195,11 +197,17 @@ class CacheConfig:
         if (refresh_interval is None) != (refresh is None):
             raise ConfigError("refresh_interval and refresh go together: give both or neither")
         secret = o["secret"]
-        if secret is not None and (not isinstance(secret, bytes) or not secret):
-            raise ConfigError("secret must be non-empty bytes (the cluster secret), or None")
+        if secret is not None:
+            keyring(secret)  # bytes or a list of bytes (rotation), each long enough
         ssl = o["ssl"]
-        if ssl is not None and not isinstance(ssl, _ssl.SSLContext):
-            raise ConfigError(f"ssl must be an ssl.SSLContext or None, not {type(ssl).__name__}")
+        if ssl is not None:
+            pair = ssl if isinstance(ssl, tuple) else (ssl, ssl)
+            if len(pair) != 2 or not all(isinstance(c, _ssl.SSLContext) for c in pair):
+                raise ConfigError(
+                    "ssl must be an ssl.SSLContext, a (server, client) pair of them, or None "
+                    "(crdtcache.transport.tls_contexts builds the pair from a CA, cert and key)"
+                )
+            check_tls_contexts(*pair)
         dashboard = o["dashboard"]
         if dashboard is not None:
             _address("dashboard", dashboard)

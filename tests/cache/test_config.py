@@ -88,6 +88,8 @@ def test_constructor_matches_the_spec() -> None:
         ({"secret": "text"}, "secret"),
         ({"secret": b""}, "secret"),
         ({"ssl": "context"}, "ssl"),
+        ({"secret": b"short"}, "secret"),
+        ({"ssl": ssl.create_default_context()}, "TLS"),
         ({"dashboard": "nope"}, "dashboard"),
         ({"dashboard": "0.0.0.0:8080"}, "not a loopback address"),
         ({"metrics": object()}, "metrics"),
@@ -112,8 +114,7 @@ def test_good_options_are_accepted() -> None:
         default_ttl=30,
         sync_strategy="on-demand",
         sync_interval=0.1,
-        secret=b"s3cret",
-        ssl=ssl.create_default_context(),
+        secret=[b"new-cluster-secret-0001", b"old-cluster-secret-0001"],
         refresh_interval=60,
         refresh=lambda k: None,
     )
