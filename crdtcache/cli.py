@@ -16,7 +16,7 @@ from typing import Any
 
 from crdtcache import _loop
 from crdtcache._cache import Cache
-from crdtcache._errors import CacheError
+from crdtcache._errors import CacheError, ConfigError
 
 __all__ = ["main"]
 
@@ -189,6 +189,7 @@ async def _node(args: argparse.Namespace) -> int:
         seeds=tuple(args.seed),
         persist_path=args.persist,
         dashboard=args.dashboard,
+        secret=_secret(args),
     )
     await cache.start()
     _out(json.dumps({"node": cache.node_id, "address": cache.address, "cluster": args.cluster}))
@@ -199,11 +200,22 @@ async def _node(args: argparse.Namespace) -> int:
     return 0
 
 
+def _secret(args: argparse.Namespace) -> bytes | None:
+    """The cluster secret from ``--secret-file`` (surrounding whitespace stripped)."""
+    if args.secret_file is None:
+        return None
+    try:
+        with open(args.secret_file, "rb") as f:
+            return f.read().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the secret file: {exc}") from exc
+
+
 # ------------------------------------------------------- talking to a node
 async def _client(args: argparse.Namespace) -> int:
     from crdtcache.transport._client import NodeClient
 
-    async with NodeClient(args.address, cluster=args.cluster) as client:
+    async with NodeClient(args.address, cluster=args.cluster, secret=_secret(args)) as client:
         if args.command == "get":
             found, value = await client.get(args.key)
             if not found:
@@ -269,6 +281,7 @@ def _parser() -> argparse.ArgumentParser:
     node.add_argument("--seed", action="append", default=[], metavar="HOST:PORT")
     node.add_argument("--persist", metavar="PATH", help="SQLite file for the replica")
     node.add_argument("--dashboard", metavar="HOST:PORT")
+    node.add_argument("--secret-file", metavar="PATH", help="file holding the cluster secret")
     node.set_defaults(run=_node)
 
     for name, helptext in (
@@ -279,6 +292,7 @@ def _parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=helptext)
         cmd.add_argument("address", metavar="HOST:PORT", help="the node's peer address")
         cmd.add_argument("--cluster", default="default")
+        cmd.add_argument("--secret-file", metavar="PATH", help="file holding the cluster secret")
         if name in ("get", "set"):
             cmd.add_argument("key")
         if name == "set":

@@ -79,3 +79,34 @@ def test_node_serves_get_set_stats(tmp_path: Path) -> None:
         node.wait(10)
     assert node.returncode == 0
     assert db.exists() and os.path.getsize(db) > 0
+
+
+@pytest.mark.timeout(120)
+def test_get_set_need_the_cluster_secret(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"a-cluster-secret-of-32-bytes-ok!\n")
+    node = subprocess.Popen(
+        [
+            *CLI,
+            "node",
+            "--listen",
+            "127.0.0.1:0",
+            "--discovery",
+            "none",
+            "--secret-file",
+            str(secret),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert node.stdout is not None
+        address = json.loads(node.stdout.readline())["address"]
+        done = run("set", address, "k", "v", "--secret-file", str(secret))
+        assert done.stdout.strip() == "OK", done.stdout + done.stderr
+        assert json.loads(run("get", address, "k", "--secret-file", str(secret)).stdout) == "v"
+        refused = run("get", address, "k")
+        assert refused.returncode == 1 and "could not connect" in refused.stdout
+    finally:
+        node.send_signal(signal.SIGTERM)
+        node.wait(10)
