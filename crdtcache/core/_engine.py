@@ -334,6 +334,13 @@ class GossipEngine:
         patterns = self._pending_patterns
         self._pending = {}
         self._pending_patterns = []
+        if not self.peers:
+            # Nobody to tell (a lone node, the memory backend): just keep the stream
+            # chain, so that the first push to a later peer claims the right range.
+            self._stream_upto = max(
+                [e.ts for _, e in entries] + [p.ts for p in patterns], default=self._stream_upto
+            )
+            return [], 0
         if self.config.on_demand:
             entries = [
                 (k, Entry(NOT_HELD, e.ts, e.origin, e.expires) if e.held else e) for k, e in entries
