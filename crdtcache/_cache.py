@@ -217,9 +217,8 @@ class Cache:
         if config.dashboard is not None:
             from crdtcache.dashboard import policy
 
-            # The policy only asks whether a cluster secret is set.
-            first = config.secret if isinstance(config.secret, bytes | None) else config.secret[0]
-            self._dashboard_policy = policy(config.dashboard, secret=first)
+            # Every secret of a rotation gets a token (see crdtcache.dashboard._access).
+            self._dashboard_policy = policy(config.dashboard, secret=config.secret)
         rules = tuple(invalidation_rules)
         for rule in rules:
             if not isinstance(rule, InvalidationRule):

@@ -20,6 +20,7 @@ need :func:`access_token`) or the operator opts in (``public=True`` or
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from crdtcache._errors import ConfigError
@@ -48,7 +49,9 @@ __all__ = [
 ]
 
 
-def policy(address: str, *, secret: bytes | None, public: bool | None = None) -> BindPolicy:
+def policy(
+    address: str, *, secret: bytes | Sequence[bytes] | None, public: bool | None = None
+) -> BindPolicy:
     """Check that a dashboard can be served at ``address`` and return how.
 
     Raises :class:`ConfigError` if aiohttp is not installed, the address is malformed,

@@ -7,7 +7,8 @@ unless told otherwise. A non-loopback address is accepted in two cases only:
   (:func:`access_token`, an HMAC of the secret, so it can be handed to a scraper or
   a browser without handing out the secret itself) on every data route; the page
   and ``/healthz`` stay open (the first holds no data, the second is what load
-  balancers and orchestrators probe);
+  balancers and orchestrators probe). During a secret rotation (a list of secrets)
+  the token of each is accepted, as the cluster accepts each secret;
 * the operator opted in explicitly, with ``public=True`` or the environment variable
   ``CRDTCACHE_DASHBOARD_PUBLIC=1``: the dashboard is then served to anyone who can
   reach the address, without a token.
@@ -22,6 +23,7 @@ import hashlib
 import hmac
 import ipaddress
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -59,22 +61,30 @@ def is_loopback_host(host: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class BindPolicy:
-    """Where a dashboard listens and what a request needs (``token`` None: nothing)."""
+    """Where a dashboard listens and which access tokens it accepts (none: open)."""
 
     host: str
     port: int
     loopback: bool
-    token: str | None
+    tokens: tuple[str, ...] = ()
+
+    @property
+    def token(self) -> str | None:
+        """The token of the current secret (the first), None when no token is needed."""
+        return self.tokens[0] if self.tokens else None
 
 
 def _env_public() -> bool:
     return os.environ.get(PUBLIC_ENV, "").strip().lower() in _TRUE
 
 
-def bind_policy(address: str, *, secret: bytes | None, public: bool | None = None) -> BindPolicy:
+def bind_policy(
+    address: str, *, secret: bytes | Sequence[bytes] | None, public: bool | None = None
+) -> BindPolicy:
     """Apply the bind rule (see module doc) to ``address`` (``host:port``).
 
-    ``public`` None reads :data:`PUBLIC_ENV`. Raises :class:`ConfigError` for a
+    ``secret`` is the cache's: bytes or a list of them (rotation). ``public`` None reads
+    :data:`PUBLIC_ENV`. Raises :class:`ConfigError` for a
     malformed address, and for a non-loopback one with neither a secret nor an opt-in.
     """
     from crdtcache.transport import parse_address
@@ -86,13 +96,14 @@ def bind_policy(address: str, *, secret: bytes | None, public: bool | None = Non
     except ConfigError as exc:
         raise ConfigError(f"dashboard: {exc}") from None
     if is_loopback_host(host):
-        return BindPolicy(host, port, True, None)
+        return BindPolicy(host, port, True)
     if public is None:
         public = _env_public()
     if public:
-        return BindPolicy(host, port, False, None)
+        return BindPolicy(host, port, False)
     if secret is not None:
-        return BindPolicy(host, port, False, access_token(secret))
+        secrets = [secret] if isinstance(secret, bytes) else list(secret)
+        return BindPolicy(host, port, False, tuple(access_token(s) for s in secrets))
     raise ConfigError(
         f"dashboard {address!r} is not a loopback address: anyone who reaches it would read "
         "key names and statistics. Give the cache a secret= (the dashboard then requires "

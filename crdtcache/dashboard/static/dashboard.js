@@ -315,9 +315,9 @@
         [p.id, "mono"],
         [p.state + (p.linked ? "" : " (no link)"), "", p.state],
         [p.address || "\u2013", "mono"],
-        [fmtMs(p.last_heard_ms) + " ago", "num"],
+        [fmtMs(p.last_heard_ms), "num"],
         [p.behind_ms === null ? "syncing" : fmtMs(p.behind_ms), "num"],
-        [p.last_write_ms === null ? "\u2013" : fmtMs(p.last_write_ms) + " ago", "num"],
+        [p.last_write_ms === null ? "\u2013" : fmtMs(p.last_write_ms), "num"],
       ], p.id, p.state));
     }
     body.replaceChildren(...rows);
@@ -392,7 +392,9 @@
     setText("stat-memory", fmtBytes(frame.memory));
     setText("stat-memory-max", frame.max_memory ? "of " + fmtBytes(frame.max_memory) : "no memory bound");
     setText("stat-hit-total", fmtPct(frame.hit_rate_total) + " since start");
-    setText("stat-sync", fmtMs(frame.sync_ms.p50) + " / " + fmtMs(frame.sync_ms.p99));
+    const { p50, p99 } = frame.sync_ms;
+    const bothMs = p50 !== null && p99 !== null && p50 >= 1 && p99 < 1000;
+    setText("stat-sync", bothMs ? fmtMs(p50).replace(" ms", "") + " / " + fmtMs(p99) : fmtMs(p50) + " / " + fmtMs(p99));
     setText("stat-sync-samples", fmtCount(frame.sync_ms.samples) + " samples");
     setText("stat-traffic", fmtBytes(point.bytes_sent + point.bytes_received) + "/s");
     setText("stat-traffic-total", fmtBytes(frame.traffic.bytes_sent) + " out \u00b7 " + fmtBytes(frame.traffic.bytes_received) + " in");
