@@ -184,6 +184,7 @@ class Node:
         self._on_changes: ChangeListener | None = None
         self._on_peer: PeerListener | None = None
         self._started = False
+        self._bound = asyncio.Event()
         #: A client only asks nodes for cache operations: it follows no gossip, is not
         #: dialled back and is not announced to other peers.
         self.client_mode = client_mode
@@ -221,6 +222,7 @@ class Node:
         sock = self._server.sockets[0].getsockname()
         bound_host = f"[{sock[0]}]" if ":" in sock[0] else sock[0]
         self._address = f"{bound_host}:{sock[1]}"
+        self._bound.set()
         if not self._keyring and self._ssl_server is None and not self._loopback_only():
             # Redis's protected-mode idea: say it once, loudly, where operators look.
             log.warning(
@@ -341,6 +343,9 @@ class Node:
         """Keep one link to an address: dial, wait for it to drop, back off, redial."""
         backoff = INITIAL_BACKOFF
         failing_since: float | None = None
+        # Seeds may be added before start(): dial only once we listen, or our hello
+        # would announce port 0 and the peer would take us for a client.
+        await self._bound.wait()
         while not self._closing:
             node_id = dialing.address.node_id
             existing = self._conns.get(node_id) if node_id else None
