@@ -143,7 +143,10 @@ class Cache:
     * ``local_max_size``, ``local_ttl``, ``redis_url``: redis mode only: the hot
       tier's bound (default ``max_size``), the seconds a value stays in it (default:
       until invalidated or evicted), and the server (default
-      ``redis://127.0.0.1:6379/0``; the ``redis`` extra).
+      ``redis://127.0.0.1:6379/0``; the ``redis`` extra). There ``delete`` answers
+      for Redis, ``invalidate_pattern`` counts the keys it removed from this
+      instance's hot tier, and a miss or a write while Redis is unreachable raises
+      :class:`PeerError` (nothing is applied).
     * ``dashboard``: ``host:port`` of a live page, ``/api/stats``, ``/metrics`` and
       ``/healthz`` served from this node's loop (the ``dashboard`` extra; see
       :mod:`crdtcache.dashboard`). Loopback only, unless ``secret`` is set (the page
@@ -841,7 +844,10 @@ class Cache:
         else:
             return
         if self._metrics is not None and self._engine is not None:
-            self._metrics.peers(len(self._engine.live_peers()))
+            live = len(self._engine.live_peers())
+            if self._shared is not None and self._runtime is not None:
+                live = int(self._runtime.statistics()["instances"]) - 1  # redis: instances
+            self._metrics.peers(live)
         if self._listeners[name]:
             self._emit(CacheEvent(name, peer=event.peer, address=self._peer_address(event.peer)))
 

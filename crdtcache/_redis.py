@@ -19,7 +19,8 @@ tag, so every key of one cluster hashes to one slot and multi-key scripts are le
 ``crdtcache:{C}:patterns``      hash    ``p:<glob>`` stamp of the newest pattern
                                         tombstone of the glob, ``c:<glob>`` stamp its
                                         records were deleted up to, ``""`` the newest
-                                        pattern stamp of all
+                                        pattern stamp of all, ``#`` a version raised by
+                                        every tombstone recorded
 ``crdtcache:{C}:i:<node>``      string  heartbeat of an instance (PX ``heartbeat_ttl``)
 ``crdtcache:{C}:instances``     zset    node id -> heartbeat expiry (server ms): lists
                                         instances without SCAN
@@ -37,13 +38,17 @@ stamp; a value without a TTL never does. With a cluster hash tag, one cluster li
 in one slot, that is on one Redis Cluster shard: run separate ``cluster`` names to
 spread load over shards.
 
-*Writes: last-writer-wins enforced in Redis.* Every write is the ``WRITE`` script,
-which replaces the record only if its stamp is greater than the stored one (an equal
-stamp is the same write, retried), refuses a stamp further ahead of the server's
-clock than ``max_drift``, and publishes the invalidation in the same atomic step: so
-an older stamp never overwrites a newer one whichever instance writes last, nothing is
-half-written, and no committed write goes unannounced. A writer whose write lost
-drops its local copy and observes the winning stamp (its next write wins).
+*Writes: last-writer-wins enforced in Redis.* Writes go to Redis in batches (one per
+``sync_interval`` with write-behind and on-demand, one per ``set`` with write-through;
+at most :data:`MAX_BATCH` writes), each batch one ``WRITE`` script. For each write it
+replaces the record only if the write's stamp is greater than the stored one (an
+equal stamp is the same write, retried), and refuses a stamp further ahead of the
+server's clock than ``max_drift``; then it publishes one invalidation listing the
+writes it applied, in the same atomic step. So an older stamp never overwrites a
+newer one whichever instance writes last, nothing is half-written, and no committed
+write goes unannounced. A writer whose write lost drops its local copy and observes
+the winning stamp (its next write wins). Write-behind writes wait in a bounded outbox
+(:data:`MAX_OUTBOX`) and are retried while Redis is unreachable.
 
 *Pattern tombstones.* ``invalidate_pattern(glob)`` records "every key matching the glob
 stamped at or before S is gone" in the patterns hash (``PATTERN`` script, announced like
@@ -51,10 +56,12 @@ a write), then deletes the matching records by SCAN (never KEYS) under the prefi
 each page through ``CLEAN``, which deletes only records stamped at or before S. A
 write must not land under a tombstone that covers it: every instance holds all
 pattern tombstones (loaded at (re)subscription, kept current by their announcements)
-and drops covered writes itself; ``WRITE`` is given the newest pattern stamp the
-writer knows, and if Redis has a newer one that is not older than the write it
-answers "recheck" (the writer reloads the patterns and decides), so a concurrent
-tombstone the writer has not heard of cannot be overtaken. Guaranteed: once the
+and drops covered writes itself. Each recorded tombstone raises the version ``#``; an
+instance knows the version it holds every tombstone of (set by a full load, raised by
+announcements that arrive in sequence), and ``WRITE`` is given it: when Redis's
+version differs and its newest tombstone is not older than the write, the script
+answers "recheck" instead of writing (the writer reloads the patterns and decides),
+so a tombstone the writer has not heard of cannot be overtaken. Guaranteed: once the
 tombstone is recorded, no write stamped at or before S that matches it is stored or
 served (readers refuse covered records, and records present when the SCAN starts
 are deleted); records written later with greater stamps survive. Not guaranteed:
@@ -65,9 +72,9 @@ p2p's, after ``TOMBSTONE_GRACE``) only once its cleanup completed, and a write s
 before it that arrives after that is accepted (Cassandra's gc_grace rule).
 
 *Invalidation protocol.* Each instance subscribes to ``inv`` (and its own ``ack``
-channel) before it serves anything. A write's message carries key, stamp, expiry, and
-with write-behind / write-through a small value inline (under
-:data:`MAX_INLINE_VALUE_BYTES`). A receiver that holds the key merges it by stamp:
+channel) before it serves anything. A batch's message carries, per applied write, the
+key, stamp and expiry, and with write-behind / write-through small values inline
+(:data:`MAX_INLINE_VALUE_BYTES`). A receiver that holds the key merges it by stamp:
 an older or equal stamp changes nothing; a newer one replaces the local copy with
 the inline value, or else drops it (the next read fetches from Redis). One that does
 not hold the key only reports the change (``on_change``, events). With on-demand only
@@ -76,7 +83,8 @@ acknowledged (or raises :class:`PeerError` naming the ones that did not).
 
 *The race* between a reader's fetch and a concurrent write, which both go through
 Redis: the reader R sends HMGET and the writer's script W commits and publishes at
-some point of Redis's serial order.
+some point of Redis's serial order (a single server is linearizable; with replicas,
+reads go to the primary like writes).
 
 * HMGET before W: R gets the old stamp s1; W's announcement (s2 > s1) reaches R after
   that. If R merged the old value first, the announcement replaces it. If the
@@ -118,7 +126,7 @@ import os
 import socket
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
@@ -160,6 +168,7 @@ from crdtcache.core import (
 )
 from crdtcache.core._entry import compile_pattern
 from crdtcache.core._hlc import LOGICAL_BITS
+from crdtcache.core._values import stored_size
 
 __all__ = [
     "CLEANUP_STALL",
@@ -177,12 +186,16 @@ log = logging.getLogger(__name__)
 #: Seconds a value record with a TTL stays in Redis after its expiry, so that a write
 #: with an older stamp arriving late (a delayed batch, a lagging clock) still loses.
 EXPIRED_GRACE: Final = 60.0
-#: Invalidations carry the value itself up to this size (write-behind, write-through).
+#: Invalidations carry the value itself up to this size (write-behind, write-through),
+#: and up to MAX_INLINE_BATCH_BYTES of values per message.
 MAX_INLINE_VALUE_BYTES: Final = 16 * 1024
+MAX_INLINE_BATCH_BYTES: Final = 64 * 1024
 #: Write-behind writes accepted but not yet in Redis; a full queue refuses new writes.
 MAX_OUTBOX: Final = 100_000
-#: Writes per pipeline.
+#: Writes per batch (one WRITE script, one invalidation message), and their bytes:
+#: a batch holds Redis for about a microsecond per write, so it stays short.
 MAX_BATCH: Final = 512
+MAX_BATCH_BYTES: Final = 4 << 20
 #: Connections to Redis for commands (a burst of misses waits for a free one).
 MAX_CONNECTIONS: Final = 32
 #: Seconds to connect, and to wait for one command's answer.
@@ -205,14 +218,19 @@ CLEANUP_STALL: Final = 30.0
 SCAN_COUNT: Final = 1000
 SIZE_CACHE: Final = 5.0
 #: Largest invalidation message accepted from the channel.
-MAX_MESSAGE_BYTES: Final = MAX_INLINE_VALUE_BYTES + 4 * MAX_KEY_CHARS + 4096
-#: Reads of one key retried when an invalidation overtook the reply.
+MAX_MESSAGE_BYTES: Final = MAX_BATCH * (4 * MAX_KEY_CHARS + 64) + MAX_INLINE_BATCH_BYTES + 4096
+#: Reads of one key retried when an invalidation overtook the reply, and writes
+#: retried after reloading the pattern tombstones (module doc, pattern tombstones).
 FETCH_ATTEMPTS: Final = 3
+RECHECK_ATTEMPTS: Final = 3
 #: Seconds close() spends writing what write-behind still holds.
 CLOSE_FLUSH_TIMEOUT: Final = 5.0
 
-# Message kinds on the invalidation channel.
-_ENTRY, _PATTERN, _JOIN, _LEAVE = 1, 2, 3, 4
+# Message kinds on the invalidation channel: [kind, sender, ...].
+# _WRITES: [1, sender, ack, [[key, ts, origin, expires, deleted, value | nil], ...]]
+# _PATTERN: [2, sender, ack, glob, ts, origin, version] (the PATTERN script appends
+# the version); _JOIN, _LEAVE: [3 | 4, sender]
+_WRITES, _PATTERN, _JOIN, _LEAVE = 1, 2, 3, 4
 # First byte of a msgpack array or map: such a value blob is a packed list or dict.
 _CONTAINER_BYTES: Final = frozenset([*range(0x80, 0xA0), 0xDC, 0xDD, 0xDE, 0xDF])
 _UNREACHABLE: Final = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
@@ -297,28 +315,34 @@ def _decode_message(data: object) -> list[Any]:
         raise ValueError("not a message")
     check_node(msg[1])
     kind = msg[0]
-    if kind == _ENTRY:
-        if len(msg) != 9:
-            raise ValueError("entry message of the wrong length")
-        _, _, ack, key, ts, origin, expires, deleted, blob = msg
-        if (
-            type(ack) is not int
-            or type(key) is not str
-            or len(key) > MAX_KEY_CHARS
-            or type(ts) is not int
-            or ts < 0
-            or type(deleted) is not bool
-            or (blob is not None and type(blob) is not bytes)
-            or (expires is not None and (type(expires) is not float or not math.isfinite(expires)))
-        ):
-            raise ValueError("malformed entry message")
-        check_node(origin)
+    if kind == _WRITES:
+        if len(msg) != 4 or type(msg[2]) is not int or type(msg[3]) is not list:
+            raise ValueError("malformed writes message")
+        for item in msg[3]:
+            if type(item) is not list or len(item) != 6:
+                raise ValueError("malformed write in a writes message")
+            key, ts, origin, expires, deleted, blob = item
+            if (
+                type(key) is not str
+                or len(key) > MAX_KEY_CHARS
+                or type(ts) is not int
+                or ts < 0
+                or type(deleted) is not bool
+                or (blob is not None and type(blob) is not bytes)
+                or (
+                    expires is not None
+                    and (type(expires) is not float or not math.isfinite(expires))
+                )
+            ):
+                raise ValueError("malformed write in a writes message")
+            check_node(origin)
     elif kind == _PATTERN:
-        if len(msg) != 6:
+        if len(msg) != 7:
             raise ValueError("pattern message of the wrong length")
-        _, _, ack, pattern, ts, origin = msg
+        _, _, ack, pattern, ts, origin, version = msg
         if (
-            type(ack) is not int
+            type(version) is not int
+            or type(ack) is not int
             or type(pattern) is not str
             or not pattern
             or len(pattern) > MAX_KEY_CHARS
@@ -330,6 +354,34 @@ def _decode_message(data: object) -> list[Any]:
     elif kind not in (_JOIN, _LEAVE) or len(msg) != 2:
         raise ValueError(f"unknown message kind {kind}")
     return msg
+
+
+def _batches(entries: list[tuple[str, Entry]]) -> Iterator[list[tuple[str, Entry]]]:
+    """``entries`` in batches of at most MAX_BATCH writes and about MAX_BATCH_BYTES."""
+    batch: list[tuple[str, Entry]] = []
+    size = 0
+    for key, e in entries:
+        if batch and (len(batch) == MAX_BATCH or size > MAX_BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append((key, e))
+        size += len(key) + stored_size(e.value)
+    if batch:
+        yield batch
+
+
+def _reraise_cancellation() -> None:
+    """Raise CancelledError if the running task is being cancelled.
+
+    A cancellation can be lost inside redis-py: its blocking pool waits with
+    ``asyncio.wait_for``, which on Python 3.11 swallows a cancel that arrives as the
+    wait completes, and a cancel landing mid-command can surface as a connection
+    error. The task still counts as cancelling, so the runtime's loops check here at
+    every turn and after every failure instead of retrying forever.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _glob_escape(text: str) -> str:
@@ -424,6 +476,9 @@ class RedisRuntime:
         self._inv_channel = prefix + b"inv"
         self._ack_channel = prefix + b"ack:" + self.node.encode()
         self._client: aioredis.Redis | None = None
+        # Commands in flight, at most one per pooled connection (a burst of misses
+        # waits here rather than failing with "too many connections").
+        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
         self._sub_client: aioredis.Redis | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._side_tasks: set[asyncio.Task[Any]] = set()
@@ -442,6 +497,7 @@ class RedisRuntime:
         self._outbox_patterns: list[PatternTombstone] = []
         self._inflight: dict[str, Entry] = {}
         self._flush_wanted: asyncio.Event | None = None
+        self._flusher: asyncio.Task[None] | None = None
         # Reads in flight per key: an invalidation for such a key is kept as a stub.
         self._fetching: dict[str, int] = {}
         # Hot-tier deadlines (local_ttl), in loop time, in deadline order.
@@ -456,6 +512,8 @@ class RedisRuntime:
         self._instances: dict[str, str] = {}
         self._dead_at: dict[str, float] = {}
         self._server_offset = 0.0
+        # The patterns' version this node holds every tombstone of (module doc).
+        self._patterns_version = 0
         # Pattern cleanups to run, newest tombstone per glob.
         self._cleanups: dict[str, PatternTombstone] = {}
         self._cleaner: asyncio.Task[None] | None = None
@@ -494,11 +552,12 @@ class RedisRuntime:
         }
         try:
             # One immediate retry: a pooled connection found dead after a Redis restart
-            # is replaced at once instead of failing the command that found it.
-            pool = aioredis.BlockingConnectionPool.from_url(
+            # is replaced at once instead of failing the command that found it. The
+            # pool's bound is kept by self._slots: redis-py's blocking pool would do
+            # it too, at about 15 us per command.
+            pool = aioredis.ConnectionPool.from_url(
                 self.url,
                 max_connections=MAX_CONNECTIONS,
-                timeout=COMMAND_TIMEOUT,
                 retry=Retry(NoBackoff(), 1),
                 **common,
             )
@@ -524,7 +583,8 @@ class RedisRuntime:
             await self._shutdown()
             raise
         self._tasks.append(loop.create_task(self._heartbeats()))
-        self._tasks.append(loop.create_task(self._flush_forever()))
+        self._flusher = loop.create_task(self._flush_forever())
+        self._tasks.append(self._flusher)
         self._tasks.append(loop.create_task(self._tick_forever()))
 
     async def close(self) -> None:
@@ -533,6 +593,11 @@ class RedisRuntime:
             self._closed = True
             return
         self._closed = True
+        if self._flusher is not None:
+            # A batch it had in flight goes back to the outbox (rewriting it is
+            # harmless: an equal stamp is the same write), and is written below.
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
         self._take()
         if self._outbox or self._outbox_patterns:
             try:
@@ -599,11 +664,16 @@ class RedisRuntime:
             self._waiters[ack_id] = waiter
         try:
             try:
+                applied = 0
                 async with asyncio.timeout(timeout):
-                    applied = await self._write(entries, patterns, ack_id, requeue=False)
+                    for batch in _batches(entries) if entries else iter([[]]):
+                        applied += await self._write(batch, patterns, ack_id, requeue=False)
+                        patterns = []
+            except PeerError:
+                self._dropped(entries)  # also batches before the failed one: re-read later
+                raise
             except TimeoutError:
                 self._dropped(entries)
-                self._note_down("write timed out")
                 raise PeerError(
                     f"Redis at {redact_url(self.url)} did not answer within {timeout:g} s; "
                     "the write is dropped from this instance and may or may not be in Redis"
@@ -858,10 +928,10 @@ class RedisRuntime:
             changes += replica.merge_pattern(tomb, now)
         entries = [(k, e) for k, e in snap.entries if e.value is not NOT_HELD]
         applied: list[tuple[str, Entry]] = []
-        for start in range(0, max(len(entries), 1), MAX_BATCH):
-            chunk = entries[start : start + MAX_BATCH]
-            patterns = list(snap.patterns) if start == 0 else []
-            await self._write(chunk, patterns, 0, requeue=False, applied=applied)
+        patterns = list(snap.patterns)
+        for batch in _batches(entries) if entries else iter([[]]):
+            await self._write(batch, patterns, 0, requeue=False, applied=applied)
+            patterns = []
         for key, e in applied:
             local = replica.entries.get(key)
             if local is not None:
@@ -879,8 +949,6 @@ class RedisRuntime:
 
     def _note_down(self, reason: str) -> None:
         self._down_reason = reason
-        if self._down_since is None:
-            self._down_since = self._clock()
 
     async def _command(self, *args: Any) -> Any:
         client = self._client
@@ -890,10 +958,13 @@ class RedisRuntime:
         try:
             # redis-py leaves execute_command unannotated; its answer is Any anyway.
             execute = cast(Callable[..., Awaitable[Any]], client.execute_command)
-            return await execute(*args)
+            async with self._slots:
+                return await execute(*args)
         except _UNREACHABLE as exc:
+            _reraise_cancellation()
             raise self._unreachable(exc) from exc
         except RedisError as exc:
+            _reraise_cancellation()
             raise PeerError(f"Redis at {redact_url(self.url)} refused {args[0]}: {exc}") from exc
 
     async def _eval(self, script: Script, keys: Sequence[bytes], args: Sequence[Any]) -> Any:
@@ -920,6 +991,7 @@ class RedisRuntime:
         if client is None:
             raise PeerError("redis runtime is not started")
         self.stats.commands += len(calls)
+        await self._slots.acquire()
         try:
             pipe = client.pipeline(transaction=False)
             for script, keys, args in calls:
@@ -936,9 +1008,13 @@ class RedisRuntime:
                 for i, result in zip(missing, retried, strict=True):
                     results[i] = result
         except _UNREACHABLE as exc:
+            _reraise_cancellation()
             raise self._unreachable(exc) from exc
         except RedisError as exc:
+            _reraise_cancellation()
             raise PeerError(f"Redis at {redact_url(self.url)}: {exc}") from exc
+        finally:
+            self._slots.release()
         return list(results)
 
     async def _publish(self, channel: bytes, message: bytes) -> None:
@@ -961,10 +1037,13 @@ class RedisRuntime:
                 pipe = client.pipeline(transaction=False)
                 for key in keys:
                     pipe.execute_command("HMGET", self._record_key(key), "s", "v", "x")
-                rows = await pipe.execute()
+                async with self._slots:
+                    rows = await pipe.execute()
             except _UNREACHABLE as exc:
+                _reraise_cancellation()
                 raise self._unreachable(exc) from exc
             except RedisError as exc:
+                _reraise_cancellation()
                 raise PeerError(f"Redis at {redact_url(self.url)}: {exc}") from exc
         return [self._record(key, row) for key, row in zip(keys, rows, strict=True)]
 
@@ -1020,14 +1099,19 @@ class RedisRuntime:
         assert wanted is not None
         delay = RECONNECT_MIN
         while True:
+            _reraise_cancellation()
             await wanted.wait()
             await asyncio.sleep(self._sync_interval)
             wanted.clear()
             try:
                 await self._write_outbox()
                 delay = RECONNECT_MIN
-            except PeerError as exc:
-                log.warning("write-behind batch not written, retrying in %.2f s: %s", delay, exc)
+            except Exception as exc:  # the flusher must outlive any one failure
+                _reraise_cancellation()
+                if isinstance(exc, PeerError):
+                    log.warning("write-behind batch not written, retry in %.2f s: %s", delay, exc)
+                else:
+                    log.exception("write-behind batch failed, retry in %.2f s", delay)
                 wanted.set()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT_MAX)
@@ -1035,20 +1119,13 @@ class RedisRuntime:
     async def _write_outbox(self) -> None:
         """Write everything queued, in batches; what fails goes back to the outbox."""
         self._take()
-        while self._outbox or self._outbox_patterns:
-            batch = list(itertools.islice(self._outbox.items(), MAX_BATCH))
+        outbox = self._outbox
+        while outbox or self._outbox_patterns:
+            batch = next(_batches(list(outbox.items())), [])
             for key, _ in batch:
-                del self._outbox[key]
+                del outbox[key]
             patterns, self._outbox_patterns = self._outbox_patterns, []
             await self._write(batch, patterns, 0, requeue=True)
-
-    def _known_newest(self) -> str:
-        """The newest pattern tombstone stamp this node knows ('' for none)."""
-        patterns = self.engine.replica.patterns
-        if not patterns:
-            return ""
-        newest = max(patterns.values(), key=lambda t: (t.ts, t.origin))
-        return stamp_text(newest.ts, newest.origin)
 
     def _covered(self, key: str, ts: int, origin: str) -> bool:
         """Whether a known pattern tombstone covers a write of ``key`` at ``(ts, origin)``."""
@@ -1061,51 +1138,53 @@ class RedisRuntime:
                     return True
         return False
 
-    def _message(self, key: str, e: Entry, ack_id: int, blob: bytes | None) -> bytes:
-        inline = blob if self._inline and blob is not None else None
-        if inline is not None and len(inline) > MAX_INLINE_VALUE_BYTES:
-            inline = None
-        msg: bytes = msgpack.packb(
-            [_ENTRY, self.node, ack_id, key, e.ts, e.origin, e.expires, e.deleted, inline],
-            use_bin_type=True,
-        )
-        return msg
-
-    def _write_call(
-        self, key: str, e: Entry, ack_id: int, known: str
+    def _batch_call(
+        self, entries: list[tuple[str, Entry]], ack_id: int, known: str
     ) -> tuple[Script, list[bytes], list[Any]]:
+        """The WRITE call for a batch (see :mod:`crdtcache._redis_scripts`)."""
         replica = self.engine.replica
-        at: int | None
-        if e.value is TOMBSTONE:
-            blob = None
-            at = (e.ts >> LOGICAL_BITS) + int(replica.tombstone_grace * 1000)
-        else:
-            blob = value_blob(e.value)
-            at = None if e.expires is None else math.ceil((e.expires + EXPIRED_GRACE) * 1000)
-        message = self._message(key, e, ack_id, blob)
-        self.stats.bytes_sent += len(message) + (len(blob) if blob is not None else 0)
-        return (
-            WRITE,
-            [self._record_key(key), self._patterns_key],
-            [
+        grace_ms = int(replica.tombstone_grace * 1000)
+        head = b"\x94" + msgpack.packb(_WRITES) + msgpack.packb(self.node) + msgpack.packb(ack_id)
+        keys = [self._patterns_key]
+        args: list[Any] = [known, replica.clock.max_drift_ms, self._inv_channel, head]
+        inline_budget = MAX_INLINE_BATCH_BYTES if self._inline else 0
+        sent = len(head)
+        for key, e in entries:
+            at: int | None
+            if e.value is TOMBSTONE:
+                blob = None
+                at = (e.ts >> LOGICAL_BITS) + grace_ms
+            else:
+                blob = value_blob(e.value)
+                at = None if e.expires is None else math.ceil((e.expires + EXPIRED_GRACE) * 1000)
+            inline = None
+            if blob is not None and len(blob) <= min(MAX_INLINE_VALUE_BYTES, inline_budget):
+                inline = blob  # receivers holding the key update it without a read
+                inline_budget -= len(blob)
+            part = msgpack.packb(
+                [key, e.ts, e.origin, e.expires, e.deleted, inline], use_bin_type=True
+            )
+            keys.append(self._record_key(key))
+            args += [
                 stamp_text(e.ts, e.origin),
                 blob if blob is not None else b"",
                 "1" if blob is None else "0",
                 "" if e.expires is None else repr(e.expires),
                 "" if at is None else at,
-                known,
-                replica.clock.max_drift_ms,
-                self._inv_channel,
-                message,
-            ],
-        )
+                part,
+            ]
+            sent += len(part) + (len(blob) if blob is not None else 0)
+        self.stats.bytes_sent += sent
+        return WRITE, keys, args
 
     def _pattern_call(
         self, tomb: PatternTombstone, ack_id: int
     ) -> tuple[Script, list[bytes], list[Any]]:
         replica = self.engine.replica
-        message = msgpack.packb(
-            [_PATTERN, self.node, ack_id, tomb.pattern, tomb.ts, tomb.origin], use_bin_type=True
+        # A 7-array whose last item, the version, the script appends.
+        message = b"\x97" + b"".join(
+            msgpack.packb(item, use_bin_type=True)
+            for item in (_PATTERN, self.node, ack_id, tomb.pattern, tomb.ts, tomb.origin)
         )
         horizon_ms = int((self._clock() - replica.tombstone_grace) * 1000)
         self.stats.bytes_sent += len(message)
@@ -1138,17 +1217,20 @@ class RedisRuntime:
         """
         count = 0
         errors: list[str] = []
-        for _ in range(FETCH_ATTEMPTS):
+        for _ in range(RECHECK_ATTEMPTS):
             # Covered writes are gone here already; writing them would only lose.
             entries = [(k, e) for k, e in entries if not self._covered(k, e.ts, e.origin)]
-            known = self._known_newest()
+            entries = [(k, e) for k, e in entries if self._encodable(k, e, errors)]
+            patterns = [t for t in patterns if self._encodable(t.pattern, None, errors)]
+            known = str(self._patterns_version)
             calls = [self._pattern_call(tomb, ack_id) for tomb in patterns]
-            try:
-                calls += [self._write_call(k, e, ack_id, known) for k, e in entries]
-            except (TypeError, ValueError, OverflowError) as exc:  # pragma: no cover
-                raise SerializationError(f"a queued write cannot be encoded: {exc}") from exc
+            if entries:
+                try:
+                    calls.append(self._batch_call(entries, ack_id, known))
+                except (TypeError, ValueError, OverflowError) as exc:  # pragma: no cover
+                    raise SerializationError(f"a queued write cannot be encoded: {exc}") from exc
             if not calls:
-                return count
+                break
             for key, e in entries:
                 self._inflight[key] = e
             try:
@@ -1167,7 +1249,12 @@ class RedisRuntime:
             for tomb, result in zip(patterns, results, strict=False):
                 count += self._pattern_result(tomb, result, errors)
             recheck: list[tuple[str, Entry]] = []
-            for (key, e), result in zip(entries, results[len(patterns) :], strict=True):
+            answers: list[Any] = []
+            if entries:
+                batch = results[len(patterns)]
+                # A refused script (OOM, a key of another type) refuses the whole batch.
+                answers = [batch] * len(entries) if isinstance(batch, Exception) else batch[:-1]
+            for (key, e), result in zip(entries, answers, strict=True):
                 outcome = self._entry_result(key, e, result, errors)
                 if outcome == 1:
                     count += 1
@@ -1179,11 +1266,38 @@ class RedisRuntime:
                 break
             # A pattern tombstone this node has not heard of may cover these writes.
             self.stats.writes_rechecked += len(recheck)
-            await self._load_patterns()
+            try:
+                await self._load_patterns()
+            except (PeerError, asyncio.CancelledError):
+                if requeue:
+                    self._requeue(recheck, [])
+                else:
+                    self._dropped(recheck)
+                raise
             entries, patterns = recheck, []
+        else:
+            # Still unsure after every attempt (tombstones keep arriving): never guess.
+            if requeue:
+                self._requeue(entries, [])
+            else:
+                self._dropped(entries)
+                errors.append(f"{len(entries)} writes raced with pattern invalidations")
         if errors and not requeue:
             raise PeerError("Redis refused writes: " + "; ".join(errors[:3]))
         return count
+
+    def _encodable(self, key: str, e: Entry | None, errors: list[str]) -> bool:
+        """False (the write is dropped) for a key no message can carry (lone surrogates)."""
+        try:
+            key.encode()
+        except UnicodeEncodeError:
+            self._write_errors += 1
+            errors.append(f"{key!r}: not encodable as UTF-8")
+            log.error("dropping the write of %r: the key is not encodable as UTF-8", key)
+            if e is not None:
+                self._drop_local(key, e)
+            return False
+        return True
 
     def _entry_result(self, key: str, e: Entry, result: Any, errors: list[str]) -> int:
         """Apply one WRITE answer here; 1 applied, 0 not, -1 recheck the patterns."""
@@ -1230,6 +1344,7 @@ class RedisRuntime:
             return 0
         code = int(result[0])
         if code == 1:
+            self._pattern_recorded(int(result[2]))
             self._schedule_cleanup(tomb)
             return 1
         if code == -2:
@@ -1343,6 +1458,7 @@ class RedisRuntime:
         """Tick the engine for collection (expiry events of held values)."""
         engine = self.engine
         while True:
+            _reraise_cancellation()
             delay = min(max(engine.next_deadline() - self._clock(), 0.0), 1.0)
             await asyncio.sleep(delay)
             try:
@@ -1360,6 +1476,7 @@ class RedisRuntime:
         """Keep the subscription up for the runtime's life (module doc, subscription loss)."""
         delay = RECONNECT_MIN
         while True:
+            _reraise_cancellation()
             client = self._sub_client
             assert client is not None
             pubsub: Any = client.pubsub()  # redis-py's PubSub is mostly unannotated
@@ -1369,6 +1486,7 @@ class RedisRuntime:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any failure of the link: reconnect
+                _reraise_cancellation()
                 reason = str(exc) or type(exc).__name__
             finally:
                 with contextlib.suppress(Exception):
@@ -1385,6 +1503,7 @@ class RedisRuntime:
         last_heard = last_ping = time.monotonic()
         confirmed = False
         while True:
+            _reraise_cancellation()
             msg = await pubsub.get_message(timeout=self.pubsub_ping_interval)
             now = time.monotonic()
             if msg is None:
@@ -1438,6 +1557,8 @@ class RedisRuntime:
             log.warning("Redis pub/sub link to %s lost: %s", redact_url(self.url), reason)
         self._subscribed = False
         self._note_down(reason)
+        if self._down_since is None:
+            self._down_since = self._clock()
         self._drop_hot_tier()
         self._fail_waiters()
 
@@ -1481,7 +1602,7 @@ class RedisRuntime:
         if sender == self.node:
             return
         if kind == _LEAVE:
-            self._instance_gone(sender)
+            self._instance_gone(sender, forget=True)
             return
         self._instance_seen(sender)
         if kind == _JOIN:
@@ -1490,41 +1611,64 @@ class RedisRuntime:
         now = self._clock()
         changes: list[Change] = []
         ack = msg[2]
-        try:
-            if kind == _PATTERN:
-                _, _, _, pattern, ts, origin = msg
+        applied = True
+        if kind == _PATTERN:
+            _, _, _, pattern, ts, origin, version = msg
+            try:
                 changes += replica.merge_pattern(PatternTombstone(pattern, ts, origin), now)
-            else:
-                _, _, _, key, ts, origin, expires, deleted, blob = msg
-                replica.clock.observe(ts, now)
-                local = replica.entries.get(key)
-                if local is not None or key in self._fetching:
-                    value: object = TOMBSTONE if deleted else NOT_HELD
-                    if not deleted and blob is not None and local is not None and local.held:
-                        try:
-                            value = blob_value(blob)  # update in place, no refetch
-                        except Invalid:
-                            value = NOT_HELD
-                    replica.merge_entry(key, Entry(value, ts, origin, expires), now, observed=True)
-                    self._settle(key)
-                # Every write is announced once, so each is reported once here -- also
-                # when a read fetched it before its announcement arrived -- unless this
-                # node knows something newer (the write lost) or a tombstone covers it.
-                newer_here = local is not None and (local.ts, local.origin) > (ts, origin)
-                if not newer_here and not self._covered(key, ts, origin):
-                    changes.append(Change(key, "delete" if deleted else "set", origin, ts, True))
-        except ClockDriftError as exc:
-            # Not applied, so not acknowledged: a write-through writer hears of it.
-            self.engine.stats.refused_drift += 1
-            log.error("refused an invalidation from %s: %s", sender, exc)
-            return
+                self._pattern_recorded(version)
+            except ClockDriftError as exc:
+                applied = self._refused(sender, exc)
+        else:
+            for key, ts, origin, expires, deleted, blob in msg[3]:
+                try:
+                    self._apply_write(key, ts, origin, expires, deleted, blob, now, changes)
+                except ClockDriftError as exc:
+                    applied = self._refused(sender, exc)
         if changes and self._on_changes is not None:
             self._on_changes(changes)
-        if ack:
+        # Not all applied, not acknowledged: a write-through writer names this node.
+        if ack and applied:
             self._acks_out.setdefault(sender, []).append(ack)
             if not self._acks_scheduled and self._loop is not None:
                 self._acks_scheduled = True
                 self._loop.call_soon(self._send_acks)
+
+    def _apply_write(
+        self,
+        key: str,
+        ts: int,
+        origin: str,
+        expires: float | None,
+        deleted: bool,
+        blob: bytes | None,
+        now: float,
+        changes: list[Change],
+    ) -> None:
+        """Apply one announced write to the hot tier (module doc, invalidation protocol)."""
+        replica = self.engine.replica
+        replica.clock.observe(ts, now)
+        local = replica.entries.get(key)
+        if local is not None or key in self._fetching:
+            value: object = TOMBSTONE if deleted else NOT_HELD
+            if not deleted and blob is not None and local is not None and local.held:
+                try:
+                    value = blob_value(blob)  # update in place, no read needed
+                except Invalid:
+                    value = NOT_HELD
+            replica.merge_entry(key, Entry(value, ts, origin, expires), now, observed=True)
+            self._settle(key)
+        # Every write is announced once, so each is reported once here -- also when a
+        # read fetched it before its announcement arrived -- unless this node knows
+        # something newer (the write lost) or a pattern tombstone covers it.
+        newer_here = local is not None and (local.ts, local.origin) > (ts, origin)
+        if not newer_here and not self._covered(key, ts, origin):
+            changes.append(Change(key, "delete" if deleted else "set", origin, ts, True))
+
+    def _refused(self, sender: str, exc: ClockDriftError) -> bool:
+        self.engine.stats.refused_drift += 1
+        log.error("refused an invalidation from %s: %s", sender, exc)
+        return False
 
     def _send_acks(self) -> None:
         # One PUBLISH per writer for every invalidation handled in this loop turn.
@@ -1546,6 +1690,15 @@ class RedisRuntime:
             log.warning("Redis call failed: %s", task.exception())
 
     # ============================================================== patterns
+    def _pattern_recorded(self, version: int) -> None:
+        """A tombstone of ``version`` is held here: the next in sequence raises ours.
+
+        Out of sequence, one in between is missing here: ours stays, and the next
+        WRITE of an old enough stamp makes this node reload them all.
+        """
+        if version == self._patterns_version + 1:
+            self._patterns_version = version
+
     async def _load_patterns(self) -> list[PatternTombstone]:
         """Merge every pattern tombstone in Redis; returns those not cleaned up yet."""
         raw = await self._command("HGETALL", self._patterns_key)
@@ -1553,6 +1706,7 @@ class RedisRuntime:
             raw = dict(zip(raw[::2], raw[1::2], strict=True))
         tombs: list[PatternTombstone] = []
         cleaned: dict[str, tuple[int, str]] = {}
+        version = 0
         for field, value in raw.items():
             try:
                 name = field.decode("utf-8", "surrogatepass")
@@ -1560,7 +1714,9 @@ class RedisRuntime:
                     tombs.append(PatternTombstone(name[2:], *parse_stamp(value)))
                 elif name.startswith("c:"):
                     cleaned[name[2:]] = parse_stamp(value)
-            except (Invalid, UnicodeDecodeError) as exc:
+                elif name == "#":
+                    version = int(value)
+            except (Invalid, UnicodeDecodeError, ValueError) as exc:
                 self.stats.refused_records += 1
                 log.error("refusing a pattern tombstone in Redis: %s", exc)
         replica = self.engine.replica
@@ -1574,6 +1730,9 @@ class RedisRuntime:
                 log.error("refused the pattern tombstone %r: %s", tomb.pattern, exc)
         if changes and self._on_changes is not None:
             self._on_changes(changes)
+        # HGETALL is atomic: every tombstone up to this version is merged now. (Not
+        # max(): a Redis restarted empty counts again from 0.)
+        self._patterns_version = version
         return [t for t in tombs if cleaned.get(t.pattern, (-1, "")) < (t.ts, t.origin)]
 
     def _schedule_cleanup(self, tomb: PatternTombstone) -> None:
@@ -1585,6 +1744,7 @@ class RedisRuntime:
 
     async def _clean_forever(self) -> None:
         while self._cleanups:
+            _reraise_cancellation()
             pattern = next(iter(self._cleanups))
             tomb = self._cleanups.pop(pattern)
             try:
@@ -1611,7 +1771,7 @@ class RedisRuntime:
         stalled = [t for t in unclean if t.ts < horizon]
         if not stalled:
             return
-        lock = int(self.cleanup_stall * 1000)
+        lock = max(1000, int(self.cleanup_stall * 1000))
         if await self._command("SET", self._lock_key, self.node, "NX", "PX", lock):
             for tomb in stalled:
                 self._schedule_cleanup(tomb)
@@ -1620,6 +1780,7 @@ class RedisRuntime:
     async def _heartbeats(self) -> None:
         beats = 0
         while True:
+            _reraise_cancellation()
             await asyncio.sleep(self.heartbeat_interval)
             if not self._subscribed:
                 continue  # an instance that cannot hear invalidations is not a member
@@ -1638,7 +1799,7 @@ class RedisRuntime:
 
     async def _heartbeat(self, *, leave: bool = False) -> None:
         ttl = int(self.heartbeat_ttl * 1000)
-        members, newest, server_ms = await self._eval(
+        members, version, server_ms = await self._eval(
             HEARTBEAT,
             [self._instance_key, self._instances_key, self._patterns_key],
             [self.node, self._info, ttl, "1" if leave else "0"],
@@ -1656,8 +1817,7 @@ class RedisRuntime:
         for peer, state in list(self._instances.items()):
             if state == ALIVE and peer not in live:
                 self._instance_gone(peer)
-        known = self._known_newest()
-        if newest is not None and newest.decode("utf-8", "replace") != known:
+        if version is not None and int(version) != self._patterns_version:
             await self._load_patterns()  # a pattern announcement was missed
 
     def _live_instances(self) -> set[str]:
@@ -1672,12 +1832,16 @@ class RedisRuntime:
         if self._on_peer is not None:
             self._on_peer(PeerEvent(peer, ALIVE, previous))
 
-    def _instance_gone(self, peer: str) -> None:
+    def _instance_gone(self, peer: str, *, forget: bool = False) -> None:
+        """``peer`` stopped: forgotten if it said goodbye, else listed dead for a while."""
         previous = self._instances.get(peer)
         if previous != ALIVE:
             return
-        self._instances[peer] = DEAD
-        self._dead_at[peer] = self._clock()
+        if forget:
+            del self._instances[peer]
+        else:
+            self._instances[peer] = DEAD
+            self._dead_at[peer] = self._clock()
         for waiter in self._waiters.values():
             waiter.expected.discard(peer)
             if not waiter.expected and not waiter.done.done():

@@ -53,41 +53,68 @@ local function too_far_ahead(stamp, drift_ms, now)
 end
 """
 
-#: One key's write (a value or a tombstone), last-writer-wins by stamp.
-#: KEYS: record, patterns hash. ARGV: stamp, value blob, "1" for a tombstone,
-#: expiry ("" none), PEXPIREAT ms ("" none), newest pattern stamp the writer knows
-#: ("" none), max drift ms, channel, invalidation message.
-#: Returns {1, receivers} applied and announced | {0, current stamp} an equal or newer
-#: write is there | {-1, newest pattern} a pattern tombstone the writer does not know
-#: may cover the write: it must load the patterns and decide | {-2, server ms} the
-#: stamp is further ahead of the server's clock than the drift allowed.
+#: A batch of writes (values or tombstones), each last-writer-wins by stamp, announced
+#: together in one message. KEYS: patterns hash, then one record per write. ARGV:
+#: the version of the pattern tombstones the writer holds all of, max drift ms, channel, the
+#: message's head (msgpack: a 4-array's header and its first three items), then six
+#: per write: stamp, value blob, "1" for a tombstone, expiry ("" none), PEXPIREAT ms
+#: ("" none), the write's part of the message (a msgpack item).
+#: Returns one {code, detail} per write, then the number of receivers: {1, 0} applied |
+#: {0, current stamp} an equal or newer write is there | {-1, version} a pattern
+#: tombstone the writer does not hold may cover the write (the versions differ and
+#: the newest tombstone is not older than the write): it must load the patterns and
+#: decide | {-2, server ms} the stamp is further ahead of the server's
+#: clock than the drift allowed. The message lists the applied writes only.
 WRITE: Final = Script(
     "write",
     _PRELUDE
     + """
-local s = ARGV[1]
+local known, drift, channel, head = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now = server_ms()
-if too_far_ahead(s, ARGV[7], now) then return {-2, now} end
-local current = redis.call('HGET', KEYS[1], 's')
-if current and not lt(current, s) then return {0, current} end
-local newest = redis.call('HGET', KEYS[2], '')
-if newest and newest ~= ARGV[6] and not lt(newest, s) then return {-1, newest} end
-redis.call('DEL', KEYS[1])
-if ARGV[3] == '1' then
-  redis.call('HSET', KEYS[1], 's', s)
-elseif ARGV[4] == '' then
-  redis.call('HSET', KEYS[1], 's', s, 'v', ARGV[2])
-else
-  redis.call('HSET', KEYS[1], 's', s, 'v', ARGV[2], 'x', ARGV[4])
+local newest = redis.call('HGET', KEYS[1], '')
+local version = redis.call('HGET', KEYS[1], '#') or '0'
+local unknown = newest and version ~= known
+local out, applied = {}, {}
+for i = 2, #KEYS do
+  local b = 5 + (i - 2) * 6
+  local s, rec = ARGV[b], KEYS[i]
+  local current = redis.call('HGET', rec, 's')
+  if too_far_ahead(s, drift, now) then
+    out[i - 1] = {-2, now}
+  elseif current and not lt(current, s) then
+    out[i - 1] = {0, current}
+  elseif unknown and not lt(newest, s) then
+    out[i - 1] = {-1, version}
+  else
+    redis.call('DEL', rec)
+    if ARGV[b + 2] == '1' then
+      redis.call('HSET', rec, 's', s)
+    elseif ARGV[b + 3] == '' then
+      redis.call('HSET', rec, 's', s, 'v', ARGV[b + 1])
+    else
+      redis.call('HSET', rec, 's', s, 'v', ARGV[b + 1], 'x', ARGV[b + 3])
+    end
+    if ARGV[b + 4] ~= '' then redis.call('PEXPIREAT', rec, ARGV[b + 4]) end
+    applied[#applied + 1] = ARGV[b + 5]
+    out[i - 1] = {1, 0}
+  end
 end
-if ARGV[5] ~= '' then redis.call('PEXPIREAT', KEYS[1], ARGV[5]) end
-return {1, redis.call('PUBLISH', ARGV[8], ARGV[9])}
+local receivers = 0
+local n = #applied
+if n > 0 then
+  local array = n < 16 and string.char(0x90 + n) or struct.pack('>BI2', 0xdc, n)
+  receivers = redis.call('PUBLISH', channel, head .. array .. table.concat(applied))
+end
+out[#out + 1] = receivers
+return out
 """,
 )
 
 #: A pattern tombstone ("every key matching the glob stamped at or before S is gone").
-#: KEYS: patterns hash. ARGV: glob, stamp, max drift ms, channel, message, horizon
-#: stamp (clean tombstones older than it are collected). Returns {1, receivers} |
+#: Each one recorded raises the patterns' version ("#"), which the message carries.
+#: KEYS: patterns hash. ARGV: glob, stamp, max drift ms, channel, message head
+#: (msgpack: a 7-array's header and its first six items), horizon stamp (clean
+#: tombstones older than it are collected). Returns {1, receivers, version} |
 #: {0, current} (an equal or newer tombstone of the same glob is there) | {-2, ms}.
 PATTERN: Final = Script(
     "pattern",
@@ -99,6 +126,7 @@ local field = 'p:' .. ARGV[1]
 local current = redis.call('HGET', KEYS[1], field)
 if current and not lt(current, ARGV[2]) then return {0, current} end
 redis.call('HSET', KEYS[1], field, ARGV[2])
+local version = redis.call('HINCRBY', KEYS[1], '#', 1)
 local newest = redis.call('HGET', KEYS[1], '')
 if not newest or lt(newest, ARGV[2]) then redis.call('HSET', KEYS[1], '', ARGV[2]) end
 local all = redis.call('HGETALL', KEYS[1])
@@ -110,7 +138,8 @@ for i = 1, #all, 2 do
     if cleaned and not lt(cleaned, v) then redis.call('HDEL', KEYS[1], f, c) end
   end
 end
-return {1, redis.call('PUBLISH', ARGV[4], ARGV[5])}
+local message = ARGV[5] .. struct.pack('>BI4', 0xce, version)
+return {1, redis.call('PUBLISH', ARGV[4], message), version}
 """,
 )
 
@@ -162,7 +191,7 @@ return out
 
 #: Renew (or with ARGV[4] == "1", remove) an instance's heartbeat.
 #: KEYS: instance key, instances zset, patterns hash. ARGV: node id, info, ttl ms,
-#: leave flag. Returns {live node ids, newest pattern stamp or nil, server ms}.
+#: leave flag. Returns {live node ids, the patterns' version or nil, server ms}.
 HEARTBEAT: Final = Script(
     "heartbeat",
     _PRELUDE
@@ -178,6 +207,6 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', ttl)
 redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 if redis.call('PTTL', KEYS[2]) < ttl then redis.call('PEXPIRE', KEYS[2], ttl) end
-return {redis.call('ZRANGE', KEYS[2], 0, -1), redis.call('HGET', KEYS[3], ''), now}
+return {redis.call('ZRANGE', KEYS[2], 0, -1), redis.call('HGET', KEYS[3], '#'), now}
 """,
 )

@@ -1,4 +1,5 @@
-"""Builders shared by the core tests: replicas, entries, linked engines, snapshots."""
+"""Shared by the core tests: replicas and entries, lawful resolvers, engines joined by a
+link, and checks on simulated clusters."""
 
 from __future__ import annotations
 
@@ -19,15 +20,19 @@ from crdtcache.core import (
     PatternTombstone,
     Replica,
     Resolver,
+    Stamp,
+    Version,
+    last_writer_wins,
     pack_ts,
 )
+from crdtcache.testing import SimulatedNetwork
 
 #: A fixed wall-clock origin (seconds since the epoch) for every test.
 T0 = 1_700_000_000.0
 
 
 def budget(fraction: float) -> int:
-    """Examples for a costly property test: a fraction of the active profile's budget."""
+    """Examples for a property test, scaled from the active profile's ``max_examples``."""
     return max(1, int(settings.default.max_examples * fraction))
 
 
@@ -42,18 +47,15 @@ def make_replica(
     grace: float = TOMBSTONE_GRACE,
     resolver: Resolver | None = None,
     max_drift: float = 60.0,
-    last_ts: int = 0,
 ) -> Replica:
     """A fresh replica for ``node``."""
-    clock = HybridClock(node, max_drift=max_drift, last_ts=last_ts)
+    clock = HybridClock(node, max_drift=max_drift)
     return Replica(clock, resolver=resolver, tombstone_grace=grace)
 
 
-def make_entry(
-    value: object, wall: float, origin: str, *, logical: int = 0, expires: float | None = None
-) -> Entry:
+def make_entry(value: object, wall: float, origin: str, *, expires: float | None = None) -> Entry:
     """An entry written by ``origin`` at ``wall`` seconds."""
-    return Entry(value, ts(wall, logical), origin, expires)
+    return Entry(value, ts(wall), origin, expires)
 
 
 def merge_state(dst: Replica, src: Replica, now: float) -> Replica:
@@ -74,10 +76,12 @@ def merged(*states: Replica, now: float = T0) -> Replica:
 
 
 def apply_deltas(
-    deltas: Iterable[tuple[str, Entry] | PatternTombstone], now: float = T0
+    deltas: Iterable[tuple[str, Entry] | PatternTombstone],
+    now: float = T0,
+    resolver: Resolver | None = None,
 ) -> Replica:
     """A fresh replica built by merging ``deltas`` in order."""
-    out = make_replica("m")
+    out = make_replica("m", resolver=resolver)
     for delta in deltas:
         if isinstance(delta, PatternTombstone):
             out.merge_pattern(delta, now)
@@ -95,6 +99,64 @@ def full(r: Replica) -> tuple[dict[str, tuple[object, int, str, float | None]], 
     """Every stored entry (tombstones included) and pattern tombstone, as plain data."""
     entries = {k: (e.value, e.ts, e.origin, e.expires) for k, e in r.entries.items()}
     return entries, frozenset(r.patterns.values())
+
+
+# ------------------------------------------------------------------ resolvers
+def max_value_wins(local: Version, remote: Version) -> Version:
+    """Lawful: a value beats a delete, then the greater value, then the greater stamp."""
+
+    def rank(v: Version) -> tuple[bool, int, Stamp]:
+        return (not v.deleted, -1 if v.deleted else v.value, v.stamp)
+
+    return remote if rank(remote) > rank(local) else local
+
+
+def deletes_win(local: Version, remote: Version) -> Version:
+    """Lawful: any delete beats any value, then the greater stamp."""
+    return remote if (remote.deleted, remote.stamp) > (local.deleted, local.stamp) else local
+
+
+#: Lawful resolvers by name (integer values only for ``max value``).
+RESOLVERS: dict[str, Resolver] = {
+    "max value": max_value_wins,
+    "deletes win": deletes_win,
+    "lww": last_writer_wins,
+}
+
+
+# -------------------------------------------------------- simulated clusters
+#: Clock offsets in simulated clusters stay within this bound (seconds): views are
+#: compared this far ahead of simulated time, where every node has seen every expiry.
+MAX_OFFSET = 0.2
+
+
+def views(sim: SimulatedNetwork, at: float) -> dict[str, dict[str, tuple[Any, Stamp]]]:
+    """Every live node's visible state at the common time ``at``: key -> (value, stamp)."""
+    return {
+        n.id: {k: (v, stamp) for k, (v, stamp, _) in n.replica.visible(at).items()}
+        for n in sim.live_nodes()
+    }
+
+
+def in_agreement(sim: SimulatedNetwork, *, model: bool = True) -> bool:
+    """Every live node serves the same as the model (or, without it, as each other)."""
+    at = sim.now + MAX_OFFSET
+    seen = list(views(sim, at).values())
+    expected = sim.expected(at) if model else seen[0]
+    return all(view == expected for view in seen)
+
+
+def converge(sim: SimulatedNetwork, timeout: float = 30.0, *, model: bool = True) -> bool:
+    """Run until :func:`in_agreement` holds; False if ``timeout`` simulated seconds pass."""
+    return sim.run_until(lambda: in_agreement(sim, model=model), timeout, 0.05) is not None
+
+
+def describe(sim: SimulatedNetwork) -> str:
+    """The seed, the model and every live node's view: the message of a failed check."""
+    at = sim.now + MAX_OFFSET
+    lines = [f"failing seed {sim.seed}", f"expected {sim.expected(at)}"]
+    lines += [f"{node}: {view}" for node, view in views(sim, at).items()]
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------- engines

@@ -22,7 +22,16 @@ from crdtcache.core import (
     encode_value,
 )
 from crdtcache.core import _engine as engine_module
-from tests.core.helpers import FAST, T0, Link, linked, make_engine, make_entry, ts
+from tests.core.helpers import (
+    FAST,
+    T0,
+    Link,
+    linked,
+    make_engine,
+    make_entry,
+    max_value_wins,
+    ts,
+)
 
 
 def values(link: Link, node: str, now: float = T0) -> dict[str, object]:
@@ -95,7 +104,18 @@ def test_writes_reach_peers_on_flush() -> None:
 def test_flush_with_nothing_queued_sends_nothing() -> None:
     link = linked("a", "b")
     assert link["a"].flush(T0) == ([], 0)
-    assert link["a"].flush(T0, ack=True) == ([], 0)
+
+
+def test_write_through_flush_after_the_timer_sent_the_writes_is_an_ack_barrier() -> None:
+    link = linked("a", "b")
+    a = link["a"]
+    a.set("k", "v", T0)
+    link.flush("a", T0)  # the timer took the write, without asking for an ack
+    out, ack_id = a.flush(T0, ack=True)
+    assert ack_id and [o.message for o in out] == [Push((), (), None, -1, -1, 0, ack_id)]
+    assert a.unacked(ack_id) == {"b"}
+    link.deliver("a", out, T0)
+    assert a.unacked(ack_id) == frozenset()
 
 
 def test_delete_reports_whether_a_live_value_was_there() -> None:
@@ -211,6 +231,25 @@ def test_a_relayed_push_does_not_raise_the_origins_mark() -> None:
     forged = Push(((("k2"), make_entry("v", T0, "a")),), (), "a", -1, ts(T0))
     b.handle("c", forged, T0)  # a claim for "a" sent by "c" is not a stream claim
     assert "a" not in b.replica.marks
+
+
+def test_a_resolver_keeping_our_older_write_queues_nothing() -> None:
+    """Regression: the kept version was re-queued, out of stamp order, so a chunked
+    push claimed a range that did not hold it and a receiver's mark skipped it."""
+    a = make_engine("a", replace(FAST, max_message_entries=1), resolver=max_value_wins)
+    a.add_peer("b", T0)
+    a.set("k", 9, T0)
+    a.set("j", 1, T0 + 0.001)
+    a.drain_changes()
+    kept = a.set("k", 1, T0 + 0.002)  # max value wins: 9 stays
+    assert kept.value == 9
+    assert a.drain_changes() == []
+    assert a.pending == 2
+    pushes = [o.message for o in a.flush(T0 + 0.003)[0]]
+    assert [[k for k, _ in p.entries] for p in pushes] == [["k"], ["j"]]
+    for p in pushes:
+        assert p.since < p.upto
+        assert all(p.since < e.ts <= p.upto for _, e in p.entries)
 
 
 # ----------------------------------------------------------- write-through
@@ -553,3 +592,38 @@ def test_undrained_events_are_bounded_and_drops_counted(monkeypatch: pytest.Monk
     assert len(a.drain_changes()) == 3
     assert len(a.drain_peer_events()) == 3
     assert a.stats.events_dropped == 3
+
+
+# -------------------------------------------------------------- odds & ends
+def test_take_pending_hands_over_queued_deltas_in_stamp_order() -> None:
+    a = make_engine("a")
+    a.set("k2", 2, T0)
+    a.set("k1", 1, T0)
+    a.set("k2", 3, T0)
+    tomb = a.invalidate_pattern("x*", T0)
+    entries, patterns = a.take_pending()
+    assert [(k, e.value) for k, e in entries] == [("k1", 1), ("k2", 3)]
+    assert [p.pattern for p in patterns] == ["x*"] and tomb == []
+    assert a.pending == 0 and a.take_pending() == ([], [])
+
+
+def test_an_ack_barrier_needs_a_peer() -> None:
+    a = make_engine("a")
+    assert a.flush(T0, ack=True) == ([], 0)
+
+
+def test_stray_acks_and_repeated_link_events_are_harmless() -> None:
+    link = linked("a", "b")
+    a = link["a"]
+    assert a.handle("b", Ack(12345), T0) == []
+    a.peer_unreachable("b", T0)
+    a.peer_unreachable("b", T0)  # already suspect
+    assert a.peers["b"].state == SUSPECT
+    link.deliver("a", a.peer_reachable("b", T0), T0)
+    link.deliver("a", a.peer_reachable("b", T0), T0)  # already alive: just catch up
+    assert a.peers["b"].state == ALIVE
+
+
+def test_next_deadline_before_the_first_tick() -> None:
+    a = make_engine("a")
+    assert a.next_deadline() == 0.0

@@ -9,7 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from crdtcache import ClockDriftError
-from crdtcache.core import MAX_DRIFT, HybridClock, PatternTombstone, Stamp, pack_ts
+from crdtcache.core import (
+    MAX_DRIFT,
+    MAX_NODE_ID_CHARS,
+    HybridClock,
+    PatternTombstone,
+    Stamp,
+    pack_ts,
+)
 from tests.core.helpers import T0, make_entry, make_replica, ts
 
 #: Wall-clock readings around T0, including steps back (seconds).
@@ -30,6 +37,9 @@ def test_node_id_breaks_ties_between_equal_times() -> None:
 def test_clock_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match="non-empty"):
         HybridClock("")
+    with pytest.raises(ValueError, match=f"at most {MAX_NODE_ID_CHARS}"):
+        HybridClock("n" * (MAX_NODE_ID_CHARS + 1))
+    assert HybridClock("n" * MAX_NODE_ID_CHARS).node == "n" * MAX_NODE_ID_CHARS
     with pytest.raises(ValueError, match="max_drift"):
         HybridClock("a", max_drift=0)
 

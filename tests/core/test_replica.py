@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crdtcache.core import NOT_HELD, TOMBSTONE, Entry, PatternTombstone, Replica, Stamp
+from crdtcache.core import (
+    NOT_HELD,
+    TOMBSTONE,
+    Entry,
+    PatternTombstone,
+    Replica,
+    Stamp,
+    Version,
+    check_resolver,
+    last_writer_wins,
+)
 from tests.core.helpers import (
+    RESOLVERS,
     T0,
     apply_deltas,
+    budget,
+    deletes_win,
     full,
     make_entry,
     make_replica,
+    max_value_wins,
     merge_state,
     merged,
     observable,
@@ -133,6 +148,80 @@ def _glob(pattern: str, key: str) -> bool:
     import fnmatch
 
     return fnmatch.fnmatchcase(key, pattern)
+
+
+# ------------------------------------------------- merge laws with a resolver
+@pytest.mark.parametrize("name", sorted(RESOLVERS))
+@settings(max_examples=budget(3))
+@given(data=st.data())
+def test_any_delivery_order_gives_the_same_state_with_a_lawful_resolver(
+    name: str, data: st.DataObject
+) -> None:
+    """Pattern tombstones included: a resolver that keeps the laws must still converge."""
+    resolver = RESOLVERS[name]
+    history = data.draw(deltas())
+    entries = [d[1] for d in history if not isinstance(d, PatternTombstone)]
+    samples = [Version("k", e.value, e.stamp, e.expires, e.deleted) for e in entries[:5]]
+    assert check_resolver(resolver, samples) == []
+    order = data.draw(st.permutations(history))
+    first = apply_deltas(history, resolver=resolver)
+    second = apply_deltas(order, resolver=resolver)
+    assert all(observable(first, t) == observable(second, t) for t in PROBES)
+
+
+@given(st.data())
+def test_last_writer_wins_as_a_resolver_equals_the_default(data: st.DataObject) -> None:
+    history = data.draw(deltas())
+    order = data.draw(st.permutations(history))
+    assert same(apply_deltas(order, resolver=last_writer_wins), apply_deltas(history))
+
+
+def test_a_resolver_decides_whether_a_pattern_tombstone_removes_a_key() -> None:
+    """A pattern tombstone is a delete of every key it matches, stamped like it."""
+    newer_small = ("user:1", make_entry(5, T0 + 2, "b"))
+    older_big = ("user:1", make_entry(10, T0, "a"))
+    tomb = PatternTombstone("user:*", ts(T0 + 1), "c")
+    for resolver, expected in ((max_value_wins, {"user:1": 10}), (deletes_win, {})):
+        for order in itertools.permutations([newer_small, older_big, tomb]):
+            r = apply_deltas(order, resolver=resolver)
+            assert {k: v[0] for k, v in r.visible(T0 + 3).items()} == expected, order
+
+
+def test_a_local_write_ranked_below_a_pattern_tombstone_leaves_the_key_gone() -> None:
+    r = make_replica("a", resolver=deletes_win)
+    tomb, _ = r.invalidate_pattern("user:*", T0)
+    kept = r.set("user:1", "v", T0 + 1)
+    assert kept.deleted and kept.stamp == tomb.stamp
+    assert r.visible(T0 + 1) == {}
+    assert r.set("item:1", "v", T0 + 1).value == "v"
+
+
+def test_with_a_resolver_expiry_does_not_change_the_version_it_sees() -> None:
+    """Regression: shrinking an expired value to a tombstone made a resolver that
+    ranks deletes first prefer it to a newer write on nodes that had collected."""
+    older = make_entry(0, T0, "a", expires=T0 + 0.05)
+    newer = make_entry(0, T0 + 0.01, "a")
+    results = []
+    for collect_first in (False, True):
+        r = make_replica("m", resolver=deletes_win, grace=10)
+        r.merge_entry("k", older, T0)
+        if collect_first:
+            _, expired = r.collect(T0 + 1)
+            assert [c.kind for c in expired] == ["expire"]
+            assert r.entries["k"] == older  # kept, unreadable
+            assert r.visible(T0 + 1) == {}
+        r.merge_entry("k", newer, T0 + 1)
+        results.append(r.visible(T0 + 1))
+    assert results[0] == results[1] == {"k": (0, newer.stamp, None)}
+
+
+def test_with_a_resolver_an_expired_value_is_reported_once_and_dropped_after_the_grace() -> None:
+    r = make_replica("m", resolver=max_value_wins, grace=10)
+    r.merge_entry("k", make_entry(5, T0, "a", expires=T0 + 1), T0)
+    reports = [c.kind for t in range(2, 30) for c in r.collect(T0 + t)[1]]
+    assert reports == ["expire"]
+    assert "k" not in r.entries
+    assert r.collected == {"a": ts(T0)}
 
 
 # ------------------------------------------------------------ reads & writes

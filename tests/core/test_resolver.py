@@ -13,7 +13,7 @@ from crdtcache.core import (
     check_resolver,
     last_writer_wins,
 )
-from tests.core.helpers import T0, make_entry, make_replica, ts
+from tests.core.helpers import T0, make_entry, make_replica, max_value_wins, ts
 
 
 def version(value: object, wall_ms: int, node: str = "a", *, deleted: bool = False) -> Version:
@@ -27,15 +27,6 @@ SAMPLES = [
     version(3, 30),
     version(None, 40, deleted=True),
 ]
-
-
-def max_value_wins(local: Version, remote: Version) -> Version:
-    """A lawful resolver: the greater value wins, deletes lose, ties go to the stamp."""
-
-    def rank(v: Version) -> tuple[bool, int, Stamp]:
-        return (not v.deleted, v.value if not v.deleted else 0, v.stamp)
-
-    return remote if rank(remote) > rank(local) else local
 
 
 def test_last_writer_wins_picks_the_greater_stamp() -> None:

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from crdtcache.core import pack_ts
 from crdtcache.testing import SimulatedNetwork
-from tests.core.helpers import FAST
+from tests.core.helpers import FAST, converge, describe
 
 #: Short grace and collection period for the "kept out longer than the grace" cases.
 GRACE = 5.0
@@ -33,15 +33,8 @@ def run_watching(sim: SimulatedNetwork, seconds: float, key: str, nodes: list[st
         assert not shown, f"{key!r} came back on {shown} at t={sim.now - 1.7e9:.2f}"
 
 
-def settle(sim: SimulatedNetwork, timeout: float = 30.0) -> None:
-    def agreed() -> bool:
-        expected = sim.expected()
-        return all(sim.view(n.id) == expected for n in sim.live_nodes())
-
-    assert sim.run_until(agreed, timeout, check_every=0.05) is not None, (
-        f"failing seed {sim.seed}: no convergence; expected {sim.expected()}, "
-        + ", ".join(f"{n.id}={sim.view(n.id)}" for n in sim.live_nodes())
-    )
+def settle(sim: SimulatedNetwork) -> None:
+    assert converge(sim), describe(sim)
 
 
 def set_changes(sim: SimulatedNetwork, node: str, key: str, after: int) -> list[object]:
@@ -231,3 +224,19 @@ def test_peers_in_step_need_no_full_state_after_collection() -> None:
     assert all(n.replica.collected and "k" not in n.replica.entries for n in sim.nodes.values())
     assert all(n.engine.stats.full_syncs_sent == 0 for n in sim.nodes.values())
     assert all(n.engine.stats.syncs_completed > 0 for n in sim.nodes.values())
+
+
+# ------------------------------------------------------------ write-through
+def test_an_acknowledged_write_survives_the_loss_of_its_origins_state() -> None:
+    sim = cluster(3, loss=0.0, duplicate=0.0)
+    sim.run(0.2)
+    n0 = sim.nodes["n0"]
+    stamp = sim.set("n0", "k", "acked")
+    out, ack_id = n0.engine.flush(sim.local_time("n0"), ack=True)
+    sim._send("n0", out)
+    assert sim.run_until(lambda: not n0.engine.unacked(ack_id), 1.0) is not None
+    assert all(n.replica.entries["k"].stamp == stamp for n in sim.nodes.values())
+    sim.crash("n0")
+    sim.restart("n0", keep_state=False)
+    settle(sim)
+    assert all(sim.view(n)["k"] == ("acked", stamp) for n in sim.nodes)

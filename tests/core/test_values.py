@@ -84,6 +84,11 @@ def test_dict_with_int_keys_is_refused() -> None:
         encode_value("cfg", {1: "a"})
 
 
+def test_dict_with_bytes_keys_is_refused() -> None:
+    with pytest.raises(SerializationError, match="map keys must be str, not bytes"):
+        encode_value("cfg", {b"k": 1})
+
+
 def test_nested_unsupported_value_is_refused() -> None:
     with pytest.raises(SerializationError, match="'k' cannot be carried"):
         encode_value("k", [1, {"x": object()}])
@@ -151,6 +156,8 @@ def test_unpack_stored_accepts_a_packed_container() -> None:
         (b"\xc1", "not valid msgpack"),
         (msgpack.packb(5), "not a list or dict"),
         (msgpack.packb({1: 2}), "not valid msgpack"),
+        (msgpack.packb([msgpack.ExtType(1, b"x")]), "extension type 1"),
+        (msgpack.packb({b"k": 1}), "map keys must be str"),
         (b"\x00" * (MAX_VALUE_BYTES + 1), "over MAX_VALUE_BYTES"),
     ],
 )

@@ -10,16 +10,7 @@ import pytest
 from crdtcache.core import GossipConfig, Message, Push, Stamp, SyncResponse
 from crdtcache.testing import SimulatedNetwork, Write
 from crdtcache.testing._network import EPOCH
-
-FAST = GossipConfig(
-    sync_interval=0.01,
-    anti_entropy_interval=0.25,
-    heartbeat_interval=0.1,
-    suspect_after=0.5,
-    dead_after=1.5,
-    gc_interval=1.0,
-    exchange_timeout=1.0,
-)
+from tests.core.helpers import FAST
 
 
 def net(nodes: int = 3, seed: int = 0, **kwargs: Any) -> SimulatedNetwork:
