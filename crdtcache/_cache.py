@@ -267,6 +267,8 @@ class Cache:
         self._state = _NEW
         self._loop: asyncio.AbstractEventLoop | None = None
         self._replica: Replica | None = None
+        # Keys a reader awaits from a peer (how many readers each): spared by eviction.
+        self._fetching: dict[str, int] = {}
         self._engine: GossipEngine | None = None
         self._runtime: Runtime | None = None
         # Redis mode: the store that answers for the whole key space (see SharedTier).
@@ -535,8 +537,15 @@ class Cache:
         self._local_misses += 1
         # A stub: a peer holds the value. In redis mode Redis may hold any key.
         if e is not None or self._shared is not None:
-            await runtime.fetch([key], self.fetch_timeout)
-            value = self._filled(replica, key)
+            self._fetching[key] = self._fetching.get(key, 0) + 1
+            try:
+                await runtime.fetch([key], self.fetch_timeout)
+                value = self._filled(replica, key)
+            finally:
+                if self._fetching[key] == 1:
+                    del self._fetching[key]
+                else:
+                    self._fetching[key] -= 1
             if value is not ABSENT:
                 self._dist_hits += 1
                 return self._hit(key, value, "distributed")
@@ -807,11 +816,15 @@ class Cache:
             self._emit(CacheEvent("eviction", key, reason=reason))
 
     def _enforce(self, keep: str | None = None) -> None:
-        """Evict until the tier's bounds hold again (sparing ``keep``, just written)."""
+        """Evict until the tier's bounds hold again (sparing ``keep``, just written,
+        and keys a reader is fetching: a fill must not be evicted before it is read)."""
         if not self._tier.over or self._replica is None:
             return
+        spare = set(self._fetching)
+        if keep is not None:
+            spare.add(keep)
         evicted = self._tier.evict_over(
-            self._replica, self._clock(), forget=self._forget, keep=keep
+            self._replica, self._clock(), forget=self._forget, keep=spare
         )
         for key, reason in evicted:
             self._count_eviction(key, reason)

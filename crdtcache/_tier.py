@@ -39,7 +39,7 @@ lock on each hit.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any, Final
 
 from crdtcache.core import NOT_HELD, TOMBSTONE, Entry, Replica
@@ -224,14 +224,14 @@ class LocalTier:
 
     # ------------------------------------------------------------ eviction
     def evict_over(
-        self, replica: Replica, now: float, *, forget: bool, keep: str | None = None
+        self, replica: Replica, now: float, *, forget: bool, keep: Collection[str] = ()
     ) -> list[tuple[str, str]]:
         """Evict until both bounds hold; returns ``(key, reason)`` for each eviction.
 
         ``reason`` is ``"ttl"`` (already expired), ``"size"`` or ``"memory"``. With
         ``forget`` the entry is dropped outright instead of kept as a stub: for a node
-        that has no peer to fetch it from again. ``keep`` (the key just written) goes
-        last: only if it alone breaks ``max_memory``.
+        that has no peer to fetch it from again. ``keep`` (keys just written or being
+        fetched) go last: only if they alone break ``max_memory``.
         """
         evicted: list[tuple[str, str]] = []
         entries = replica.entries
@@ -250,7 +250,7 @@ class LocalTier:
             e = entries.get(key)
             if e is None or not _held(e):
                 continue
-            if key == keep and passes < 4:
+            if key in keep and passes < 4:
                 continue
             expired = e.expires is not None and e.expires <= now
             # Spare keys used in this pass or the last. Within one call nothing else

@@ -186,6 +186,27 @@ async def test_evicted_value_is_fetched_back_from_a_peer() -> None:
             await cache.close()
 
 
+async def test_a_fetched_value_is_not_evicted_before_it_is_read() -> None:
+    # The held keys were just read (recently used), so a fill from a peer makes the
+    # tier overflow; the eviction it triggers must spare the key being fetched.
+    caches = await cluster(2, max_size=[10_000, 2])
+    a, b = caches
+    try:
+        for key in "abcd":
+            await a.set(key, key.upper())
+        await eventually(lambda: b.keys(), ["a", "b", "c", "d"])
+        await wait_for(lambda: b._tier.count == 2)
+        for _ in range(3):
+            stubs = sorted(k for k, e in b._entries.items() if e.value is NOT_HELD)
+            held = sorted(k for k, e in b._entries.items() if e.value is not NOT_HELD)
+            for key in held:
+                assert await b.get(key) == key.upper()
+            assert await b.get(stubs[0]) == stubs[0].upper()
+    finally:
+        for cache in caches:
+            await cache.close()
+
+
 async def test_remote_value_refused_by_the_schema() -> None:
     caches = await cluster(2, schema=[None, lambda v: isinstance(v, int)])
     a, b = caches
