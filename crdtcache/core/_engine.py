@@ -237,11 +237,17 @@ class GossipEngine:
         info = self.peers.get(peer)
         if info is None:
             return self.add_peer(peer, now)
-        info.linked = True
-        info.last_heard = now
-        if info.state != ALIVE:
-            self._set_state(info, ALIVE)
+        self._revive(info, now)
         return self._pull(peer, now)
+
+    def _revive(self, info: PeerInfo, now: float) -> bool:
+        """The peer showed life: linked and alive again; True if it was not alive."""
+        info.last_heard = now
+        info.linked = True
+        if info.state == ALIVE:
+            return False
+        self._set_state(info, ALIVE)
+        return True
 
     def peer_unreachable(self, peer: str, now: float) -> None:
         """The driver lost its link to ``peer``: suspect it now rather than wait.
@@ -510,10 +516,7 @@ class GossipEngine:
         info = self.peers.get(sender)
         if info is None:
             return self.add_peer(sender, now)
-        info.last_heard = now
-        info.linked = True
-        if info.state != ALIVE:
-            self._set_state(info, ALIVE)
+        if self._revive(info, now):
             # It was away: catch it (and us) up now rather than at the next round.
             return self._pull(sender, now)
         return []
