@@ -534,12 +534,15 @@ class GossipEngine:
         fresh_patterns: list[PatternTombstone] = []
         ok = True
         for tomb in patterns:
+            held = replica.patterns.get(tomb.pattern)
             try:
                 changes = replica.merge_pattern(tomb, now)
             except ClockDriftError as exc:
                 ok = self._refuse(sender, exc)
                 continue
-            if replica.patterns.get(tomb.pattern) is tomb:
+            # New here only if it replaced what we held (which may be this very object
+            # when messages are not copied, as in the simulator).
+            if held is not tomb and replica.patterns.get(tomb.pattern) is tomb:
                 fresh_patterns.append(tomb)
             for change in changes:
                 self._change(change)

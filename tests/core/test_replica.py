@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import itertools
 from typing import Any
 
@@ -145,8 +146,6 @@ def model(history: list[Delta], now: float) -> dict[str, tuple[Any, Stamp]]:
 
 
 def _glob(pattern: str, key: str) -> bool:
-    import fnmatch
-
     return fnmatch.fnmatchcase(key, pattern)
 
 

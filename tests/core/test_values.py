@@ -156,7 +156,9 @@ def test_unpack_stored_accepts_a_packed_container() -> None:
         (b"\xc1", "not valid msgpack"),
         (msgpack.packb(5), "not a list or dict"),
         (msgpack.packb({1: 2}), "not valid msgpack"),
-        (msgpack.packb([msgpack.ExtType(1, b"x")]), "extension type 1"),
+        # [ExtType(1, b"x")], spelled out: under pytest-cov msgpack's C packer
+        # writes an ExtType as a plain array.
+        (b"\x91\xd4\x01x", "extension type 1"),
         (msgpack.packb({b"k": 1}), "map keys must be str"),
         (b"\x00" * (MAX_VALUE_BYTES + 1), "over MAX_VALUE_BYTES"),
     ],
