@@ -17,7 +17,7 @@ from typing import Any, Final
 from crdtcache._errors import ConfigError
 from crdtcache._snapshot import MAX_NODE_ID_CHARS
 from crdtcache.transport._auth import keyring
-from crdtcache.transport._tls import check_tls_contexts
+from crdtcache.transport._tls import tls_option
 
 __all__ = [
     "BACKENDS",
@@ -200,14 +200,7 @@ class CacheConfig:
         if secret is not None:
             keyring(secret)  # bytes or a list of bytes (rotation), each long enough
         ssl = o["ssl"]
-        if ssl is not None:
-            pair = ssl if isinstance(ssl, tuple) else (ssl, ssl)
-            if len(pair) != 2 or not all(isinstance(c, _ssl.SSLContext) for c in pair):
-                raise ConfigError(
-                    "ssl must be an ssl.SSLContext, a (server, client) pair of them, or None "
-                    "(crdtcache.transport.tls_contexts builds the pair from a CA, cert and key)"
-                )
-            check_tls_contexts(*pair)
+        tls_option(ssl)
         dashboard = o["dashboard"]
         if dashboard is not None:
             _address("dashboard", dashboard)

@@ -20,6 +20,7 @@ from crdtcache.core._engine import (
 from crdtcache.core._entry import NOT_HELD, TOMBSTONE, Change, Entry, PatternTombstone
 from crdtcache.core._hlc import MAX_DRIFT, MAX_NODE_ID_CHARS, HybridClock, Stamp, pack_ts
 from crdtcache.core._messages import (
+    PROTOCOL_VERSION,
     Ack,
     Fetch,
     FetchReply,
@@ -55,6 +56,7 @@ __all__ = [
     "MAX_NODE_ID_CHARS",
     "MAX_VALUE_BYTES",
     "NOT_HELD",
+    "PROTOCOL_VERSION",
     "SUSPECT",
     "TOMBSTONE",
     "TOMBSTONE_GRACE",

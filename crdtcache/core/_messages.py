@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Final
 
 from crdtcache.core._entry import Entry, PatternTombstone
 
 __all__ = [
+    "PROTOCOL_VERSION",
     "Ack",
     "Fetch",
     "FetchReply",
@@ -17,6 +19,9 @@ __all__ = [
     "SyncRequest",
     "SyncResponse",
 ]
+
+#: Version of the gossip message set; peers (hello) and mDNS announcements carry it.
+PROTOCOL_VERSION: Final = 1
 
 Entries = tuple[tuple[str, Entry], ...]
 Patterns = tuple[PatternTombstone, ...]

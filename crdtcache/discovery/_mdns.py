@@ -49,6 +49,10 @@ from zeroconf import Error as ZeroconfError
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from crdtcache._errors import CacheError, ConfigError
+
+# Announced in TXT ``proto``: nodes speaking another version are not reported (they
+# could not talk). One definition, the core's, serves the wire and the announcement.
+from crdtcache.core import PROTOCOL_VERSION
 from crdtcache.discovery._addresses import IPAddress, host_ip, is_wildcard, local_addresses
 from crdtcache.discovery._base import REPORT_INTERVAL, PeerAddress
 
@@ -73,10 +77,6 @@ log = logging.getLogger(__name__)
 
 #: The DNS-SD service type every crdtcache node registers and browses.
 SERVICE_TYPE: Final = "_crdtcache._tcp.local."
-#: Version of the peer protocol, announced in TXT ``proto``. Nodes speaking another
-#: version are not reported (they could not talk). Must equal the transport's
-#: ``crdtcache.transport._codec.PROTOCOL_VERSION``.
-PROTOCOL_VERSION: Final = 1
 #: Seconds one resolution of a service instance may take.
 RESOLVE_TIMEOUT: Final = 3.0
 #: Resolutions running at once; more queue up.

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ssl as _ssl
 from collections.abc import Sequence
 
-from crdtcache._errors import ConfigError
 from crdtcache.core import GossipEngine
 from crdtcache.transport._auth import (
     MIN_SECRET_BYTES,
@@ -37,9 +36,9 @@ from crdtcache.transport._node import HANDSHAKE_TIMEOUT, MAX_CONNECTIONS, Node, 
 from crdtcache.transport._tls import (
     NODE_URI_PREFIX,
     certificate_node_ids,
-    check_tls_contexts,
     node_id_uri,
     tls_contexts,
+    tls_option,
 )
 
 __all__ = [
@@ -97,16 +96,8 @@ def make_node(
     from crdtcache.discovery import make_discovery
 
     ring = keyring(secret) if secret is not None else None
-    server_ctx = client_ctx = None
-    if isinstance(ssl, tuple):
-        if len(ssl) != 2:
-            raise ConfigError("ssl must be one SSLContext or a (server, client) pair")
-        server_ctx, client_ctx = ssl
-    elif ssl is not None:
-        if not isinstance(ssl, _ssl.SSLContext):
-            raise ConfigError(f"ssl must be an ssl.SSLContext, not {type(ssl).__name__}")
-        server_ctx = client_ctx = ssl
-    check_tls_contexts(server_ctx, client_ctx)  # before discovery is set up
+    tls = tls_option(ssl)  # checked before discovery is set up
+    server_ctx, client_ctx = tls if tls is not None else (None, None)
     found = make_discovery(discovery, cluster=cluster, seeds=seeds)
     node = Node(
         engine,

@@ -19,6 +19,7 @@ from typing import Any
 from crdtcache._errors import PeerError
 from crdtcache.core import GossipEngine, HybridClock, Replica
 from crdtcache.transport._node import Node, parse_address
+from crdtcache.transport._tls import tls_option
 
 __all__ = ["NodeClient"]
 
@@ -45,7 +46,8 @@ class NodeClient:
         engine = GossipEngine(
             Replica(HybridClock(f"client-{uuid.uuid4().hex[:8]}")), random.Random()
         )
-        server_ctx, client_ctx = ssl if isinstance(ssl, tuple) else (ssl, ssl)
+        tls = tls_option(ssl)
+        server_ctx, client_ctx = tls if tls is not None else (None, None)
         self._node = Node(
             engine,
             cluster=cluster,

@@ -28,6 +28,7 @@ from crdtcache.core import (
     MAX_KEY_CHARS,
     MAX_VALUE_BYTES,
     NOT_HELD,
+    PROTOCOL_VERSION,
     TOMBSTONE,
     Ack,
     Entry,
@@ -68,7 +69,6 @@ __all__ = [
 ]
 
 #: Version of this wire format, checked in the hello.
-PROTOCOL_VERSION: Final = 1
 #: Longest node id or cluster name accepted.
 MAX_NODE_ID_CHARS: Final = 128
 #: Most entries, keys or marks one message may carry.

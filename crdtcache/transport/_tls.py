@@ -23,6 +23,7 @@ __all__ = [
     "check_tls_contexts",
     "node_id_uri",
     "tls_contexts",
+    "tls_option",
 ]
 
 #: The subjectAltName URI prefix naming a node: ``crdtcache://node/<id>``.
@@ -68,6 +69,25 @@ def tls_contexts(
     except (ssl.SSLError, OSError) as exc:
         raise ConfigError(f"cannot load the TLS certificates: {exc}") from exc
     return server, client
+
+
+def tls_option(
+    option: object,
+) -> tuple[ssl.SSLContext, ssl.SSLContext] | None:
+    """Check an ``ssl=`` option (one context, a (server, client) pair, or None).
+
+    Returns the checked (server, client) pair, or None without TLS. Raises
+    :class:`ConfigError` as :func:`check_tls_contexts` does, and for anything else.
+    """
+    if option is None:
+        return None
+    pair = option if isinstance(option, tuple) else (option, option)
+    if len(pair) != 2 or not all(isinstance(c, ssl.SSLContext) for c in pair):
+        raise ConfigError(
+            "ssl must be an ssl.SSLContext, a (server, client) pair of them, or None "
+            "(crdtcache.transport.tls_contexts builds the pair from a CA, cert and key)"
+        )
+    return check_tls_contexts(pair[0], pair[1])
 
 
 def check_tls_contexts(

@@ -81,6 +81,7 @@ def test_public_names_of_the_core_are_pinned() -> None:
         "Message",
         "NOT_HELD",
         "Outgoing",
+        "PROTOCOL_VERSION",
         "Packed",
         "PatternTombstone",
         "PeerEvent",

@@ -28,7 +28,7 @@ def ips(*texts: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
 
 
 def test_protocol_version_matches_the_transport() -> None:
-    from crdtcache.transport._codec import PROTOCOL_VERSION as WIRE_VERSION
+    from crdtcache.core import PROTOCOL_VERSION as WIRE_VERSION
 
     assert PROTOCOL_VERSION == WIRE_VERSION
 
