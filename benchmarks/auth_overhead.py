@@ -54,7 +54,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from crdtcache import _loop
+from crdtcache.cache import _loop
 from crdtcache.core import GossipConfig, GossipEngine, HybridClock, Replica
 from crdtcache.transport import FrameOpener, FrameSealer, Node, node_id_uri, tls_contexts
 

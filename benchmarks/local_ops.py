@@ -111,7 +111,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from crdtcache import Cache, PeerError, SyncCache
-from crdtcache._loop import new_event_loop
+from crdtcache.cache._loop import new_event_loop
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379

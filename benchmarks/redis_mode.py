@@ -58,8 +58,8 @@ import redis as sync_redis
 import redis.asyncio as aredis
 
 from crdtcache import Cache, CacheEvent
-from crdtcache._loop import new_event_loop
-from crdtcache._redis import RedisRuntime
+from crdtcache.cache._loop import new_event_loop
+from crdtcache.runtime.redis._runtime import RedisRuntime
 
 RESULTS = Path(__file__).parent / "results" / "redis_mode.json"
 KEYS = 1000

@@ -4,8 +4,6 @@ Every node keeps a last-writer-wins register map stamped with hybrid logical clo
 gossips deltas to its peers over TCP and repairs divergence by anti-entropy.
 """
 
-from crdtcache._cache import Cache
-from crdtcache._cached import cached
 from crdtcache._errors import (
     CacheError,
     ClockDriftError,
@@ -17,8 +15,10 @@ from crdtcache._errors import (
     SerializationError,
     ValidationError,
 )
-from crdtcache._events import CacheEvent, ChangeEvent, EventBus, InvalidationRule
-from crdtcache._stats import (
+from crdtcache.cache._cache import Cache
+from crdtcache.cache._cached import cached
+from crdtcache.cache._events import CacheEvent, ChangeEvent, EventBus, InvalidationRule
+from crdtcache.cache._statistics import (
     CacheStatistics,
     ClusterStatistics,
     EvictionStatistics,
@@ -29,7 +29,7 @@ from crdtcache._stats import (
     TierStatistics,
     TrafficStatistics,
 )
-from crdtcache._sync import SyncCache
+from crdtcache.cache._sync import SyncCache
 
 __version__ = "0.1.0"
 

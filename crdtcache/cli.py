@@ -14,9 +14,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from crdtcache import _loop
-from crdtcache._cache import Cache
 from crdtcache._errors import CacheError, ConfigError
+from crdtcache.cache import _loop
+from crdtcache.cache._cache import Cache
 
 __all__ = ["main"]
 

@@ -33,7 +33,7 @@ from crdtcache.dashboard._monitor import (
 )
 
 if TYPE_CHECKING:
-    from crdtcache._cache import Cache
+    from crdtcache.cache._cache import Cache
     from crdtcache.dashboard._server import Dashboard
 
 __all__ = [

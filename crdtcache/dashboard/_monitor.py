@@ -43,13 +43,13 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from crdtcache._errors import CacheError
-from crdtcache._events import CacheEvent
-from crdtcache._stats import CacheStatistics, Health
+from crdtcache.cache._events import CacheEvent
+from crdtcache.cache._statistics import CacheStatistics, Health
 from crdtcache.core import PeerInfo
 from crdtcache.core._hlc import LOGICAL_BITS
 
 if TYPE_CHECKING:
-    from crdtcache._cache import Cache
+    from crdtcache.cache._cache import Cache
 
 __all__ = [
     "FEED_PER_FRAME",

@@ -42,7 +42,7 @@ from crdtcache.dashboard._monitor import (
 )
 
 if TYPE_CHECKING:
-    from crdtcache._cache import Cache
+    from crdtcache.cache._cache import Cache
 
 __all__ = ["MAX_STREAMS", "WRITE_TIMEOUT", "Dashboard", "start_dashboard"]
 

@@ -1,7 +1,7 @@
 """Peers over a real network: framing, the wire codec, connections and the p2p node.
 
 Security: ``secret=`` authenticates peers and frames with a shared cluster secret (see
-:mod:`crdtcache.transport._auth` for what it does and does not guarantee); ``ssl=``
+:mod:`crdtcache.wire._auth` for what it does and does not guarantee); ``ssl=``
 runs mutual TLS 1.3 with each node's id in its certificate (:func:`tls_contexts`,
 :func:`node_id_uri`). Both may be combined.
 """
@@ -12,26 +12,7 @@ import ssl as _ssl
 from collections.abc import Sequence
 
 from crdtcache.core import GossipEngine
-from crdtcache.transport._auth import (
-    MIN_SECRET_BYTES,
-    AuthError,
-    FrameOpener,
-    FrameSealer,
-    Handshake,
-    SessionKeys,
-    keyring,
-)
-from crdtcache.transport._codec import (
-    AUTH_VERSION,
-    MAX_SECRETS,
-    PROTOCOL_VERSION,
-    Bye,
-    Hello,
-    decode,
-    encode,
-)
 from crdtcache.transport._connection import MAX_SEND_BUFFER, Connection
-from crdtcache.transport._framing import MAX_FRAME_BYTES, FrameDecoder, FrameTooLarge, encode_frame
 from crdtcache.transport._node import HANDSHAKE_TIMEOUT, MAX_CONNECTIONS, Node, parse_address
 from crdtcache.transport._tls import (
     NODE_URI_PREFIX,
@@ -40,6 +21,25 @@ from crdtcache.transport._tls import (
     tls_contexts,
     tls_option,
 )
+from crdtcache.wire._auth import (
+    MIN_SECRET_BYTES,
+    AuthError,
+    FrameOpener,
+    FrameSealer,
+    Handshake,
+    SessionKeys,
+    keyring,
+)
+from crdtcache.wire._codec import (
+    AUTH_VERSION,
+    MAX_SECRETS,
+    PROTOCOL_VERSION,
+    Bye,
+    Hello,
+    decode,
+    encode,
+)
+from crdtcache.wire._framing import MAX_FRAME_BYTES, FrameDecoder, FrameTooLarge, encode_frame
 
 __all__ = [
     "AUTH_VERSION",

@@ -2,7 +2,7 @@
 
 After an authenticated handshake (``secret=``) the connection is :meth:`secured
 <Connection.secure>`: every body written is sealed and every body read is opened
-(see :mod:`crdtcache.transport._auth`) before the codec sees it.
+(see :mod:`crdtcache.wire._auth`) before the codec sees it.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import ssl
 from typing import Any, Final
 
 from crdtcache._errors import ProtocolError
-from crdtcache.transport._auth import SEALED_OVERHEAD, FrameOpener, FrameSealer, SessionKeys
-from crdtcache.transport._codec import WireMessage, decode
-from crdtcache.transport._framing import HEADER, MAX_FRAME_BYTES, check_length, encode_frame
+from crdtcache.wire._auth import SEALED_OVERHEAD, FrameOpener, FrameSealer, SessionKeys
+from crdtcache.wire._codec import WireMessage, decode
+from crdtcache.wire._framing import HEADER, MAX_FRAME_BYTES, check_length, encode_frame
 
 __all__ = ["MAX_SEND_BUFFER", "Connection"]
 

@@ -13,7 +13,7 @@ Security, all inside the handshake timeout and before the engine hears of the pe
 with ``ssl``, the stream is first upgraded to mutual TLS (the node id of the hello must
 be one the peer's certificate names, see :mod:`~crdtcache.transport._tls`); with a
 ``secret``, the hellos travel inside the authenticated handshake of
-:mod:`~crdtcache.transport._auth` and every later frame is sealed. A refused stream
+:mod:`~crdtcache.wire._auth` and every later frame is sealed. A refused stream
 costs one log line and is counted in ``statistics()``.
 
 The engine is touched only from the event loop: frames are decoded in the reader
@@ -41,10 +41,12 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from crdtcache._errors import CacheError, ConfigError, PeerError, ProtocolError
-from crdtcache._runtime import ChangeListener, PeerListener
 from crdtcache.core import GossipEngine, Outgoing
 from crdtcache.discovery._base import Discovery, PeerAddress
-from crdtcache.transport._auth import (
+from crdtcache.runtime._protocol import ChangeListener, PeerListener
+from crdtcache.transport._connection import MAX_SEND_BUFFER, Connection
+from crdtcache.transport._tls import certificate_node_ids, check_tls_contexts
+from crdtcache.wire._auth import (
     AWAIT_ACCEPT,
     AWAIT_CHALLENGE,
     AWAIT_PROOF,
@@ -55,7 +57,7 @@ from crdtcache.transport._auth import (
     Handshake,
     keyring,
 )
-from crdtcache.transport._codec import (
+from crdtcache.wire._codec import (
     PROTOCOL_VERSION,
     AdminReply,
     AdminRequest,
@@ -68,9 +70,7 @@ from crdtcache.transport._codec import (
     PeerList,
     encode,
 )
-from crdtcache.transport._connection import MAX_SEND_BUFFER, Connection
-from crdtcache.transport._framing import MAX_FRAME_BYTES
-from crdtcache.transport._tls import certificate_node_ids, check_tls_contexts
+from crdtcache.wire._framing import MAX_FRAME_BYTES
 
 __all__ = [
     "HANDSHAKE_TIMEOUT",

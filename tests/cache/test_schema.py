@@ -11,7 +11,7 @@ import pydantic
 import pytest
 
 from crdtcache import Cache, ConfigError, SerializationError, ValidationError
-from crdtcache._codec import ValueCodec
+from crdtcache.cache._schema import ValueCodec
 from crdtcache.core import NOT_HELD
 
 from .conftest import FakeClock, memory_cache, remote_push

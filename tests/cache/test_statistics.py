@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from crdtcache import Cache, CacheStatistics
-from crdtcache._stats import LatencyWindow
+from crdtcache.cache._statistics import LatencyWindow
 from crdtcache.core import PeerEvent
 
 from .conftest import FakeClock, memory_cache, remote_push

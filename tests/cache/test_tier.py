@@ -6,7 +6,7 @@ import asyncio
 import random
 
 from crdtcache import Cache, CacheEvent
-from crdtcache._tier import LocalTier
+from crdtcache.cache._tier import LocalTier
 from crdtcache.core import NOT_HELD, TOMBSTONE, Entry, HybridClock, Replica, encode_value
 from crdtcache.core._values import stored_size
 

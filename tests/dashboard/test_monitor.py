@@ -6,7 +6,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from crdtcache import Cache
-from crdtcache._stats import LatencyWindow
+from crdtcache.cache._statistics import LatencyWindow
 from crdtcache.core import ALIVE, DEAD, SUSPECT, PeerInfo, pack_ts
 from crdtcache.dashboard._monitor import (
     FEED_PER_FRAME,

@@ -8,7 +8,6 @@ from typing import Any
 import msgpack
 from hypothesis import strategies as st
 
-from crdtcache._snapshot import SNAPSHOT_MAGIC, SNAPSHOT_VERSION
 from crdtcache.core import (
     MAX_DRIFT,
     NOT_HELD,
@@ -21,6 +20,7 @@ from crdtcache.core import (
     encode_value,
     pack_ts,
 )
+from crdtcache.store._snapshot import SNAPSHOT_MAGIC, SNAPSHOT_VERSION
 
 #: A fixed wall-clock origin (seconds since the epoch) for every test.
 T0 = 1_700_000_000.0

@@ -19,7 +19,16 @@ from crdtcache._errors import (
     PersistenceError,
     SerializationError,
 )
-from crdtcache._snapshot import (
+from crdtcache.core import (
+    MAX_KEY_CHARS,
+    MAX_VALUE_BYTES,
+    NOT_HELD,
+    TOMBSTONE,
+    Entry,
+    PatternTombstone,
+    encode_value,
+)
+from crdtcache.store._snapshot import (
     MAX_NODE_ID_CHARS,
     SNAPSHOT_VERSION,
     Snapshot,
@@ -29,15 +38,6 @@ from crdtcache._snapshot import (
     load_snapshot_file,
     restore_snapshot,
     save_snapshot_file,
-)
-from crdtcache.core import (
-    MAX_KEY_CHARS,
-    MAX_VALUE_BYTES,
-    NOT_HELD,
-    TOMBSTONE,
-    Entry,
-    PatternTombstone,
-    encode_value,
 )
 
 from .helpers import (

@@ -13,14 +13,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crdtcache._errors import ConfigError, CorruptStateError, PersistenceError, SerializationError
-from crdtcache._store import (
+from crdtcache.core import NOT_HELD, TOMBSTONE, Entry, PatternTombstone, Replica, encode_value
+from crdtcache.store._sqlite import (
     APPLICATION_ID,
     STORE_VERSION,
     ReplicaStore,
     StoreBatch,
     StoredState,
 )
-from crdtcache.core import NOT_HELD, TOMBSTONE, Entry, PatternTombstone, Replica, encode_value
 
 from .helpers import T0, entries, make_replica, patterns, replica_from, sample_replica, state_of, ts
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from crdtcache._store import ReplicaStore
+from crdtcache.store._sqlite import ReplicaStore
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL")
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL")
 # as it can. "issued" is printed before a batch is written, "committed" after.
 NODE = """
 import sys, time
-from crdtcache._store import ReplicaStore, StoreBatch
+from crdtcache.store._sqlite import ReplicaStore, StoreBatch
 from crdtcache.core import HybridClock, Replica
 
 path, run, per_batch = sys.argv[1], sys.argv[2], int(sys.argv[3])

@@ -36,8 +36,8 @@ from crdtcache.transport import (
     keyring,
     make_node,
 )
-from crdtcache.transport._auth import DONE, FAILED, PEER_PROVED
 from crdtcache.transport._node import parse_address
+from crdtcache.wire._auth import DONE, FAILED, PEER_PROVED
 
 SECRET = b"cluster-secret-0123456789abcdef!"
 OLD, NEW = b"old-secret-0123456789abcdef!!!!!", b"new-secret-0123456789abcdef!!!!!"
@@ -129,7 +129,7 @@ def test_a_forged_proof_is_refused_and_the_responder_reveals_nothing() -> None:
     other.receive(Handshake((SECRET,), _hello("m"), initiator=True).start())
     with pytest.raises(AuthError, match="expected AuthProof"):
         other.receive(encode(Push(())))  # anything but a proof
-    from crdtcache.transport._codec import AuthProof
+    from crdtcache.wire._codec import AuthProof
 
     with pytest.raises(AuthError, match="proof matches no secret"):
         responder.receive(encode(AuthProof(encode(_hello("m")), b"\0" * 32)))
@@ -193,7 +193,7 @@ def test_a_plain_hello_is_refused_with_an_auth_hello_in_reply() -> None:
 
 
 def test_a_wrong_auth_version_is_refused() -> None:
-    from crdtcache.transport._codec import AuthHello
+    from crdtcache.wire._codec import AuthHello
 
     with pytest.raises(AuthError, match="authentication version 9"):
         Handshake((SECRET,), _hello("bob"), initiator=False).receive(
@@ -571,7 +571,7 @@ async def test_without_the_secret_a_peer_learns_nothing_and_changes_nothing(
     seen += challenge
     with pytest.raises(AuthError):
         snoop.receive(challenge)
-    from crdtcache.transport._codec import AuthProof
+    from crdtcache.wire._codec import AuthProof
 
     writer.write(encode_frame(encode(AuthProof(encode(_hello("snoop")), b"\0" * 32))))
     seen += await reader.read(65536)  # the node closes without a word

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from conftest import start_cluster, view, wait_for, write
 
-from crdtcache import _loop
+from crdtcache.cache import _loop
 
 
 def test_opt_out_by_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,8 +12,9 @@ import pytest
 import redis
 
 from crdtcache import Cache, CacheEvent, ConfigError, PeerError
-from crdtcache._cache import ABSENT
-from crdtcache._redis import (
+from crdtcache.cache._cache import ABSENT
+from crdtcache.core import TOMBSTONE_GRACE, Entry, PatternTombstone, encode_value
+from crdtcache.runtime.redis._runtime import (
     EXPIRED_GRACE,
     blob_value,
     parse_stamp,
@@ -21,9 +22,8 @@ from crdtcache._redis import (
     stamp_text,
     value_blob,
 )
-from crdtcache._redis_scripts import PATTERN
-from crdtcache.core import TOMBSTONE_GRACE, Entry, PatternTombstone, encode_value
-from tests.redis.redis_helpers import eventually, free_port, redis_caches, runtime, wait_for
+from crdtcache.runtime.redis._scripts import PATTERN
+from tests.runtime.redis.redis_helpers import eventually, free_port, redis_caches, runtime, wait_for
 
 
 def record(client: redis.Redis, cluster: str, key: str) -> dict[bytes, bytes]:

@@ -22,9 +22,9 @@ from crdtcache import (
     PeerError,
     SyncCache,
 )
-from crdtcache._cache import ABSENT
+from crdtcache.cache._cache import ABSENT
 from crdtcache.core import Push
-from tests.redis.redis_helpers import eventually, redis_caches, runtime, wait_for
+from tests.runtime.redis.redis_helpers import eventually, redis_caches, runtime, wait_for
 
 
 class Backend:

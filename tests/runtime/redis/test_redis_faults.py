@@ -9,8 +9,8 @@ import pytest
 import redis
 
 from crdtcache import Cache, PeerError
-from crdtcache._cache import ABSENT
-from tests.redis.redis_helpers import RedisServer, eventually, redis_caches, runtime, wait_for
+from crdtcache.cache._cache import ABSENT
+from tests.runtime.redis.redis_helpers import RedisServer, eventually, redis_caches, runtime, wait_for
 
 
 def admin(server: RedisServer) -> redis.Redis:

@@ -7,7 +7,7 @@ A :class:`Cache` owns a :class:`Replica` wrapped in a :class:`GossipEngine`, a
 engine's messages (:class:`LocalRuntime` for ``"memory"``, the TCP node for ``"p2p"``).
 Everything that touches the replica runs in the event loop that started the cache,
 with one exception: :meth:`_read`, the local-hit path, which ``SyncCache`` calls from
-its callers' threads (see :mod:`crdtcache._sync` for why that is safe).
+its callers' threads (see :mod:`crdtcache.cache._sync` for why that is safe).
 
 *One path for changes.* Every visible change -- a local write, a merged delta, an
 expiry found by collection -- is drained from the engine and handed to
@@ -38,21 +38,17 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from crdtcache._codec import ValueCodec
-from crdtcache._config import CacheConfig, check_ttl
 from crdtcache._errors import CacheError, ConfigError, PeerError, SerializationError
-from crdtcache._events import (
+from crdtcache.cache._events import (
     EVENTS,
     CacheEvent,
     ChangeEvent,
     EventBus,
     InvalidationRule,
 )
-from crdtcache._local import LocalRuntime
-from crdtcache._persist import Persistence
-from crdtcache._runtime import Runtime, SharedTier
-from crdtcache._snapshot import encode_snapshot, restore_snapshot
-from crdtcache._stats import (
+from crdtcache.cache._options import CacheConfig, check_ttl
+from crdtcache.cache._schema import ValueCodec
+from crdtcache.cache._statistics import (
     CacheStatistics,
     ClusterStatistics,
     EvictionStatistics,
@@ -64,7 +60,7 @@ from crdtcache._stats import (
     TrafficStatistics,
     rate,
 )
-from crdtcache._tier import LocalTier
+from crdtcache.cache._tier import LocalTier
 from crdtcache.core import (
     ALIVE,
     DEAD,
@@ -86,6 +82,10 @@ from crdtcache.core import (
 from crdtcache.core._entry import compile_pattern
 from crdtcache.core._hlc import LOGICAL_BITS
 from crdtcache.metrics import Metrics, check_metrics
+from crdtcache.runtime._memory import LocalRuntime
+from crdtcache.runtime._protocol import Runtime, SharedTier
+from crdtcache.store._persistence import Persistence
+from crdtcache.store._snapshot import encode_snapshot, restore_snapshot
 
 if TYPE_CHECKING:
     from crdtcache.dashboard._access import BindPolicy
@@ -118,7 +118,7 @@ class Cache:
 
     * ``backend``: ``"memory"`` (one process), ``"p2p"`` (peers over TCP) or
       ``"redis"`` (a shared Redis at ``redis_url``, this node's tier a hot cache in
-      front of it; see :mod:`crdtcache._redis`).
+      front of it; see :mod:`crdtcache.runtime.redis._runtime`).
     * ``node_id``: this node's id; random unless given, and with ``persist_path`` the
       id stored in the file. ``cluster``: name that isolates groups on one network.
     * ``listen`` (``host:port`` for peer traffic), ``discovery`` (``"mdns"``,
@@ -401,7 +401,7 @@ class Cache:
     def _redis_runtime(self, engine: GossipEngine) -> Runtime:
         config = self._config
         try:
-            from crdtcache._redis import RedisRuntime
+            from crdtcache.runtime.redis._runtime import RedisRuntime
         except ImportError as exc:  # checked at construction; a broken install lands here
             raise ConfigError(f"backend='redis' needs 'crdtcache[redis]': {exc}") from exc
         assert config.redis_url is not None  # the config fills in the default
@@ -466,7 +466,7 @@ class Cache:
         """The value of ``key`` if held here and live, else :data:`ABSENT` (any thread).
 
         Counts a local hit; never blocks, never touches anything but the entry map
-        (read), the tier's epoch marks and counters (see :mod:`crdtcache._sync`).
+        (read), the tier's epoch marks and counters (see :mod:`crdtcache.cache._sync`).
         """
         try:
             e = self._entries.get(key)

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from crdtcache._errors import ConfigError
-from crdtcache._snapshot import MAX_NODE_ID_CHARS
-from crdtcache.transport._auth import keyring
+from crdtcache.store._snapshot import MAX_NODE_ID_CHARS
 from crdtcache.transport._tls import tls_option
+from crdtcache.wire._auth import keyring
 
 __all__ = [
     "BACKENDS",

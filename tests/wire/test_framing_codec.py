@@ -33,7 +33,7 @@ from crdtcache.transport import (
     encode,
     encode_frame,
 )
-from crdtcache.transport._codec import (
+from crdtcache.wire._codec import (
     MAX_SECRETS,
     AuthAccept,
     AuthChallenge,

@@ -7,10 +7,10 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from crdtcache._cache import Cache
-from crdtcache._config import check_ttl
 from crdtcache._errors import ConfigError
-from crdtcache._sync import SyncCache
+from crdtcache.cache._cache import Cache
+from crdtcache.cache._options import check_ttl
+from crdtcache.cache._sync import SyncCache
 
 __all__ = ["cached"]
 

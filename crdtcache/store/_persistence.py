@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-The store (:mod:`crdtcache._store`) is the durable copy of the replica. At start it
+The store (:mod:`crdtcache.store._sqlite`) is the durable copy of the replica. At start it
 gives back the node id and the replica as it was (so a restarted node serves its data
 at once, then catches up by anti-entropy); a new file is given this node's id.
 
@@ -27,9 +27,9 @@ from collections.abc import Mapping
 from typing import Final
 
 from crdtcache._errors import ConfigError, PersistenceError
-from crdtcache._store import ReplicaStore, StoreBatch
-from crdtcache._tier import LocalTier
+from crdtcache.cache._tier import LocalTier
 from crdtcache.core import NOT_HELD, Entry, HybridClock, Replica, Resolver
+from crdtcache.store._sqlite import ReplicaStore, StoreBatch
 
 __all__ = ["PERSIST_INTERVAL", "THREAD_BATCH", "Persistence"]
 

@@ -37,12 +37,12 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from crdtcache._cache import ABSENT, Cache
-from crdtcache._config import check_ttl
 from crdtcache._errors import CacheError, ConfigError
-from crdtcache._events import CacheEvent
-from crdtcache._loop import new_event_loop
-from crdtcache._stats import CacheStatistics, Health
+from crdtcache.cache._cache import ABSENT, Cache
+from crdtcache.cache._events import CacheEvent
+from crdtcache.cache._loop import new_event_loop
+from crdtcache.cache._options import check_ttl
+from crdtcache.cache._statistics import CacheStatistics, Health
 
 __all__ = ["SyncCache"]
 

@@ -31,7 +31,7 @@ channel ``crdtcache:{C}:ack:<node>``    acknowledgements of ``node``'s write-thr
 ==============================  ======  =============================================
 
 A stamp text is the HLC ``ts`` in 16 hex digits followed by the origin node id; it
-sorts like the stamp (see :mod:`crdtcache._redis_scripts`). A value record with a TTL
+sorts like the stamp (see :mod:`crdtcache.runtime.redis._scripts`). A value record with a TTL
 expires in Redis :data:`EXPIRED_GRACE` seconds after its expiry (readers treat it as
 absent from the expiry on); a tombstone expires ``TOMBSTONE_GRACE`` seconds after its
 stamp; a value without a TTL never does. With a cluster hash tag, one cluster lives
@@ -139,17 +139,6 @@ from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from crdtcache._errors import ClockDriftError, PeerError, SerializationError
-from crdtcache._redis_scripts import CLEAN, CLEANED, HEARTBEAT, PATTERN, STAT, WRITE, Script
-from crdtcache._runtime import ChangeListener, PeerListener
-from crdtcache._snapshot import (
-    PLAIN,
-    Invalid,
-    check_node,
-    check_packed,
-    check_stored,
-    decode_snapshot,
-    encode_snapshot,
-)
 from crdtcache.core import (
     ALIVE,
     DEAD,
@@ -169,6 +158,17 @@ from crdtcache.core import (
 from crdtcache.core._entry import compile_pattern
 from crdtcache.core._hlc import LOGICAL_BITS
 from crdtcache.core._values import stored_size
+from crdtcache.runtime._protocol import ChangeListener, PeerListener
+from crdtcache.runtime.redis._scripts import CLEAN, CLEANED, HEARTBEAT, PATTERN, STAT, WRITE, Script
+from crdtcache.store._snapshot import (
+    PLAIN,
+    Invalid,
+    check_node,
+    check_packed,
+    check_stored,
+    decode_snapshot,
+    encode_snapshot,
+)
 
 __all__ = [
     "CLEANUP_STALL",
@@ -1141,7 +1141,7 @@ class RedisRuntime:
     def _batch_call(
         self, entries: list[tuple[str, Entry]], ack_id: int, known: str
     ) -> tuple[Script, list[bytes], list[Any]]:
-        """The WRITE call for a batch (see :mod:`crdtcache._redis_scripts`)."""
+        """The WRITE call for a batch (see :mod:`crdtcache.runtime.redis._scripts`)."""
         replica = self.engine.replica
         grace_ms = int(replica.tombstone_grace * 1000)
         head = b"\x94" + msgpack.packb(_WRITES) + msgpack.packb(self.node) + msgpack.packb(ack_id)

@@ -1,6 +1,6 @@
 """Coverage-guided fuzzing of the transport's targets with atheris (optional).
 
-Run ``python tests/transport/fuzz_atheris.py -max_total_time=600 [corpus_dir]``.
+Run ``python tests/wire/fuzz_atheris.py -max_total_time=600 [corpus_dir]``.
 The first input byte picks the target of ``test_fuzz.TARGETS``; the rest is the input.
 Only crdtcache is instrumented (instrumenting everything takes minutes to start). A
 crash is written to ``crash-*``: add ``(target, input)`` to ``test_fuzz.REGRESSIONS``.

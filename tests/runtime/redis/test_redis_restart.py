@@ -6,8 +6,8 @@ import pytest
 import redis
 
 from crdtcache import PeerError
-from crdtcache._cache import ABSENT
-from tests.redis.redis_helpers import (
+from crdtcache.cache._cache import ABSENT
+from tests.runtime.redis.redis_helpers import (
     RedisServer,
     alive_peers,
     eventually,

@@ -72,7 +72,7 @@ from dataclasses import dataclass
 from typing import Final, NoReturn
 
 from crdtcache._errors import ConfigError, ProtocolError
-from crdtcache.transport._codec import (
+from crdtcache.wire._codec import (
     AUTH_VERSION,
     MAX_HELLO_BYTES,
     MAX_SECRETS,

@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from crdtcache._runtime import ChangeListener, PeerListener
 from crdtcache.core import GossipEngine
+from crdtcache.runtime._protocol import ChangeListener, PeerListener
 
 __all__ = ["MAX_IDLE", "LocalRuntime"]
 

@@ -5,11 +5,11 @@ The property everywhere: whatever bytes arrive, the only exception is a
 
 Three ways to run it:
 
-* ``pytest tests/transport/test_fuzz.py``: hypothesis properties (examples per the
+* ``pytest tests/wire/test_fuzz.py``: hypothesis properties (examples per the
   hypothesis profile) and a seeded mutation fuzzer for ``CRDTCACHE_FUZZ_SECONDS``
   (default 2 s); a failure prints the seed and the input to paste into ``REGRESSIONS``.
   ``CRDTCACHE_FUZZ_SECONDS=600 CRDTCACHE_FUZZ_SEED=...`` fuzzes longer, or elsewhere.
-* ``python tests/transport/fuzz_atheris.py -max_total_time=600``: coverage-guided with
+* ``python tests/wire/fuzz_atheris.py -max_total_time=600``: coverage-guided with
   atheris, when it is installed (``pip install atheris``), on the same targets.
 """
 
@@ -53,8 +53,8 @@ from crdtcache.transport import (
     encode,
     encode_frame,
 )
-from crdtcache.transport._auth import _STEP_PROOF, AWAIT_PROOF, DONE, PEER_PROVED, _tag
-from crdtcache.transport._codec import AuthProof, PeerList, WireMessage
+from crdtcache.wire._auth import _STEP_PROOF, AWAIT_PROOF, DONE, PEER_PROVED, _tag
+from crdtcache.wire._codec import AuthProof, PeerList, WireMessage
 
 SECRET = b"fuzzing-secret-0123456789abcdef!"
 KEY = b"k" * 32

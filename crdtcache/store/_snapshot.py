@@ -142,7 +142,7 @@ class Snapshot:
 
 
 # ----------------------------------------------------------------- validation
-# Shared with the SQLite store (crdtcache._store): both read entries that left this
+# Shared with the SQLite store (crdtcache.store._sqlite): both read entries that left this
 # process and may have been damaged or forged, and both must accept exactly what a
 # replica can hold. Field checks raise Invalid with the problem only; the caller adds
 # where it was found when turning it into CorruptStateError, so the location string is

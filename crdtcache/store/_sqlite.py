@@ -82,18 +82,6 @@ from typing import Any, Final
 import msgpack
 
 from crdtcache._errors import ConfigError, PersistenceError, SerializationError
-from crdtcache._snapshot import (
-    MAX_NODE_ID_CHARS,
-    MAX_TS,
-    PLAIN,
-    Invalid,
-    check_entry,
-    check_node,
-    check_pattern,
-    check_ts,
-    fail,
-    stored_kind,
-)
 from crdtcache.core import (
     MAX_DRIFT,
     MAX_VALUE_BYTES,
@@ -106,6 +94,18 @@ from crdtcache.core import (
     Resolver,
 )
 from crdtcache.core._hlc import LOGICAL_BITS
+from crdtcache.store._snapshot import (
+    MAX_NODE_ID_CHARS,
+    MAX_TS,
+    PLAIN,
+    Invalid,
+    check_entry,
+    check_node,
+    check_pattern,
+    check_ts,
+    fail,
+    stored_kind,
+)
 
 __all__ = [
     "APPLICATION_ID",

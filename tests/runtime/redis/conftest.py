@@ -10,8 +10,8 @@ import pytest
 import redis
 
 from crdtcache import Cache
-from crdtcache._redis import RedisRuntime
-from tests.redis.redis_helpers import (
+from crdtcache.runtime.redis._runtime import RedisRuntime
+from tests.runtime.redis.redis_helpers import (
     REDIS_URL,
     RedisServer,
     delete_cluster,

@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from crdtcache import Cache
-from crdtcache._redis import RedisRuntime
+from crdtcache.runtime.redis._runtime import RedisRuntime
 
 REDIS_URL = os.environ.get("CRDTCACHE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 IN_CI = os.environ.get("CI", "").lower() == "true"

@@ -11,7 +11,7 @@ to read ``value``: a plain scalar, a packed list/dict (validated by
 
 Versions: :data:`PROTOCOL_VERSION` (in the :class:`Hello`) versions this message set;
 the authenticated handshake of ``secret=`` (:class:`AuthHello` … :class:`AuthAccept`,
-driven by :mod:`crdtcache.transport._auth`) announces its own :data:`AUTH_VERSION` in
+driven by :mod:`crdtcache.wire._auth`) announces its own :data:`AUTH_VERSION` in
 its first frame, so a node that does not speak it refuses the stream at once.
 """
 
@@ -43,7 +43,7 @@ from crdtcache.core import (
     SyncResponse,
     unpack_stored,
 )
-from crdtcache.transport._framing import MAX_FRAME_BYTES
+from crdtcache.wire._framing import MAX_FRAME_BYTES
 
 __all__ = [
     "ADMIN_OPS",

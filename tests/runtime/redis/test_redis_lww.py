@@ -12,9 +12,9 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from crdtcache._redis import parse_stamp, stamp_text
-from crdtcache._redis_scripts import WRITE
-from tests.redis.redis_helpers import eventually, redis_caches, runtime, wait_for
+from crdtcache.runtime.redis._runtime import parse_stamp, stamp_text
+from crdtcache.runtime.redis._scripts import WRITE
+from tests.runtime.redis.redis_helpers import eventually, redis_caches, runtime, wait_for
 
 
 def stored_stamp(client: redis.Redis, cluster: str, key: str) -> tuple[int, str]:

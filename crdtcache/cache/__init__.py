@@ -1,0 +1,1 @@
+"""The cache: options, the public ``Cache`` / ``SyncCache`` API, tier, events, statistics."""

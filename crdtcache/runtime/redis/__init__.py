@@ -1,0 +1,1 @@
+"""Redis mode: the same cache API on a shared Redis (see :mod:`._runtime`)."""

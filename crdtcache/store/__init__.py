@@ -1,0 +1,1 @@
+"""Durability: snapshots, the SQLite replica store and the cache's persistence batches."""
