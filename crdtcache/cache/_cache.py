@@ -80,7 +80,7 @@ from crdtcache.core import (
     decode_value,
 )
 from crdtcache.core._entry import compile_pattern
-from crdtcache.core._hlc import LOGICAL_BITS
+from crdtcache.core._hlc import ts_ms
 from crdtcache.metrics import Metrics, check_metrics
 from crdtcache.runtime._memory import LocalRuntime
 from crdtcache.runtime._protocol import Runtime, SharedTier
@@ -793,7 +793,7 @@ class Cache:
             if c.remote and not restored:
                 now = now if now is not None else self._clock()
                 self._last_sync = now
-                latency = max(0.0, now * 1000.0 - (c.ts >> LOGICAL_BITS))
+                latency = max(0.0, now * 1000.0 - ts_ms(c.ts))
                 self._sync_window.add(latency)
                 if metrics is not None:
                     metrics.sync_latency(latency / 1000.0)

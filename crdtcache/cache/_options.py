@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from crdtcache._errors import ConfigError
-from crdtcache.store._snapshot import MAX_NODE_ID_CHARS
+from crdtcache.core._format import MAX_CLUSTER_CHARS, MAX_NODE_ID_CHARS
 from crdtcache.transport._tls import tls_option
 from crdtcache.wire._auth import keyring
 
@@ -163,8 +163,10 @@ class CacheConfig:
                 f"{MAX_NODE_ID_CHARS} characters, or None; got {node_id!r}"
             )
         cluster = o["cluster"]
-        if not isinstance(cluster, str) or not cluster or len(cluster) > 128:
-            raise ConfigError("cluster must be a non-empty str of at most 128 characters")
+        if not isinstance(cluster, str) or not cluster or len(cluster) > MAX_CLUSTER_CHARS:
+            raise ConfigError(
+                f"cluster must be a non-empty str of at most {MAX_CLUSTER_CHARS} characters"
+            )
         discovery = o["discovery"]
         if discovery not in DISCOVERY:
             raise ConfigError(f"discovery must be one of {', '.join(DISCOVERY)}; got {discovery!r}")

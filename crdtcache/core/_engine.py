@@ -42,7 +42,6 @@ from typing import Final, NamedTuple, Protocol
 
 from crdtcache._errors import ClockDriftError
 from crdtcache.core._entry import NOT_HELD, Change, Entry, PatternTombstone
-from crdtcache.core._hlc import LOGICAL_BITS
 from crdtcache.core._messages import (
     Ack,
     Fetch,
@@ -553,7 +552,7 @@ class GossipEngine:
         if entries:
             highest = max(e.ts for _, e in entries)
             clock = replica.clock
-            if (highest >> LOGICAL_BITS) - int(now * 1000) <= clock.max_drift_ms:
+            if clock.within_drift(highest, now):
                 clock.observe(highest, now)
                 observed = True
         for key, entry in entries:

@@ -25,9 +25,25 @@ from typing import NamedTuple
 
 from crdtcache._errors import ClockDriftError
 
-__all__ = ["LOGICAL_BITS", "MAX_DRIFT", "MAX_NODE_ID_CHARS", "HybridClock", "Stamp", "pack_ts"]
+__all__ = [
+    "LOGICAL_BITS",
+    "MAX_DRIFT",
+    "MAX_NODE_ID_CHARS",
+    "MAX_TS",
+    "HybridClock",
+    "Stamp",
+    "pack_ts",
+    "ts_at",
+    "ts_ms",
+    "ts_seconds",
+    "ts_span",
+]
 
+#: Bits of the logical counter in a packed ``ts``; nothing outside this module needs it:
+#: use :func:`pack_ts`, :func:`ts_ms`, :func:`ts_seconds` and :func:`ts_at`.
 LOGICAL_BITS = 16
+#: Greatest ``ts`` accepted anywhere (stamps are stored as signed 64-bit integers).
+MAX_TS = (1 << 63) - 1
 #: Longest node id accepted (on the API and on the wire).
 MAX_NODE_ID_CHARS = 128
 _LOGICAL_MASK = (1 << LOGICAL_BITS) - 1
@@ -38,6 +54,31 @@ MAX_DRIFT = 60.0
 def pack_ts(wall_ms: int, logical: int = 0) -> int:
     """Pack a physical time in ms and a logical counter into one comparable integer."""
     return (wall_ms << LOGICAL_BITS) | logical
+
+
+def ts_ms(ts: int) -> int:
+    """The physical part of a packed ``ts``: milliseconds since the epoch."""
+    return ts >> LOGICAL_BITS
+
+
+def ts_seconds(ts: int) -> float:
+    """The physical part of a packed ``ts`` in seconds since the epoch."""
+    return (ts >> LOGICAL_BITS) / 1000.0
+
+
+def ts_at(seconds: float) -> int:
+    """The smallest ``ts`` stamped at wall time ``seconds`` (counter zero).
+
+    Every stamp issued at or before that millisecond compares at most equal to the
+    result with the greatest counter, so ``ts <= ts_at(t)`` reads "stamped before t"
+    up to the millisecond, which is how collection horizons are expressed.
+    """
+    return int(seconds * 1000.0) << LOGICAL_BITS
+
+
+def ts_span(seconds: float) -> int:
+    """How far apart two ``ts`` are whose physical parts differ by ``seconds``."""
+    return int(seconds * 1000.0) << LOGICAL_BITS
 
 
 class Stamp(NamedTuple):
@@ -121,6 +162,10 @@ class HybridClock:
                 f"remote stamp is {ahead} ms ahead of local time "
                 f"(max_drift is {self.max_drift_ms} ms); refused"
             )
+
+    def within_drift(self, remote_ts: int, now: float) -> bool:
+        """Whether ``remote_ts`` is within ``max_drift`` of ``now`` (no counting, no raise)."""
+        return (remote_ts >> LOGICAL_BITS) - _to_ms(now) <= self.max_drift_ms
 
     def observe(self, remote_ts: int, now: float) -> None:
         """Apply the HLC receive rule for a remote ``ts`` (after :meth:`check`).

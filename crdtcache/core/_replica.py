@@ -52,11 +52,11 @@ from crdtcache.core._entry import (
     PatternTombstone,
     compile_pattern,
 )
-from crdtcache.core._hlc import LOGICAL_BITS, HybridClock, Stamp
+from crdtcache.core._hlc import HybridClock, Stamp, ts_at, ts_ms
 from crdtcache.core._resolver import Resolver, Version
 from crdtcache.core._values import decode_value
 
-__all__ = ["TOMBSTONE_GRACE", "Replica"]
+__all__ = ["TOMBSTONE_GRACE", "Replica", "collect_due_ms", "collection_horizon"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,20 @@ log = logging.getLogger(__name__)
 TOMBSTONE_GRACE: Final = 3600.0
 
 _Matcher = re.Pattern[str]
+
+
+def collection_horizon(now: float, grace: float) -> int:
+    """The collection rule: tombstones (and expired values) stamped at or below the
+    returned ``ts`` may be dropped at ``now``; so may pattern tombstones.
+
+    The one definition shared by the replica, the SQLite store and Redis mode.
+    """
+    return ts_at(now - grace)
+
+
+def collect_due_ms(ts: int, grace: float) -> int:
+    """Wall time (ms) from which a tombstone stamped ``ts`` may be collected."""
+    return ts_ms(ts) + int(grace * 1000)
 
 
 def _beats(ts: int, origin: str, other: Entry) -> bool:
@@ -153,7 +167,7 @@ class Replica:
 
     def _due_second(self, entry: Entry) -> int | None:
         if entry.value is TOMBSTONE:
-            return math.ceil((entry.ts >> LOGICAL_BITS) / 1000.0 + self.tombstone_grace)
+            return math.ceil(collect_due_ms(entry.ts, self.tombstone_grace) / 1000.0)
         if entry.expires is not None:
             return math.ceil(entry.expires)
         return None
@@ -374,7 +388,7 @@ class Replica:
 
         Returns how many entries and patterns were dropped, and the expirations seen.
         """
-        horizon_ts = int((now - self.tombstone_grace) * 1000) << LOGICAL_BITS
+        horizon_ts = collection_horizon(now, self.tombstone_grace)
         dropped = 0
         expired: list[Change] = []
         collected = self.collected
@@ -401,7 +415,7 @@ class Replica:
                     # A resolver may rank versions by value: the expired value stays (it
                     # reads as absent) until the grace, so that every node resolves
                     # against the same version however late it collects.
-                    grace_due = math.ceil((e.ts >> LOGICAL_BITS) / 1000.0 + self.tombstone_grace)
+                    grace_due = math.ceil(collect_due_ms(e.ts, self.tombstone_grace) / 1000.0)
                     self._list(key, max(grace_due, due + 1))
                 elif e.value is not TOMBSTONE:
                     shrunk = Entry(TOMBSTONE, e.ts, e.origin, e.expires)

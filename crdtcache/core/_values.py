@@ -15,6 +15,8 @@ import msgpack
 from crdtcache._errors import SerializationError
 
 __all__ = [
+    "INT_MAX",
+    "INT_MIN",
     "MAX_KEY_CHARS",
     "MAX_VALUE_BYTES",
     "Packed",
@@ -30,8 +32,9 @@ MAX_KEY_CHARS: Final = 1024
 #: Largest value accepted, in bytes of its encoding (on the API and on the wire).
 MAX_VALUE_BYTES: Final = 1 << 20
 
-_INT_MIN: Final = -(1 << 63)
-_INT_MAX: Final = (1 << 64) - 1
+#: The int range a value may hold (msgpack's: int64 and uint64).
+INT_MIN: Final = -(1 << 63)
+INT_MAX: Final = (1 << 64) - 1
 _SCALARS: Final = (str, bytes, bool, float, type(None))
 
 
@@ -54,9 +57,18 @@ def _no_ext(code: int, data: bytes) -> Any:
 
 def _validate(blob: bytes) -> Any:
     """Unpack ``blob`` as a cache value: str map keys only, no extension types."""
-    return msgpack.unpackb(
+    value = msgpack.unpackb(
         blob, raw=False, strict_map_key=True, object_pairs_hook=_str_keys, ext_hook=_no_ext
     )
+    # msgpack decodes its timestamp extension (type -1, whose header holds a 0xff byte)
+    # itself, without asking ext_hook: refuse it with a second, ext-less pass, paid
+    # only by blobs that hold a 0xff byte at all.
+    if b"\xff" in blob:
+        try:
+            msgpack.unpackb(blob, raw=False, strict_map_key=True, max_ext_len=0)
+        except ValueError:
+            raise ValueError("msgpack extension type -1 is not a cache value") from None
+    return value
 
 
 def check_key(key: object) -> str:
@@ -79,7 +91,7 @@ def encode_value(key: str, value: object) -> object:
             raise SerializationError(f"value for {key!r} exceeds {MAX_VALUE_BYTES} bytes")
         return value
     if kind is int:
-        if not _INT_MIN <= value <= _INT_MAX:  # type: ignore[operator]  # int checked above
+        if not INT_MIN <= value <= INT_MAX:  # type: ignore[operator]  # int checked above
             raise SerializationError(f"int value for {key!r} does not fit in 64 bits")
         return value
     if kind in (bool, float, type(None)):

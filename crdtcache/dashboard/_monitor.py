@@ -46,7 +46,7 @@ from crdtcache._errors import CacheError
 from crdtcache.cache._events import CacheEvent
 from crdtcache.cache._statistics import CacheStatistics, Health
 from crdtcache.core import PeerInfo
-from crdtcache.core._hlc import LOGICAL_BITS
+from crdtcache.core._hlc import ts_ms
 
 if TYPE_CHECKING:
     from crdtcache.cache._cache import Cache
@@ -89,7 +89,7 @@ _Change = tuple[int, float, str, str | None, str | None, bool, str | None]
 
 
 def _ms(ts: int) -> int:
-    return ts >> LOGICAL_BITS
+    return ts_ms(ts)
 
 
 def peer_views(

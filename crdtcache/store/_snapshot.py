@@ -67,20 +67,25 @@ import msgpack
 
 from crdtcache._errors import CorruptStateError, PersistenceError, SerializationError
 from crdtcache.core import (
-    MAX_KEY_CHARS,
+    MAX_NODE_ID_CHARS,
     MAX_VALUE_BYTES,
-    NOT_HELD,
     TOMBSTONE,
     Change,
     Entry,
-    Packed,
     PatternTombstone,
     Replica,
-    unpack_stored,
+)
+from crdtcache.core._format import (
+    InvalidRecord,
+    check_marks,
+    check_node,
+    check_pattern_record,
+    check_ts,
+    entry_from_record,
+    record_of,
 )
 
 __all__ = [
-    "MAX_NODE_ID_CHARS",
     "MAX_SNAPSHOT_BYTES",
     "SNAPSHOT_MAGIC",
     "SNAPSHOT_VERSION",
@@ -99,19 +104,6 @@ SNAPSHOT_MAGIC: Final = "crdtcache-snapshot"
 SNAPSHOT_VERSION: Final = 1
 #: Largest snapshot accepted by default, in bytes (decode, encode and file load).
 MAX_SNAPSHOT_BYTES: Final = 1 << 30
-#: Longest node id accepted in persisted state (the wire format's limit).
-MAX_NODE_ID_CHARS: Final = 128
-
-# Stored-value kinds: the same codes as the wire format, so both read alike.
-PLAIN: Final = 0
-PACKED: Final = 1
-TOMB: Final = 2
-STUB: Final = 3
-
-MAX_TS: Final = (1 << 63) - 1  # stamps are stored as SQLite INTEGER too: signed 64 bits
-_INT_MIN: Final = -(1 << 63)
-_INT_MAX: Final = (1 << 64) - 1
-_SCALARS: Final = (type(None), bool, int, float, str, bytes)
 _DIGEST_BYTES: Final = 32
 # msgpack of a 4-item array followed by the magic str: checked on the raw bytes, so
 # a file of another kind is named as such before any parsing.
@@ -142,135 +134,17 @@ class Snapshot:
 
 
 # ----------------------------------------------------------------- validation
-# Shared with the SQLite store (crdtcache.store._sqlite): both read entries that left this
-# process and may have been damaged or forged, and both must accept exactly what a
-# replica can hold. Field checks raise Invalid with the problem only; the caller adds
-# where it was found when turning it into CorruptStateError, so the location string is
-# built only on failure (building it for every entry doubled the cost of a restore).
-
-
-class Invalid(ValueError):
-    """A persisted field is wrong; the message says how (the caller says where)."""
-
-
 def fail(where: str, problem: str) -> NoReturn:
-    """Raise :class:`CorruptStateError` for ``problem`` found in ``where``."""
+    """Raise :class:`CorruptStateError` for ``problem`` found in ``where``.
+
+    Persisted records are validated by :mod:`crdtcache.core._format` (the same rules as
+    the wire and Redis); this is where its verdict becomes the store layer's error.
+    """
     raise CorruptStateError(f"{where}: {problem}")
 
 
 def _refuse_ext(code: int, data: bytes) -> NoReturn:
     raise ValueError(f"msgpack ext type {code} refused")
-
-
-def check_ts(ts: object) -> int:
-    """Return ``ts`` if it is a valid stamp (int in ``[0, MAX_TS]``), else raise Invalid."""
-    if type(ts) is not int or not 0 <= ts <= MAX_TS:
-        raise Invalid(f"stamp must be an int in [0, {MAX_TS}], not {_show(ts)}")
-    return ts
-
-
-def check_node(node: object) -> str:
-    """Return ``node`` if it is a valid node id, else raise Invalid."""
-    if type(node) is not str or not node or len(node) > MAX_NODE_ID_CHARS:
-        raise Invalid(
-            f"node id must be a non-empty str of at most {MAX_NODE_ID_CHARS} characters, "
-            f"not {_show(node)}"
-        )
-    return node
-
-
-def check_key(key: object, what: str = "key") -> str:
-    """Return ``key`` if it is a str within ``MAX_KEY_CHARS``, else raise Invalid."""
-    if type(key) is not str or len(key) > MAX_KEY_CHARS:
-        raise Invalid(f"{what} must be a str of at most {MAX_KEY_CHARS} characters")
-    return key
-
-
-def check_packed(blob: object) -> Packed:
-    """Validate a packed list/dict the way a peer's is validated, refusing ext types."""
-    if type(blob) is not bytes:
-        raise Invalid(f"packed value must be bytes, not {_show(blob)}")
-    try:
-        packed = unpack_stored(blob)
-        # unpack_stored leaves msgpack's default ext handling on; a replica never
-        # holds ext types (encode_value cannot make them), so one here is damage.
-        msgpack.unpackb(blob, strict_map_key=True, max_ext_len=0, ext_hook=_refuse_ext)
-    except ValueError as exc:
-        raise Invalid(f"packed value is invalid: {exc}") from exc
-    return packed
-
-
-def check_stored(kind: object, value: object) -> object:
-    """Turn a ``(kind, value)`` pair back into a replica's stored value, or raise Invalid."""
-    if type(kind) is not int:
-        raise Invalid(f"value kind must be an int, not {_show(kind)}")
-    if kind == PLAIN:
-        vt = type(value)
-        if vt not in _SCALARS:
-            raise Invalid(f"plain value must be a scalar, not {_show(value)}")
-        if (vt is str or vt is bytes) and len(value) > MAX_VALUE_BYTES:  # type: ignore[arg-type]  # str/bytes checked
-            raise Invalid(f"value exceeds MAX_VALUE_BYTES ({MAX_VALUE_BYTES})")
-        if vt is int and not _INT_MIN <= value <= _INT_MAX:  # type: ignore[operator]  # int checked
-            raise Invalid("int value does not fit in 64 bits")
-        return value
-    if kind == PACKED:
-        return check_packed(value)
-    if kind in (TOMB, STUB):
-        if value is not None:
-            raise Invalid("a tombstone or stub carries no value")
-        return TOMBSTONE if kind == TOMB else NOT_HELD
-    raise Invalid(f"unknown value kind {kind}")
-
-
-def check_expires(expires: object) -> float | None:
-    """Return a valid absolute expiry (finite number or None) as a float, else raise Invalid."""
-    if expires is None:
-        return None
-    if type(expires) not in (int, float) or not math.isfinite(expires):  # type: ignore[arg-type]  # number checked
-        raise Invalid(f"expiry must be a finite number or nil, not {_show(expires)}")
-    return float(expires)  # type: ignore[arg-type]  # number checked above
-
-
-def check_entry(
-    key: object, kind: object, value: object, ts: object, origin: object, expires: object
-) -> tuple[str, Entry]:
-    """Validate one persisted entry's fields and build it, or raise Invalid."""
-    key = check_key(key)
-    try:
-        entry = Entry(
-            check_stored(kind, value), check_ts(ts), check_node(origin), check_expires(expires)
-        )
-    except Invalid as exc:
-        raise Invalid(f"key {key!r}: {exc}") from None
-    return key, entry
-
-
-def check_pattern(pattern: object, ts: object, origin: object) -> PatternTombstone:
-    """Validate one persisted pattern tombstone and build it, or raise Invalid."""
-    return PatternTombstone(check_key(pattern, "pattern"), check_ts(ts), check_node(origin))
-
-
-def check_stamps(mapping: object) -> dict[str, int]:
-    """Validate an ``origin -> ts`` map (marks, collected), or raise Invalid."""
-    if type(mapping) is not dict:
-        raise Invalid(f"must be a map, not {_show(mapping)}")
-    return {check_node(o): check_ts(ts) for o, ts in mapping.items()}
-
-
-def stored_kind(value: object) -> int:
-    """The kind code of a replica's stored value."""
-    if value is TOMBSTONE:
-        return TOMB
-    if value is NOT_HELD:
-        return STUB
-    if type(value) is Packed:
-        return PACKED
-    return PLAIN
-
-
-def _show(value: object) -> str:
-    text = repr(value)
-    return f"{type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
 
 
 # ------------------------------------------------------------------- encoding
@@ -288,16 +162,9 @@ def encode_snapshot(replica: Replica, now: float, *, max_bytes: int = MAX_SNAPSH
         )
     entries: list[list[Any]] = []
     for key, e in replica.entries.items():
-        v = e.value
-        if v is not TOMBSTONE and e.expires is not None and e.expires <= now:
-            v = TOMBSTONE
-        kind = stored_kind(v)
-        payload: object = None  # tombstones and stubs carry no value
-        if kind == PLAIN:
-            payload = v
-        elif type(v) is Packed:
-            payload = bytes(v)  # msgpack packs exact bytes only, not the subclass
-        entries.append([key, kind, payload, e.ts, e.origin, e.expires])
+        if e.value is not TOMBSTONE and e.expires is not None and e.expires <= now:
+            e = Entry(TOMBSTONE, e.ts, e.origin, e.expires)
+        entries.append(record_of(key, e))
     body = {
         "node": replica.node,
         "created": float(now),
@@ -354,7 +221,7 @@ def decode_snapshot(data: BytesLike, *, max_bytes: int = MAX_SNAPSHOT_BYTES) -> 
     if type(version) is not int or version != SNAPSHOT_VERSION:
         fail(
             where,
-            f"format version {_show(version)} is not supported "
+            f"format version {version!r:.40} is not supported "
             f"(this crdtcache reads version {SNAPSHOT_VERSION})",
         )
     if type(digest) is not bytes or type(raw) is not bytes:
@@ -389,9 +256,9 @@ def _body(body: object, where: str) -> Snapshot:
     try:
         node = check_node(body["node"])
         clock_ts = check_ts(body["clock"])
-        marks = check_stamps(body["marks"])
-        collected = check_stamps(body["collected"])
-    except Invalid as exc:
+        marks = check_marks(body["marks"])
+        collected = check_marks(body["collected"])
+    except InvalidRecord as exc:
         fail(where, str(exc))
     raw_entries = body["entries"]
     if type(raw_entries) is not list:
@@ -400,11 +267,13 @@ def _body(body: object, where: str) -> Snapshot:
     for i, item in enumerate(raw_entries):
         try:
             if type(item) is not list or len(item) != 6:
-                raise Invalid("must be a 6-item array [key, kind, value, ts, origin, expires]")
-            key, entry = check_entry(*item)
+                raise InvalidRecord(
+                    "must be a 6-item array [key, kind, value, ts, origin, expires]"
+                )
+            key, entry = entry_from_record(*item)
             if key in entries:
-                raise Invalid(f"key {key!r} appears twice")
-        except Invalid as exc:
+                raise InvalidRecord(f"key {key!r} appears twice")
+        except InvalidRecord as exc:
             fail(f"{where} entry {i}", str(exc))
         entries[key] = entry
     raw_patterns = body["patterns"]
@@ -413,12 +282,10 @@ def _body(body: object, where: str) -> Snapshot:
     patterns: dict[str, PatternTombstone] = {}
     for i, item in enumerate(raw_patterns):
         try:
-            if type(item) is not list or len(item) != 3:
-                raise Invalid("must be a 3-item array [pattern, ts, origin]")
-            tomb = check_pattern(*item)
+            tomb = check_pattern_record(item)
             if tomb.pattern in patterns:
-                raise Invalid(f"pattern {tomb.pattern!r} appears twice")
-        except Invalid as exc:
+                raise InvalidRecord(f"pattern {tomb.pattern!r} appears twice")
+        except InvalidRecord as exc:
             fail(f"{where} pattern {i}", str(exc))
         patterns[tomb.pattern] = tomb
     return Snapshot(

@@ -79,33 +79,31 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
-import msgpack
-
 from crdtcache._errors import ConfigError, PersistenceError, SerializationError
 from crdtcache.core import (
     MAX_DRIFT,
-    MAX_VALUE_BYTES,
     TOMBSTONE_GRACE,
     Entry,
     HybridClock,
-    Packed,
     PatternTombstone,
     Replica,
     Resolver,
 )
-from crdtcache.core._hlc import LOGICAL_BITS
-from crdtcache.store._snapshot import (
-    MAX_NODE_ID_CHARS,
-    MAX_TS,
-    PLAIN,
-    Invalid,
-    check_entry,
+from crdtcache.core._format import (
+    PACKED,
+    InvalidRecord,
+    check_expires,
+    check_marks,
     check_node,
-    check_pattern,
     check_ts,
-    fail,
+    entry_from_blob,
+    pattern_from_record,
+    stored_blob,
     stored_kind,
 )
+from crdtcache.core._hlc import ts_seconds, ts_span
+from crdtcache.core._replica import collection_horizon
+from crdtcache.store._snapshot import fail
 
 __all__ = [
     "APPLICATION_ID",
@@ -200,7 +198,7 @@ class StoredState:
         newest = max(
             [self.clock_ts] + [e.ts for _, e in self.entries] + [p.ts for p in self.patterns]
         )
-        start = newest + (int(stamp_headroom * 1000) << LOGICAL_BITS)
+        start = newest + ts_span(stamp_headroom)
         replica = Replica(
             HybridClock(self.node_id, max_drift=max_drift, last_ts=start),
             resolver=resolver,
@@ -210,7 +208,7 @@ class StoredState:
         # to collect, per-origin highs) right. The clock already starts above every
         # stamp: entries skip the drift check (``observed``), and patterns get a
         # ``now`` at the newest stamp's wall time, which makes theirs a no-op.
-        merge_now = max(now, (newest >> LOGICAL_BITS) / 1000.0 + 1.0)
+        merge_now = max(now, ts_seconds(newest) + 1.0)
         for tomb in self.patterns:
             replica.merge_pattern(tomb, merge_now)
         for key, entry in self.entries:
@@ -447,7 +445,7 @@ class ReplicaStore:
         try:
             clock_ts = check_ts(meta.get("clock_ts"))
             node = check_node(meta["node"]) if "node" in meta else None
-        except Invalid as exc:
+        except InvalidRecord as exc:
             fail(f"{where} meta", str(exc))
         if node is None:
             return None  # created, never initialized: still a new store
@@ -462,8 +460,8 @@ class ReplicaStore:
         with contextlib.closing(conn.execute("SELECT pattern, ts, origin FROM patterns")) as rows:
             for row in rows:
                 try:
-                    patterns.append(check_pattern(*row))
-                except Invalid as exc:
+                    patterns.append(pattern_from_record(*row))
+                except InvalidRecord as exc:
                     fail(f"{where} patterns", str(exc))
         marks = _stamp_rows(conn, "marks", where)
         collected = _stamp_rows(conn, "collected", where)
@@ -478,10 +476,10 @@ class ReplicaStore:
 
         Raises :class:`ConfigError` for an invalid id or a store that already has one.
         """
-        if type(node_id) is not str or not node_id or len(node_id) > MAX_NODE_ID_CHARS:
-            raise ConfigError(
-                f"node id must be a non-empty str of at most {MAX_NODE_ID_CHARS} characters"
-            )
+        try:
+            check_node(node_id)
+        except InvalidRecord as exc:
+            raise ConfigError(str(exc)) from None
         with self._lock:
             if self._node is not None:
                 raise ConfigError(f"store {self.path!r} already belongs to node {self._node!r}")
@@ -575,7 +573,7 @@ class ReplicaStore:
         before ``now``, and pattern tombstones as old, are deleted, and ``collected``
         is raised for their origins in the same transaction.
         """
-        horizon = int((now - tombstone_grace) * 1000) << LOGICAL_BITS
+        horizon = collection_horizon(now, tombstone_grace)
         # The first term is the partial index's condition, which lets SQLite use it.
         gone = "(kind = 2 OR expires IS NOT NULL) AND (kind = 2 OR expires <= ?) AND ts <= ?"
         with self._lock:
@@ -682,53 +680,45 @@ class _Transaction:
 
 # --------------------------------------------------------------------- rows
 def _entry_row(key: str, e: Entry) -> tuple[str, int, bytes | None, int, str, float | None]:
-    if type(e.ts) is not int or not 0 <= e.ts <= MAX_TS:
-        # sqlite3 would raise a bare OverflowError; a replica never holds such a stamp.
-        raise SerializationError(f"stamp of {key!r} cannot be stored: {e.ts!r}")
+    try:
+        check_ts(e.ts)  # sqlite3 would raise a bare OverflowError for a larger int
+        check_node(e.origin, "origin")
+        expires = None if e.expires is None else _finite_expiry(e.expires)
+    except InvalidRecord as exc:
+        raise SerializationError(f"entry of {key!r} cannot be stored: {exc}") from None
     kind = stored_kind(e.value)
     blob: bytes | None = None  # tombstones and stubs carry no value
-    if kind == PLAIN:
-        # Plain scalars go through msgpack so bool stays bool and uint64 fits (SQLite
-        # has neither); the blob is the value's wire encoding.
+    if kind <= PACKED:
         try:
-            blob = msgpack.packb(e.value, use_bin_type=True)
+            blob = stored_blob(e.value)
         except (TypeError, ValueError, OverflowError) as exc:
             raise SerializationError(f"value for {key!r} cannot be stored: {exc}") from exc
-    elif type(e.value) is Packed:
-        blob = bytes(e.value)
-    return key, kind, blob, e.ts, e.origin, e.expires
+    return key, kind, blob, e.ts, e.origin, expires
+
+
+def _finite_expiry(expires: float) -> float:
+    # SQLite keeps NaN as NULL ("no expiry"): a value must never gain a longer life on
+    # disk than it had in memory, so a non-finite expiry is refused before writing.
+    checked = check_expires(expires)
+    assert checked is not None
+    return checked
 
 
 def _row_entry(row: tuple[Any, ...], where: str) -> tuple[str, Entry]:
-    key, kind, blob, ts, origin, expires = row
-    value: object = blob
     try:
-        if kind == PLAIN and type(kind) is int:
-            if type(blob) is not bytes:
-                raise Invalid("plain value must be a blob")
-            try:
-                value = msgpack.unpackb(
-                    blob,
-                    raw=False,
-                    strict_map_key=True,
-                    max_str_len=4 * MAX_VALUE_BYTES,
-                    max_bin_len=MAX_VALUE_BYTES,
-                    max_array_len=0,  # a plain value is a scalar: no container at all
-                    max_map_len=0,
-                    max_ext_len=0,
-                )
-            except Exception as exc:  # msgpack raises a wide family; all mean damage
-                raise Invalid(f"plain value is not a msgpack scalar ({exc})") from exc
-        return check_entry(key, kind, value, ts, origin, expires)
-    except Invalid as exc:
-        fail(f"{where} entries", f"row {key!r}: {exc}" if type(key) is str else str(exc))
+        return entry_from_blob(*row)
+    except InvalidRecord as exc:
+        fail(
+            f"{where} entries",
+            exc.problem if exc.key is None else f"row {exc.key!r}: {exc.problem}",
+        )
 
 
 def _stamp_rows(conn: sqlite3.Connection, table: str, where: str) -> dict[str, int]:
     with contextlib.closing(conn.execute(f"SELECT origin, ts FROM {table}")) as rows:
         try:
-            return {check_node(o): check_ts(ts) for o, ts in rows}
-        except Invalid as exc:
+            return check_marks(dict(rows.fetchall()))
+        except InvalidRecord as exc:
             fail(f"{where} {table}", str(exc))
 
 

@@ -42,6 +42,7 @@ from typing import Any, Final
 
 from crdtcache._errors import CacheError, ConfigError, PeerError, ProtocolError
 from crdtcache.core import GossipEngine, Outgoing
+from crdtcache.core._format import InvalidRecord, check_cluster
 from crdtcache.discovery._base import Discovery, PeerAddress
 from crdtcache.runtime._protocol import ChangeListener, PeerListener
 from crdtcache.transport._connection import MAX_SEND_BUFFER, Connection
@@ -153,8 +154,10 @@ class Node:
         tick_interval: float = TICK_INTERVAL,
         client_mode: bool = False,
     ) -> None:
-        if not cluster or len(cluster) > 128:
-            raise ConfigError("cluster must be a non-empty name of at most 128 characters")
+        try:
+            check_cluster(cluster)
+        except InvalidRecord as exc:
+            raise ConfigError(str(exc)) from None
         self.engine = engine
         self.node_id = engine.node
         self.cluster = cluster

@@ -26,23 +26,28 @@ import msgpack
 from crdtcache._errors import ProtocolError
 from crdtcache.core import (
     MAX_KEY_CHARS,
-    MAX_VALUE_BYTES,
-    NOT_HELD,
     PROTOCOL_VERSION,
-    TOMBSTONE,
     Ack,
     Entry,
     Fetch,
     FetchReply,
     Message,
-    Packed,
     PatternTombstone,
     Ping,
     Push,
     SyncRequest,
     SyncResponse,
-    unpack_stored,
 )
+from crdtcache.core._format import (
+    MAX_CLUSTER_CHARS,
+    MAX_NODE_ID_CHARS,
+    InvalidRecord,
+    check_marks,
+    check_pattern_record,
+    entry_from_record,
+    record_of,
+)
+from crdtcache.core._hlc import MAX_TS
 from crdtcache.wire._framing import MAX_FRAME_BYTES
 
 __all__ = [
@@ -68,9 +73,6 @@ __all__ = [
     "encode",
 ]
 
-#: Version of this wire format, checked in the hello.
-#: Longest node id or cluster name accepted.
-MAX_NODE_ID_CHARS: Final = 128
 #: Most entries, keys or marks one message may carry.
 MAX_ITEMS: Final = 1 << 16
 #: Version of the authenticated handshake and sealed frames (``secret=``).
@@ -89,9 +91,6 @@ _AUTH_HELLO, _AUTH_CHALLENGE, _AUTH_PROOF, _AUTH_ACCEPT = range(11, 15)
 _ADMIN, _ADMIN_REPLY = 15, 16
 #: Operations a connected client may ask of a node, with their argument counts.
 ADMIN_OPS: Final = {"get": 1, "set": 3, "delete": 1, "stats": 0}
-_PLAIN, _PACKED, _TOMB, _STUB = range(4)
-_MAX_TS: Final = (1 << 63) - 1
-_SCALAR_TYPES: Final = (type(None), bool, int, float, str, bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,19 +188,8 @@ WireMessage = Message | Hello | Bye | PeerList | AdminRequest | AdminReply | Aut
 
 
 # ------------------------------------------------------------------ encoding
-def _entry(key: str, e: Entry) -> list[Any]:
-    v = e.value
-    if v is TOMBSTONE:
-        return [key, _TOMB, None, e.ts, e.origin, e.expires]
-    if v is NOT_HELD:
-        return [key, _STUB, None, e.ts, e.origin, e.expires]
-    if type(v) is Packed:
-        return [key, _PACKED, bytes(v), e.ts, e.origin, e.expires]
-    return [key, _PLAIN, v, e.ts, e.origin, e.expires]
-
-
 def _entries(entries: tuple[tuple[str, Entry], ...]) -> list[list[Any]]:
-    return [_entry(k, e) for k, e in entries]
+    return [record_of(k, e) for k, e in entries]
 
 
 def _patterns(patterns: tuple[PatternTombstone, ...]) -> list[list[Any]]:
@@ -261,7 +249,7 @@ def _ext_refused(code: int, data: bytes) -> NoReturn:
     raise ProtocolError(f"msgpack ext type {code} refused")
 
 
-def _int(v: object, what: str, lo: int = 0, hi: int = _MAX_TS) -> int:
+def _int(v: object, what: str, lo: int = 0, hi: int = MAX_TS) -> int:
     if type(v) is not int or not lo <= v <= hi:
         _bad(f"{what} must be an int in [{lo}, {hi}]")
     return v
@@ -294,33 +282,10 @@ def _list(v: object, what: str) -> list[Any]:
 def _dec_entry(raw: object) -> tuple[str, Entry]:
     if type(raw) is not list or len(raw) != 6:
         _bad("an entry must be a 6-item list")
-    key, kind, value, ts, origin, expires = raw
-    key = _key(key)
-    ts = _int(ts, "entry stamp")
-    origin = _str(origin, "entry origin")
-    if expires is not None and type(expires) not in (float, int):
-        _bad("entry expiry must be a number or nil")
-    stored: object
-    if kind == _PLAIN:
-        if type(value) not in _SCALAR_TYPES:
-            _bad("plain value of a wrong type")
-        if type(value) in (str, bytes) and len(value) > MAX_VALUE_BYTES:
-            _bad("value over MAX_VALUE_BYTES")
-        stored = value
-    elif kind == _PACKED:
-        if type(value) is not bytes:
-            _bad("packed value must be bin")
-        try:
-            stored = unpack_stored(value)
-        except ValueError as exc:
-            _bad(str(exc))
-    elif kind == _TOMB and value is None:
-        stored = TOMBSTONE
-    elif kind == _STUB and value is None:
-        stored = NOT_HELD
-    else:
-        _bad(f"unknown entry kind {kind!r}")
-    return key, Entry(stored, ts, origin, None if expires is None else float(expires))
+    try:
+        return entry_from_record(*raw)
+    except InvalidRecord as exc:
+        _bad(str(exc))
 
 
 def _dec_entries(raw: object) -> tuple[tuple[str, Entry], ...]:
@@ -328,19 +293,19 @@ def _dec_entries(raw: object) -> tuple[tuple[str, Entry], ...]:
 
 
 def _dec_patterns(raw: object) -> tuple[PatternTombstone, ...]:
-    out = []
-    for p in _list(raw, "patterns"):
-        if type(p) is not list or len(p) != 3:
-            _bad("a pattern tombstone must be a 3-item list")
-        pattern = _str(p[0], "pattern", MAX_KEY_CHARS)
-        out.append(PatternTombstone(pattern, _int(p[1], "pattern stamp"), _str(p[2], "origin")))
-    return tuple(out)
+    try:
+        return tuple(check_pattern_record(p) for p in _list(raw, "patterns"))
+    except InvalidRecord as exc:
+        _bad(str(exc))
 
 
 def _dec_marks(raw: object) -> Mapping[str, int]:
-    if type(raw) is not dict or len(raw) > MAX_ITEMS:
+    if type(raw) is dict and len(raw) > MAX_ITEMS:
         _bad("marks must be a map")
-    return {_str(k, "mark origin"): _int(v, "mark", -1) for k, v in raw.items()}
+    try:
+        return check_marks(raw)
+    except InvalidRecord as exc:
+        _bad(str(exc))
 
 
 def _arity(body: list[Any], n: int, name: str) -> None:
@@ -418,7 +383,7 @@ def decode(body: bytes, max_bytes: int = MAX_FRAME_BYTES) -> WireMessage:
         _arity(obj, 6, "hello")
         return Hello(
             _int(obj[1], "version", 0, 1 << 16),
-            _str(obj[2], "cluster"),
+            _str(obj[2], "cluster", MAX_CLUSTER_CHARS),
             _str(obj[3], "node id"),
             _int(obj[4], "port", 0, 65535),
             _int(obj[5], "incarnation"),

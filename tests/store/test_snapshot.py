@@ -21,6 +21,7 @@ from crdtcache._errors import (
 )
 from crdtcache.core import (
     MAX_KEY_CHARS,
+    MAX_NODE_ID_CHARS,
     MAX_VALUE_BYTES,
     NOT_HELD,
     TOMBSTONE,
@@ -29,7 +30,6 @@ from crdtcache.core import (
     encode_value,
 )
 from crdtcache.store._snapshot import (
-    MAX_NODE_ID_CHARS,
     SNAPSHOT_VERSION,
     Snapshot,
     apply_snapshot,

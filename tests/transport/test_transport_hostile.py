@@ -110,6 +110,27 @@ async def test_junk_after_a_good_hello_is_dropped_and_nothing_stored(
     await _still_serves(cluster3, "after-junk")
 
 
+@pytest.mark.parametrize("expires", [float("inf"), float("nan"), float("-inf")])
+async def test_a_non_finite_expiry_drops_the_link_and_stores_nothing(
+    cluster3: list[Node], caplog: pytest.LogCaptureFixture, expires: float
+) -> None:
+    # Once stored, such an entry killed the read task (OverflowError computing its due
+    # time), spread by anti-entropy and left every node that persisted it unable to
+    # reopen its store.
+    caplog.set_level(logging.WARNING, logger="crdtcache.transport._node")
+    reader, writer = await _open(cluster3[0])
+    writer.write(_hello())
+    bad = msgpack.packb(
+        [2, [["poison", 0, "v", 1 << 40, "intruder", expires]], [], None, 1, 2, 0, 0]
+    )
+    writer.write(encode_frame(bad))
+    await writer.drain()
+    await _closed_by_node(reader)
+    assert any("finite" in r.getMessage() for r in caplog.records)
+    assert "poison" not in cluster3[0].engine.replica.entries
+    await _still_serves(cluster3, "after-poison")
+
+
 async def test_silent_peer_hits_the_handshake_timeout(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="crdtcache.transport._node")
     node = Node(make_engine("patient"), handshake_timeout=0.3)

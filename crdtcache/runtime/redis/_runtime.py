@@ -143,32 +143,34 @@ from crdtcache.core import (
     ALIVE,
     DEAD,
     MAX_KEY_CHARS,
-    MAX_VALUE_BYTES,
     NOT_HELD,
     TOMBSTONE,
     Change,
     Entry,
     GossipEngine,
     HybridClock,
-    Packed,
     PatternTombstone,
     PeerEvent,
     Replica,
 )
 from crdtcache.core._entry import compile_pattern
-from crdtcache.core._hlc import LOGICAL_BITS
+from crdtcache.core._format import (
+    InvalidRecord,
+    blob_stored,
+    check_expires,
+    check_key,
+    check_node,
+    check_ts,
+    entry_from_blob,
+    pattern_from_record,
+    stored_blob,
+)
+from crdtcache.core._hlc import ts_at, ts_seconds
+from crdtcache.core._replica import collect_due_ms, collection_horizon
 from crdtcache.core._values import stored_size
 from crdtcache.runtime._protocol import ChangeListener, PeerListener
 from crdtcache.runtime.redis._scripts import CLEAN, CLEANED, HEARTBEAT, PATTERN, STAT, WRITE, Script
-from crdtcache.store._snapshot import (
-    PLAIN,
-    Invalid,
-    check_node,
-    check_packed,
-    check_stored,
-    decode_snapshot,
-    encode_snapshot,
-)
+from crdtcache.store._snapshot import decode_snapshot, encode_snapshot
 
 __all__ = [
     "CLEANUP_STALL",
@@ -231,8 +233,6 @@ CLOSE_FLUSH_TIMEOUT: Final = 5.0
 # _PATTERN: [2, sender, ack, glob, ts, origin, version] (the PATTERN script appends
 # the version); _JOIN, _LEAVE: [3 | 4, sender]
 _WRITES, _PATTERN, _JOIN, _LEAVE = 1, 2, 3, 4
-# First byte of a msgpack array or map: such a value blob is a packed list or dict.
-_CONTAINER_BYTES: Final = frozenset([*range(0x80, 0xA0), 0xDC, 0xDD, 0xDE, 0xDF])
 _UNREACHABLE: Final = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
 
 
@@ -257,49 +257,34 @@ def stamp_text(ts: int, origin: str) -> str:
 
 
 def parse_stamp(raw: object) -> tuple[int, str]:
-    """``(ts, origin)`` from a stamp text read from Redis; raises :class:`Invalid`."""
+    """``(ts, origin)`` from a stamp text read from Redis; raises :class:`InvalidRecord`."""
     if type(raw) is bytes:
         try:
             raw = raw.decode()
         except UnicodeDecodeError:
-            raise Invalid("stamp is not UTF-8") from None
+            raise InvalidRecord("stamp is not UTF-8") from None
     if type(raw) is not str or len(raw) < 17:
-        raise Invalid(f"not a stamp: {raw!r:.60}")
+        raise InvalidRecord(f"not a stamp: {raw!r:.60}")
     try:
         ts = int(raw[:16], 16)
     except ValueError:
-        raise Invalid(f"not a stamp: {raw!r:.60}") from None
+        raise InvalidRecord(f"not a stamp: {raw!r:.60}") from None
     return ts, check_node(raw[16:])
 
 
-def value_blob(stored: object) -> bytes:
-    """The bytes a stored value is kept as in Redis: its msgpack encoding."""
-    if type(stored) is Packed:
-        return bytes(stored)  # already the msgpack encoding of the list or dict
-    blob: bytes = msgpack.packb(stored, use_bin_type=True)
-    return blob
+def record_entry(key: str, stamp: object, blob: object, expires: object) -> Entry:
+    """The entry of a Redis record's fields (``s``, ``v``, ``x``); raises :class:`InvalidRecord`.
 
-
-def blob_value(blob: bytes) -> object:
-    """A replica's stored value from a blob read from Redis; raises :class:`Invalid`."""
-    if not blob:
-        raise Invalid("empty value")
-    if blob[0] in _CONTAINER_BYTES:
-        return check_packed(blob)
-    try:
-        value = msgpack.unpackb(
-            blob,
-            raw=False,
-            strict_map_key=True,
-            max_str_len=4 * MAX_VALUE_BYTES,
-            max_bin_len=MAX_VALUE_BYTES,
-            max_array_len=0,
-            max_map_len=0,
-            max_ext_len=0,
-        )
-    except Exception as exc:  # msgpack raises a wide family; all mean junk
-        raise Invalid(f"value is not msgpack: {exc}") from exc
-    return check_stored(PLAIN, value)
+    The stamp and expiry are kept as text in Redis; once parsed, the record is
+    validated by the one record format (:mod:`crdtcache.core._format`).
+    """
+    ts, origin = parse_stamp(stamp)
+    if expires is not None:
+        try:
+            expires = float(expires)  # type: ignore[arg-type]  # bytes or str from Redis
+        except (TypeError, ValueError):
+            raise InvalidRecord(f"expiry is not a number: {expires!r:.40}") from None
+    return entry_from_blob(key, None, blob, ts, origin, expires)[1]
 
 
 def _refuse_ext(code: int, data: bytes) -> Any:
@@ -322,35 +307,20 @@ def _decode_message(data: object) -> list[Any]:
             if type(item) is not list or len(item) != 6:
                 raise ValueError("malformed write in a writes message")
             key, ts, origin, expires, deleted, blob = item
-            if (
-                type(key) is not str
-                or len(key) > MAX_KEY_CHARS
-                or type(ts) is not int
-                or ts < 0
-                or type(deleted) is not bool
-                or (blob is not None and type(blob) is not bytes)
-                or (
-                    expires is not None
-                    and (type(expires) is not float or not math.isfinite(expires))
-                )
-            ):
+            if type(deleted) is not bool or (blob is not None and type(blob) is not bytes):
                 raise ValueError("malformed write in a writes message")
-            check_node(origin)
+            # The fields every record has: the one record format's checks.
+            check_key(key)
+            check_ts(ts)
+            check_node(origin, "origin node id")
+            check_expires(expires)
     elif kind == _PATTERN:
         if len(msg) != 7:
             raise ValueError("pattern message of the wrong length")
         _, _, ack, pattern, ts, origin, version = msg
-        if (
-            type(version) is not int
-            or type(ack) is not int
-            or type(pattern) is not str
-            or not pattern
-            or len(pattern) > MAX_KEY_CHARS
-            or type(ts) is not int
-            or ts < 0
-        ):
+        if type(version) is not int or type(ack) is not int or not pattern:
             raise ValueError("malformed pattern message")
-        check_node(origin)
+        pattern_from_record(pattern, ts, origin)
     elif kind not in (_JOIN, _LEAVE) or len(msg) != 2:
         raise ValueError(f"unknown message kind {kind}")
     return msg
@@ -828,7 +798,7 @@ class RedisRuntime:
                         continue
                     ts, origin = parse_stamp(row[0])
                     expires = None if row[1] is None else float(row[1])
-                except (Invalid, ValueError, TypeError):
+                except (InvalidRecord, ValueError, TypeError):
                     self.stats.refused_records += 1
                     continue
                 live = bool(row[2]) and (expires is None or expires > now)
@@ -878,7 +848,7 @@ class RedisRuntime:
                     ts, origin = parse_stamp(row[0])
                     if row[1] is not None and float(row[1]) <= now:
                         continue
-                except (Invalid, ValueError, TypeError):
+                except (InvalidRecord, ValueError, TypeError):
                     continue
                 if not self._covered(key, ts, origin):
                     count += 1
@@ -902,7 +872,7 @@ class RedisRuntime:
             HybridClock(self.node, last_ts=newest),
             tombstone_grace=replica.tombstone_grace,
         )
-        merge_now = (newest >> LOGICAL_BITS) / 1000.0
+        merge_now = ts_seconds(newest)
         for tomb in replica.patterns.values():
             copy.merge_pattern(tomb, max(merge_now, self._clock()))
         for key, record in entries:
@@ -1053,13 +1023,8 @@ class RedisRuntime:
             return None
         self.stats.bytes_received += len(stamp) + (len(blob) if blob else 0)
         try:
-            ts, origin = parse_stamp(stamp)
-            value = TOMBSTONE if blob is None else blob_value(blob)
-            expiry = None if expires is None else float(expires)
-            if expiry is not None and not math.isfinite(expiry):
-                raise Invalid(f"expiry {expiry} is not finite")
-            return Entry(value, ts, origin, expiry)
-        except (Invalid, ValueError) as exc:
+            return record_entry(key, stamp, blob, expires)
+        except InvalidRecord as exc:
             # Someone else's data under our prefix, or damage: never served.
             self.stats.refused_records += 1
             log.error("refusing the Redis record of %r: %s", key, exc)
@@ -1143,7 +1108,6 @@ class RedisRuntime:
     ) -> tuple[Script, list[bytes], list[Any]]:
         """The WRITE call for a batch (see :mod:`crdtcache.runtime.redis._scripts`)."""
         replica = self.engine.replica
-        grace_ms = int(replica.tombstone_grace * 1000)
         head = b"\x94" + msgpack.packb(_WRITES) + msgpack.packb(self.node) + msgpack.packb(ack_id)
         keys = [self._patterns_key]
         args: list[Any] = [known, replica.clock.max_drift_ms, self._inv_channel, head]
@@ -1153,9 +1117,9 @@ class RedisRuntime:
             at: int | None
             if e.value is TOMBSTONE:
                 blob = None
-                at = (e.ts >> LOGICAL_BITS) + grace_ms
+                at = collect_due_ms(e.ts, replica.tombstone_grace)
             else:
-                blob = value_blob(e.value)
+                blob = stored_blob(e.value)
                 at = None if e.expires is None else math.ceil((e.expires + EXPIRED_GRACE) * 1000)
             inline = None
             if blob is not None and len(blob) <= min(MAX_INLINE_VALUE_BYTES, inline_budget):
@@ -1186,7 +1150,7 @@ class RedisRuntime:
             msgpack.packb(item, use_bin_type=True)
             for item in (_PATTERN, self.node, ack_id, tomb.pattern, tomb.ts, tomb.origin)
         )
-        horizon_ms = int((self._clock() - replica.tombstone_grace) * 1000)
+        horizon = collection_horizon(self._clock(), replica.tombstone_grace)
         self.stats.bytes_sent += len(message)
         return (
             PATTERN,
@@ -1197,7 +1161,7 @@ class RedisRuntime:
                 replica.clock.max_drift_ms,
                 self._inv_channel,
                 message,
-                stamp_text(max(0, horizon_ms) << LOGICAL_BITS, ""),
+                stamp_text(max(0, horizon), ""),
             ],
         )
 
@@ -1315,7 +1279,7 @@ class RedisRuntime:
         if code == 0:
             try:
                 winner = parse_stamp(result[1])
-            except Invalid:
+            except InvalidRecord:
                 winner = (e.ts, e.origin)
             if winner == (e.ts, e.origin):  # the same write, retried: it is in Redis
                 self._committed(key, e)
@@ -1577,7 +1541,7 @@ class RedisRuntime:
                 self._on_ack(data)
             else:
                 self._on_invalidation(_decode_message(data))
-        except (ValueError, Invalid, TypeError) as exc:
+        except (ValueError, InvalidRecord, TypeError) as exc:
             self.stats.junk_messages += 1
             log.warning("dropped a malformed message on %r: %s", channel, exc)
         except Exception:  # a listener's bug must not take the subscription down
@@ -1653,8 +1617,8 @@ class RedisRuntime:
             value: object = TOMBSTONE if deleted else NOT_HELD
             if not deleted and blob is not None and local is not None and local.held:
                 try:
-                    value = blob_value(blob)  # update in place, no read needed
-                except Invalid:
+                    value = blob_stored(blob)  # update in place, no read needed
+                except InvalidRecord:
                     value = NOT_HELD
             replica.merge_entry(key, Entry(value, ts, origin, expires), now, observed=True)
             self._settle(key)
@@ -1716,7 +1680,7 @@ class RedisRuntime:
                     cleaned[name[2:]] = parse_stamp(value)
                 elif name == "#":
                     version = int(value)
-            except (Invalid, UnicodeDecodeError, ValueError) as exc:
+            except (InvalidRecord, UnicodeDecodeError, ValueError) as exc:
                 self.stats.refused_records += 1
                 log.error("refusing a pattern tombstone in Redis: %s", exc)
         replica = self.engine.replica
@@ -1767,7 +1731,7 @@ class RedisRuntime:
     async def _resume_cleanups(self) -> None:
         """Run cleanups another instance started but did not finish (it may have died)."""
         unclean = await self._load_patterns()
-        horizon = int((self._clock() - self.cleanup_stall) * 1000) << LOGICAL_BITS
+        horizon = ts_at(self._clock() - self.cleanup_stall)
         stalled = [t for t in unclean if t.ts < horizon]
         if not stalled:
             return
@@ -1809,7 +1773,7 @@ class RedisRuntime:
         self._server_offset = self._clock() - server_ms / 1000.0
         live: set[str] = set()
         for member in members:
-            with contextlib.suppress(UnicodeDecodeError, Invalid):
+            with contextlib.suppress(UnicodeDecodeError, InvalidRecord):
                 live.add(check_node(member.decode()))
         live.discard(self.node)
         for peer in live:

@@ -10,7 +10,13 @@ import redis
 
 from crdtcache import Cache, PeerError
 from crdtcache.cache._cache import ABSENT
-from tests.runtime.redis.redis_helpers import RedisServer, eventually, redis_caches, runtime, wait_for
+from tests.runtime.redis.redis_helpers import (
+    RedisServer,
+    eventually,
+    redis_caches,
+    runtime,
+    wait_for,
+)
 
 
 def admin(server: RedisServer) -> redis.Redis:

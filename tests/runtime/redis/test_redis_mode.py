@@ -14,13 +14,13 @@ import redis
 from crdtcache import Cache, CacheEvent, ConfigError, PeerError
 from crdtcache.cache._cache import ABSENT
 from crdtcache.core import TOMBSTONE_GRACE, Entry, PatternTombstone, encode_value
+from crdtcache.core._format import blob_stored as blob_value
+from crdtcache.core._format import stored_blob as value_blob
 from crdtcache.runtime.redis._runtime import (
     EXPIRED_GRACE,
-    blob_value,
     parse_stamp,
     redact_url,
     stamp_text,
-    value_blob,
 )
 from crdtcache.runtime.redis._scripts import PATTERN
 from tests.runtime.redis.redis_helpers import eventually, free_port, redis_caches, runtime, wait_for

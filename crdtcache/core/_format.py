@@ -1,0 +1,319 @@
+"""THE record format: how a replica's entries look outside memory, and what is valid.
+
+Theory of operation
+-------------------
+An entry leaves the process in four places: a gossip frame, a snapshot, a row of the
+SQLite store and a Redis record. All four carry the same *record*::
+
+    (key, kind, payload, ts, origin, expires)
+
+``kind`` says how to read ``payload``: :data:`PLAIN` (an immutable scalar), :data:`PACKED`
+(the msgpack bytes of a list or dict), :data:`TOMB` (deleted: no payload) or
+:data:`STUB` (the stamp is known, the value is not held: no payload). ``ts`` is a packed
+HLC stamp (:mod:`~crdtcache.core._hlc`), ``origin`` the node that wrote it, ``expires``
+an absolute expiry in seconds since the epoch or None.
+
+Every reader of a record validates it here, and only here, so the four agree on what
+is acceptable: a record one of them refuses, all refuse (a property test feeds the
+same junk to all four). Anything wrong raises :class:`InvalidRecord`, which each
+reader translates once into its own error (``ProtocolError`` on the wire,
+``CorruptStateError`` for a snapshot or the store, a refused record in Redis). The
+rules, each a named limit:
+
+* a key or pattern is a str of at most :data:`MAX_KEY_CHARS` characters;
+* a node id (and a cluster name) is a non-empty str of at most
+  :data:`MAX_NODE_ID_CHARS` characters;
+* a stamp is an int in ``[0, MAX_TS]`` (SQLite stores it as a signed 64-bit INTEGER);
+  a mark may also be ``-1`` ("nothing seen");
+* an expiry is None or a *finite* number: ``inf`` and ``NaN`` would make every
+  computation of a due time fail later, far from where they came in;
+* a plain payload is None, bool, float, an int in the 64-bit range, or a str or
+  bytes of at most :data:`MAX_VALUE_BYTES`; a packed payload is validated by
+  :func:`~crdtcache.core._values.unpack_stored` (str map keys, no extension types).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Final
+
+import msgpack
+
+from crdtcache.core._entry import NOT_HELD, TOMBSTONE, Entry, PatternTombstone
+from crdtcache.core._hlc import MAX_NODE_ID_CHARS, MAX_TS
+from crdtcache.core._values import (
+    INT_MAX,
+    INT_MIN,
+    MAX_KEY_CHARS,
+    MAX_VALUE_BYTES,
+    Packed,
+    unpack_stored,
+)
+
+__all__ = [
+    "KINDS",
+    "MAX_CLUSTER_CHARS",
+    "MAX_NODE_ID_CHARS",
+    "PACKED",
+    "PLAIN",
+    "STUB",
+    "TOMB",
+    "InvalidRecord",
+    "blob_stored",
+    "check_cluster",
+    "check_expires",
+    "check_key",
+    "check_mark",
+    "check_marks",
+    "check_node",
+    "check_pattern_record",
+    "check_stored",
+    "check_ts",
+    "entry_from_blob",
+    "entry_from_record",
+    "pattern_from_record",
+    "record_of",
+    "stored_blob",
+    "stored_kind",
+]
+
+#: Record kinds (the same codes on the wire, in snapshots and in the SQLite store).
+PLAIN: Final = 0
+PACKED: Final = 1
+TOMB: Final = 2
+STUB: Final = 3
+KINDS: Final = (PLAIN, PACKED, TOMB, STUB)
+#: Longest cluster name accepted (options, hello, mDNS).
+MAX_CLUSTER_CHARS: Final = MAX_NODE_ID_CHARS
+
+_SCALARS: Final = (type(None), bool, int, float, str, bytes)
+# First byte of a msgpack array or map: a blob starting so holds a list or dict.
+_CONTAINER_BYTES: Final = frozenset([*range(0x80, 0xA0), 0xDC, 0xDD, 0xDE, 0xDF])
+
+
+class InvalidRecord(ValueError):
+    """A record (or one of its fields) is not one a replica can hold.
+
+    ``problem`` says what is wrong, ``key`` (when known) which record; the reader
+    that caught it says where (a frame, a snapshot entry, a store row).
+    """
+
+    def __init__(self, problem: str, key: str | None = None) -> None:
+        super().__init__(problem if key is None else f"key {key[:80]!r}: {problem}")
+        self.problem = problem
+        self.key = key
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
+
+
+# ------------------------------------------------------------------ fields
+def check_key(key: object, what: str = "key") -> str:
+    """Return ``key`` if it is a str of at most ``MAX_KEY_CHARS``, else raise."""
+    if type(key) is not str or len(key) > MAX_KEY_CHARS:
+        raise InvalidRecord(f"{what} must be a str of at most {MAX_KEY_CHARS} characters")
+    return key
+
+
+def check_node(node: object, what: str = "node id") -> str:
+    """Return ``node`` if it is a valid node id, else raise :class:`InvalidRecord`."""
+    if type(node) is not str or not node or len(node) > MAX_NODE_ID_CHARS:
+        raise InvalidRecord(
+            f"{what} must be a non-empty str of at most {MAX_NODE_ID_CHARS} characters, "
+            f"not {_show(node)}"
+        )
+    return node
+
+
+def check_cluster(cluster: object) -> str:
+    """Return ``cluster`` if it is a valid cluster name, else raise :class:`InvalidRecord`."""
+    if type(cluster) is not str or not cluster or len(cluster) > MAX_CLUSTER_CHARS:
+        raise InvalidRecord(
+            f"cluster must be a non-empty str of at most {MAX_CLUSTER_CHARS} characters"
+        )
+    return cluster
+
+
+def check_ts(ts: object) -> int:
+    """Return ``ts`` if it is a stamp (an int in ``[0, MAX_TS]``), else raise."""
+    if type(ts) is not int or not 0 <= ts <= MAX_TS:
+        raise InvalidRecord(f"stamp must be an int in [0, {MAX_TS}], not {_show(ts)}")
+    return ts
+
+
+def check_mark(ts: object) -> int:
+    """Return ``ts`` if it is a mark (a stamp, or -1 for none), else raise."""
+    if type(ts) is not int or not -1 <= ts <= MAX_TS:
+        raise InvalidRecord(f"mark must be a stamp (an int in [-1, {MAX_TS}]), not {_show(ts)}")
+    return ts
+
+
+def check_marks(mapping: object) -> dict[str, int]:
+    """Validate an ``origin -> stamp`` map (marks, collected stamps), or raise."""
+    if type(mapping) is not dict:
+        raise InvalidRecord(f"marks must be a map, not {_show(mapping)}")
+    return {check_node(o, "mark origin node id"): check_mark(ts) for o, ts in mapping.items()}
+
+
+def check_expires(expires: object) -> float | None:
+    """Return an absolute expiry (None, or a finite number as float), else raise."""
+    if expires is None:
+        return None
+    if type(expires) is float and math.isfinite(expires):
+        return expires
+    if type(expires) is int and abs(expires) <= MAX_TS:
+        return float(expires)
+    raise InvalidRecord(f"expiry must be a finite number or nil, not {_show(expires)}")
+
+
+def check_stored(kind: object, payload: object) -> object:
+    """The replica's stored value for a record's ``(kind, payload)``, or raise."""
+    if kind == PLAIN and type(kind) is int:
+        vt = type(payload)
+        if vt is str or vt is bytes:
+            if len(payload) > MAX_VALUE_BYTES:  # type: ignore[arg-type]  # str/bytes checked
+                raise InvalidRecord(f"value exceeds MAX_VALUE_BYTES ({MAX_VALUE_BYTES})")
+        elif vt is int:
+            if not INT_MIN <= payload <= INT_MAX:  # type: ignore[operator]  # int checked
+                raise InvalidRecord("int value does not fit in 64 bits")
+        elif vt not in _SCALARS:
+            raise InvalidRecord(
+                f"plain value of a wrong type: must be a scalar, not {_show(payload)}"
+            )
+        return payload
+    if kind == PACKED and type(kind) is int:
+        if type(payload) is not bytes:
+            raise InvalidRecord(f"packed value must be bytes, not {_show(payload)}")
+        try:
+            return unpack_stored(payload)
+        except ValueError as exc:
+            raise InvalidRecord(f"packed value is invalid: {exc}") from None
+    if type(kind) is int and kind in (TOMB, STUB):
+        if payload is not None:
+            raise InvalidRecord("a tombstone or stub carries no value")
+        return TOMBSTONE if kind == TOMB else NOT_HELD
+    raise InvalidRecord(f"unknown value kind {_show(kind)}")
+
+
+def stored_kind(value: object) -> int:
+    """The record kind of a replica's stored value."""
+    if value is TOMBSTONE:
+        return TOMB
+    if value is NOT_HELD:
+        return STUB
+    if type(value) is Packed:
+        return PACKED
+    return PLAIN
+
+
+# ----------------------------------------------------------------- records
+def entry_from_record(
+    key: object, kind: object, payload: object, ts: object, origin: object, expires: object
+) -> tuple[str, Entry]:
+    """Validate one record and build its entry, or raise :class:`InvalidRecord`."""
+    key = check_key(key)
+    try:
+        stored = check_stored(kind, payload)
+        entry = Entry(
+            stored, check_ts(ts), check_node(origin, "origin node id"), check_expires(expires)
+        )
+    except InvalidRecord as exc:
+        raise InvalidRecord(exc.problem, key) from None
+    return key, entry
+
+
+def entry_from_blob(
+    key: object, kind: object, blob: object, ts: object, origin: object, expires: object
+) -> tuple[str, Entry]:
+    """Like :func:`entry_from_record` for a medium that keeps values as bytes.
+
+    ``blob`` is :func:`stored_blob`'s bytes for a held value and None for a tombstone
+    or stub. ``kind`` is the record kind where the medium keeps it (SQLite), or None
+    where it does not (Redis: no blob means a tombstone).
+    """
+    key = check_key(key)
+    try:
+        if kind is None and blob is None:
+            stored: object = TOMBSTONE
+        elif type(kind) is int and kind in (TOMB, STUB):
+            stored = check_stored(kind, blob)
+        else:
+            stored = blob_stored(blob, kind)
+        entry = Entry(
+            stored, check_ts(ts), check_node(origin, "origin node id"), check_expires(expires)
+        )
+    except InvalidRecord as exc:
+        raise InvalidRecord(exc.problem, key) from None
+    return key, entry
+
+
+def record_of(key: str, e: Entry) -> list[Any]:
+    """The record of one entry: ``[key, kind, payload, ts, origin, expires]``."""
+    v = e.value
+    if v is TOMBSTONE:
+        return [key, TOMB, None, e.ts, e.origin, e.expires]
+    if v is NOT_HELD:
+        return [key, STUB, None, e.ts, e.origin, e.expires]
+    if type(v) is Packed:
+        return [key, PACKED, bytes(v), e.ts, e.origin, e.expires]
+    return [key, PLAIN, v, e.ts, e.origin, e.expires]
+
+
+def pattern_from_record(pattern: object, ts: object, origin: object) -> PatternTombstone:
+    """Validate one pattern tombstone ``[pattern, ts, origin]`` and build it, or raise."""
+    if not check_key(pattern, "pattern"):
+        raise InvalidRecord("a pattern must not be empty")
+    return PatternTombstone(pattern, check_ts(ts), check_node(origin, "pattern origin node id"))  # type: ignore[arg-type]  # a str: checked above
+
+
+def check_pattern_record(raw: object) -> PatternTombstone:
+    """A pattern tombstone from its 3-item list form, or raise :class:`InvalidRecord`."""
+    if type(raw) is not list or len(raw) != 3:
+        raise InvalidRecord("a pattern tombstone must be a 3-item list [pattern, ts, origin]")
+    return pattern_from_record(*raw)
+
+
+# ------------------------------------------------------------------- blobs
+# Where a medium keeps a value as bytes (SQLite, Redis), a scalar goes through msgpack so
+# that bool stays bool and every int of the range fits; a packed value is its bytes.
+def stored_blob(stored: object) -> bytes:
+    """The bytes a held value is kept as where values are bytes (SQLite, Redis)."""
+    if type(stored) is Packed:
+        return bytes(stored)
+    blob: bytes = msgpack.packb(stored, use_bin_type=True)
+    return blob
+
+
+def blob_stored(blob: object, kind: object = None) -> object:
+    """The stored value kept as ``blob`` (see :func:`stored_blob`), or raise.
+
+    ``kind`` is checked against the blob when the medium records it (SQLite); without
+    it (Redis) the blob's first byte tells a packed container from a scalar.
+    """
+    if type(blob) is not bytes or not blob:
+        raise InvalidRecord(f"value must be a non-empty blob, not {_show(blob)}")
+    packed = blob[0] in _CONTAINER_BYTES
+    if kind is not None and kind != (PACKED if packed else PLAIN):
+        if kind == PLAIN and type(kind) is int:
+            raise InvalidRecord("plain value is not a msgpack scalar (a container)")
+        if kind == PACKED and type(kind) is int:
+            raise InvalidRecord("packed value is invalid: not a msgpack list or map")
+        raise InvalidRecord(f"unknown value kind {_show(kind)}")
+    if packed:
+        return check_stored(PACKED, blob)
+    try:
+        value = msgpack.unpackb(
+            blob,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=4 * MAX_VALUE_BYTES,
+            max_bin_len=MAX_VALUE_BYTES,
+            max_array_len=0,  # a plain value is a scalar: no container at all
+            max_map_len=0,
+            max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises a wide family; all mean junk
+        raise InvalidRecord(f"value is not a msgpack scalar ({exc})") from None
+    return check_stored(PLAIN, value)
