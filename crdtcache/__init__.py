@@ -4,6 +4,8 @@ Every node keeps a last-writer-wins register map stamped with hybrid logical clo
 gossips deltas to its peers over TCP and repairs divergence by anti-entropy.
 """
 
+# The dashboard plugs into ``Cache(dashboard=...)`` (see crdtcache.cache._services).
+from crdtcache import dashboard as _dashboard  # noqa: F401
 from crdtcache._errors import (
     CacheError,
     ClockDriftError,

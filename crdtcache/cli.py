@@ -14,9 +14,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from crdtcache._errors import CacheError, ConfigError
+from crdtcache import Cache, CacheError, CacheEvent, ConfigError, PeerError
 from crdtcache.cache import _loop
-from crdtcache.cache._cache import Cache
+from crdtcache.cache._options import DiscoveryMode
 
 __all__ = ["main"]
 
@@ -32,28 +32,20 @@ def _out(text: str = "") -> None:
 # ------------------------------------------------------------------ demo
 async def _wait(predicate: Any, timeout: float, step: float = 0.0005) -> float | None:
     start = time.perf_counter()
-    while not predicate():
+    while not await predicate():
         if time.perf_counter() - start > timeout:
             return None
         await asyncio.sleep(step)
     return time.perf_counter() - start
 
 
-def _holds(cache: Cache, key: str, stamp_ts: int) -> bool:
-    replica = cache._replica
-    if replica is None:
-        return False
-    e = replica.entries.get(key)
-    return e is not None and e.ts >= stamp_ts
-
-
 async def _demo(args: argparse.Namespace) -> int:
-    n = args.nodes
+    n: int = args.nodes
     if not 2 <= n <= 50:
         _out("demo: --nodes must be between 2 and 50")
         return 2
     cluster = f"demo-{random.getrandbits(24):06x}"
-    discovery = "none" if args.no_mdns else "mdns"
+    discovery: DiscoveryMode = "none" if args.no_mdns else "mdns"
     _out(f"starting {n} nodes on 127.0.0.1 (cluster {cluster!r}, discovery: {discovery})")
     first = Cache(backend="p2p", cluster=cluster, discovery=discovery, dashboard=args.dashboard)
     await first.start()
@@ -67,31 +59,41 @@ async def _demo(args: argparse.Namespace) -> int:
             )
             await cache.start()
             caches.append(cache)
-        took = await _wait(
-            lambda: all(_peer_count(c) == n - 1 for c in caches), DEMO_MESH_TIMEOUT, 0.01
-        )
-        if took is None:
+        start = time.perf_counter()
+        try:
+            await asyncio.gather(
+                *(c.wait_for_peers(n - 1, timeout=DEMO_MESH_TIMEOUT) for c in caches)
+            )
+        except PeerError:
             _out("the mesh did not form in time")
             return 1
-        _out(f"full mesh of {n} nodes formed in {1000 * took:.0f} ms:")
+        _out(f"full mesh of {n} nodes formed in {1000 * (time.perf_counter() - start):.0f} ms:")
         for c in caches:
             _out(f"  node {c.node_id}  listening on {c.address}")
         if args.dashboard:
-            _out(f"dashboard: http://{args.dashboard}/")
+            _out(f"dashboard: {first.dashboard_url}")
 
         _out("")
         _out(f"node {caches[0].node_id} writes user:42 = {{'name': 'Alice'}} ...")
+        arrived: dict[str, float] = {caches[0].node_id: 0.0}
+
+        def arrival(node: str) -> Any:
+            def seen(event: CacheEvent) -> None:
+                if event.key == "user:42" and event.remote:
+                    arrived.setdefault(node, time.perf_counter() - start)
+
+            return seen
+
+        watching = [c.on("set", arrival(c.node_id)) for c in caches[1:]]
         start = time.perf_counter()
         await caches[0].set("user:42", {"name": "Alice"})
-        replica = caches[0]._replica
-        assert replica is not None
-        stamp = replica.entries["user:42"].ts
-        arrived: dict[str, float] = {caches[0].node_id: 0.0}
-        while len(arrived) < n and time.perf_counter() - start < 5:
-            for c in caches:
-                if c.node_id not in arrived and _holds(c, "user:42", stamp):
-                    arrived[c.node_id] = time.perf_counter() - start
-            await asyncio.sleep(0.0002)
+
+        async def all_arrived() -> bool:
+            return len(arrived) == n
+
+        await _wait(all_arrived, 5.0, 0.0002)
+        for unsubscribe in watching:
+            unsubscribe()
         for c in caches:
             at = arrived.get(c.node_id)
             if at is None:
@@ -114,9 +116,16 @@ async def _demo(args: argparse.Namespace) -> int:
         _out(f"{burst} writes from random nodes (write-behind, batched every 5 ms) ...")
         rng = random.Random(7)
         start = time.perf_counter()
+        keys = sorted({f"item:{i % 200}" for i in range(burst)})
         for i in range(burst):
             await rng.choice(caches).set(f"item:{i % 200}", i)
-        views = await _wait(lambda: len({_fingerprint(c) for c in caches}) == 1, 10.0, 0.001)
+
+        async def identical() -> bool:
+            # Converged when every node serves the same value for every key.
+            views = [[await c.get(k) for k in keys] for c in caches]
+            return all(view == views[0] for view in views[1:])
+
+        views = await _wait(identical, 10.0, 0.002)
         if views is None:
             _out("the replicas did not converge")
             return 1
@@ -128,7 +137,11 @@ async def _demo(args: argparse.Namespace) -> int:
             f"node {caches[1].node_id} invalidates 'item:*' (one replicated pattern tombstone) ..."
         )
         await caches[1].invalidate_pattern("item:*")
-        took = await _wait(lambda: all(not _live(c, "item:") for c in caches), 5.0)
+
+        async def all_gone() -> bool:
+            return not any([await c.keys("item:*") for c in caches])
+
+        took = await _wait(all_gone, 5.0)
         if took is None:
             _out("the invalidation did not reach every node")
             return 1
@@ -148,25 +161,6 @@ async def _demo(args: argparse.Namespace) -> int:
         return 0
     finally:
         await asyncio.gather(*(c.close() for c in caches), return_exceptions=True)
-
-
-def _peer_count(cache: Cache) -> int:
-    runtime = cache._runtime
-    return len(runtime.statistics().get("peer_addresses", {})) if runtime is not None else 0
-
-
-def _live(cache: Cache, prefix: str) -> list[str]:
-    replica = cache._replica
-    if replica is None:
-        return []
-    return [k for k in replica.live_keys(time.time()) if k.startswith(prefix)]
-
-
-def _fingerprint(cache: Cache) -> int:
-    replica = cache._replica
-    if replica is None:
-        return 0
-    return hash(frozenset((k, e.ts, e.origin) for k, e in replica.entries.items() if e.held))
 
 
 async def _until_interrupted() -> None:
@@ -213,7 +207,7 @@ def _secret(args: argparse.Namespace) -> bytes | None:
 
 # ------------------------------------------------------- talking to a node
 async def _client(args: argparse.Namespace) -> int:
-    from crdtcache.transport._client import NodeClient
+    from crdtcache.transport import NodeClient
 
     async with NodeClient(args.address, cluster=args.cluster, secret=_secret(args)) as client:
         if args.command == "get":

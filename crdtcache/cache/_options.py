@@ -1,22 +1,33 @@
-"""The options of a :class:`~crdtcache.Cache`, validated once, before anything starts.
+"""The options of a cache, defined once: a frozen, validated dataclass.
 
-Every check raises :class:`ConfigError` naming the option and what it accepts, so a
-misconfigured cache fails at construction rather than on first use.
+:class:`CacheOptions` is the one definition of every option: its name, its type (with
+``Literal`` types where only some values are valid, so mypy refuses
+``backend="memroy"``), its default, and its check. :class:`~crdtcache.Cache` and
+:class:`~crdtcache.SyncCache` take the same keyword arguments through
+:func:`takes_options`, which gives their ``__init__`` the dataclass's signature for
+type checkers; at run time the keywords build a :class:`CacheOptions`, whose
+``__post_init__`` validates everything before anything starts. Every check raises
+:class:`ConfigError` naming the option and what it accepts.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import math
 import os
 import ssl as _ssl
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Concatenate, Final, Literal, ParamSpec, TypeVar, get_args
 
 from crdtcache._errors import ConfigError
+from crdtcache.cache._events import ChangeEvent, EventBus, InvalidationRule
+from crdtcache.core import Version
 from crdtcache.core._format import MAX_CLUSTER_CHARS, MAX_NODE_ID_CHARS
-from crdtcache.transport._tls import tls_option
+from crdtcache.metrics import Metrics, check_metrics
+from crdtcache.transport import parse_address, tls_option
 from crdtcache.wire._auth import keyring
 
 __all__ = [
@@ -24,53 +35,55 @@ __all__ = [
     "DEFAULT_REDIS_URL",
     "DISCOVERY",
     "STRATEGIES",
-    "CacheConfig",
+    "Backend",
+    "CacheOptions",
+    "DiscoveryMode",
+    "SyncStrategy",
     "check_ttl",
+    "takes_options",
 ]
 
-BACKENDS: Final = ("memory", "p2p", "redis")
-STRATEGIES: Final = ("write-through", "write-behind", "on-demand")
-DISCOVERY: Final = ("mdns", "static", "none")
+Backend = Literal["memory", "p2p", "redis"]
+SyncStrategy = Literal["write-through", "write-behind", "on-demand"]
+DiscoveryMode = Literal["mdns", "static", "none"]
+BACKENDS: Final = get_args(Backend)
+STRATEGIES: Final = get_args(SyncStrategy)
+DISCOVERY: Final = get_args(DiscoveryMode)
 #: Where ``backend="redis"`` connects when ``redis_url`` is not given.
 DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
-# Options of the p2p transport or replica that have no meaning against Redis, with
-# what to do instead: refusing them beats silently ignoring them (a secret that
-# protects nothing, a file that would serve stale data after a restart).
-_NOT_FOR_REDIS: Final = (
-    ("seeds", "instances find each other through Redis"),
-    ("secret", "Redis authenticates with the password in redis_url (redis://user:pw@host)"),
-    ("ssl", "use a rediss:// URL (ssl_* query parameters set the certificates)"),
-    (
-        "persist_path",
-        "the data lives in Redis (use its persistence); a hot tier kept on disk would be "
-        "stale after a restart",
+
+# Options that have no meaning for a backend, with what to do instead: refusing them
+# beats silently ignoring them (a secret that protects nothing, a file that would serve
+# stale data after a restart). Only a value other than the default is refused.
+_NOT_FOR: Final[dict[str, tuple[tuple[str, str], ...]]] = {
+    "redis": (
+        ("seeds", "instances find each other through Redis"),
+        ("listen", "instances talk to Redis only, they listen nowhere"),
+        ("secret", "Redis authenticates with the password in redis_url (redis://user:pw@host)"),
+        ("ssl", "use a rediss:// URL (ssl_* query parameters set the certificates)"),
+        (
+            "persist_path",
+            "the data lives in Redis (use its persistence); a hot tier kept on disk would "
+            "be stale after a restart",
+        ),
+        (
+            "conflict_resolver",
+            "Redis enforces last-writer-wins atomically in a Lua script, where a Python "
+            "resolver cannot run",
+        ),
     ),
-    (
-        "conflict_resolver",
-        "Redis enforces last-writer-wins atomically in a Lua script, where a Python "
-        "resolver cannot run",
+    "memory": (
+        ("seeds", "a memory cache has no peers (use backend='p2p')"),
+        ("listen", "a memory cache listens nowhere (use backend='p2p')"),
+        ("ssl", "a memory cache has no peers to talk TLS to (use backend='p2p')"),
     ),
+    "p2p": (),
+}
+_BACKEND_ONLY: Final = (
+    ("redis_url", "redis"),
+    ("local_max_size", "redis"),
+    ("local_ttl", "redis"),
 )
-
-
-def _address(option: str, value: object) -> str:
-    from crdtcache.transport import parse_address
-
-    if not isinstance(value, str):
-        raise ConfigError(f"{option} must be a 'host:port' str, not {type(value).__name__}")
-    try:
-        parse_address(value)
-    except ConfigError as exc:
-        raise ConfigError(f"{option}: {exc}") from None
-    return value
-
-
-def _count(option: str, value: object, *, optional: bool) -> int | None:
-    if value is None and optional:
-        return None
-    if type(value) is not int or value < 1:
-        raise ConfigError(f"{option} must be a positive int{' or None' if optional else ''}")
-    return value
 
 
 def _seconds(option: str, value: object, *, optional: bool) -> float | None:
@@ -87,70 +100,104 @@ def _seconds(option: str, value: object, *, optional: bool) -> float | None:
     return float(value)
 
 
-def _redis_url(options: dict[str, Any]) -> str:
-    """Validate the options of ``backend="redis"``; returns the URL to connect to."""
-    if importlib.util.find_spec("redis") is None:
-        raise ConfigError("backend='redis' needs redis-py: pip install 'crdtcache[redis]'")
-    for option, instead in _NOT_FOR_REDIS:
-        if options[option]:
-            raise ConfigError(f"{option} does not apply to backend='redis': {instead}")
-    url = options["redis_url"]
-    if url is None:
-        return DEFAULT_REDIS_URL
-    if not isinstance(url, str) or "://" not in url:
-        raise ConfigError("redis_url must be a URL such as 'redis://host:6379/0'")
-    if url.split("://", 1)[0].lower() not in ("redis", "rediss", "unix"):
-        raise ConfigError("redis_url must start with redis://, rediss:// or unix://")
-    return url
-
-
 def check_ttl(ttl: object) -> float | None:
     """Return ``ttl`` as float seconds (None: no expiry), or raise ``ConfigError``."""
     return _seconds("ttl", ttl, optional=True)
 
 
-def _callable(option: str, value: object) -> Any:
-    if value is not None and not callable(value):
-        raise ConfigError(f"{option} must be callable or None, not {type(value).__name__}")
+def _count(option: str, value: object) -> None:
+    if value is not None and (type(value) is not int or value < 1):
+        raise ConfigError(f"{option} must be a positive int or None, not {value!r}")
+
+
+def _address(option: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{option} must be a 'host:port' str, not {type(value).__name__}")
+    try:
+        parse_address(value)
+    except ConfigError as exc:
+        raise ConfigError(f"{option}: {exc}") from None
     return value
 
 
-@dataclass(frozen=True, slots=True)
-class CacheConfig:
-    """The validated options of one cache (see :class:`~crdtcache.Cache` for each)."""
+def _callable(option: str, value: object) -> None:
+    if value is not None and not callable(value):
+        raise ConfigError(f"{option} must be callable or None, not {type(value).__name__}")
 
-    backend: str
-    node_id: str | None
-    cluster: str
-    listen: str
-    discovery: str
-    seeds: tuple[str, ...]
-    redis_url: str | None
-    persist_path: str | None
-    max_size: int | None
-    max_memory: int | None
-    default_ttl: float | None
-    local_max_size: int | None
-    local_ttl: float | None
-    sync_strategy: str
-    sync_interval: float
-    conflict_resolver: Callable[..., Any] | None
-    on_change: Callable[..., Any] | None
-    warm_up: Callable[..., Any] | None
-    refresh_interval: float | None
-    refresh: Callable[..., Any] | None
-    secret: bytes | Sequence[bytes] | None
-    ssl: _ssl.SSLContext | tuple[_ssl.SSLContext, _ssl.SSLContext] | None
-    dashboard: str | None
 
-    @classmethod
-    def build(cls, **options: Any) -> CacheConfig:
-        """Validate raw options; raises :class:`ConfigError` for the first bad one."""
-        o = options
-        backend = o["backend"]
-        if backend not in BACKENDS:
-            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
-        node_id = o["node_id"]
+def _choice(option: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{option} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheOptions:
+    """Every option of a cache, validated on construction (see :class:`~crdtcache.Cache`).
+
+    Raises :class:`ConfigError` for the first invalid option. ``_clock`` is a testing
+    hook: the wall clock the node stamps writes and expiries with.
+    """
+
+    #: ``"memory"`` (one process), ``"p2p"`` (peers over TCP) or ``"redis"``.
+    backend: Backend = "p2p"
+    #: This node's id: random unless given; with ``persist_path``, the file's.
+    node_id: str | None = None
+    #: Name that isolates groups of nodes on one network.
+    cluster: str = "default"
+    #: ``host:port`` for peer traffic (p2p).
+    listen: str = "127.0.0.1:0"
+    #: How peers are found (p2p): mDNS, the ``seeds`` only, or not at all.
+    discovery: DiscoveryMode = "mdns"
+    #: ``host:port`` of peers to dial (p2p, in every discovery mode).
+    seeds: Sequence[str] = ()
+    #: The server of ``backend="redis"`` (default ``redis://127.0.0.1:6379/0``).
+    redis_url: str | None = None
+    #: SQLite file that keeps the replica across restarts.
+    persist_path: str | os.PathLike[str] | None = None
+    #: Most values held here (LRU); eviction is local, a peer may serve the value again.
+    max_size: int | None = 10_000
+    #: Most bytes (keys and stored values) held here.
+    max_memory: int | None = None
+    #: Seconds a value lives when ``set`` gives no ``ttl``.
+    default_ttl: float | None = None
+    #: Redis mode: the hot tier's bound (default ``max_size``).
+    local_max_size: int | None = None
+    #: Redis mode: seconds a value stays in the hot tier (default: until invalidated).
+    local_ttl: float | None = None
+    #: When a write reaches peers (see the README's sync strategies).
+    sync_strategy: SyncStrategy = "write-behind"
+    #: Seconds between write-behind batches.
+    sync_interval: float = 0.005
+    #: ``resolver(local, remote) -> winner`` replacing last-writer-wins.
+    conflict_resolver: Callable[[Version, Version], Version] | None = None
+    #: A pydantic model, dataclass or TypeAdapter, or a callable validator.
+    schema: Any = None
+    #: An :class:`~crdtcache.EventBus` whose events the ``invalidation_rules`` follow.
+    event_bus: EventBus | None = None
+    invalidation_rules: Sequence[InvalidationRule] = ()
+    #: Called with every visible change, local or remote.
+    on_change: Callable[[ChangeEvent], Any] | None = None
+    #: Run at start with the cache.
+    warm_up: Callable[[Any], Any] | None = None
+    #: Every ``refresh_interval`` seconds, ``refresh(key)`` reloads the keys written here.
+    refresh_interval: float | None = None
+    refresh: Callable[[str], Any] | None = None
+    #: Where hits, misses, evictions and latencies are reported.
+    metrics: Metrics | None = None
+    #: Cluster secret (bytes), or a list of them during a rotation (p2p).
+    secret: bytes | Sequence[bytes] | None = None
+    #: Mutual TLS: a (server, client) context pair, or one context (p2p).
+    ssl: _ssl.SSLContext | tuple[_ssl.SSLContext, _ssl.SSLContext] | None = None
+    #: ``host:port`` of the live dashboard (the ``dashboard`` extra).
+    dashboard: str | None = None
+    _clock: Callable[[], float] = time.time
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # normalising a frozen dataclass in its own __post_init__
+        _choice("backend", self.backend, BACKENDS)
+        _choice("sync_strategy", self.sync_strategy, STRATEGIES)
+        _choice("discovery", self.discovery, DISCOVERY)
+        node_id = self.node_id
         if node_id is not None and (
             not isinstance(node_id, str)
             or not node_id
@@ -162,74 +209,109 @@ class CacheConfig:
                 f"node_id must be a non-empty printable str without spaces of at most "
                 f"{MAX_NODE_ID_CHARS} characters, or None; got {node_id!r}"
             )
-        cluster = o["cluster"]
+        cluster = self.cluster
         if not isinstance(cluster, str) or not cluster or len(cluster) > MAX_CLUSTER_CHARS:
             raise ConfigError(
                 f"cluster must be a non-empty str of at most {MAX_CLUSTER_CHARS} characters"
             )
-        discovery = o["discovery"]
-        if discovery not in DISCOVERY:
-            raise ConfigError(f"discovery must be one of {', '.join(DISCOVERY)}; got {discovery!r}")
-        seeds = o["seeds"]
-        if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Iterable):
+        _address("listen", self.listen)
+        seeds = self.seeds
+        if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__"):
             raise ConfigError("seeds must be a list of 'host:port' strings, not a single str")
-        seeds = tuple(_address("seeds", s) for s in seeds)
-        redis_url = o["redis_url"]
-        if redis_url is not None and backend != "redis":
-            raise ConfigError("redis_url applies to backend='redis' only")
-        if backend == "redis":
-            redis_url = _redis_url(o)
-        for option in ("local_max_size", "local_ttl"):
-            if o[option] is not None and backend != "redis":
-                raise ConfigError(f"{option} (the hot tier) applies to backend='redis' only")
-        persist_path = o["persist_path"]
-        if persist_path is not None:
-            if not isinstance(persist_path, (str, os.PathLike)):
+        set_(self, "seeds", tuple(_address("seeds", s) for s in seeds))
+        self._check_backend()
+        path = self.persist_path
+        if path is not None:
+            if not isinstance(path, (str, os.PathLike)):
                 raise ConfigError("persist_path must be a str or path-like, or None")
-            persist_path = os.fspath(persist_path)
-            if not isinstance(persist_path, str) or not persist_path:
+            path = os.fspath(path)
+            if not isinstance(path, str) or not path:
                 raise ConfigError("persist_path must name a file")
-        strategy = o["sync_strategy"]
-        if strategy not in STRATEGIES:
-            raise ConfigError(
-                f"sync_strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}"
-            )
-        refresh_interval = _seconds("refresh_interval", o["refresh_interval"], optional=True)
-        refresh = _callable("refresh", o["refresh"])
-        if (refresh_interval is None) != (refresh is None):
+            set_(self, "persist_path", path)
+        for option in ("max_size", "max_memory", "local_max_size"):
+            _count(option, getattr(self, option))
+        for option in ("default_ttl", "local_ttl", "refresh_interval"):
+            set_(self, option, _seconds(option, getattr(self, option), optional=True))
+        set_(self, "sync_interval", _seconds("sync_interval", self.sync_interval, optional=False))
+        for option in ("conflict_resolver", "on_change", "warm_up", "refresh", "_clock"):
+            _callable(option, getattr(self, option))
+        if (self.refresh_interval is None) != (self.refresh is None):
             raise ConfigError("refresh_interval and refresh go together: give both or neither")
-        secret = o["secret"]
-        if secret is not None:
-            keyring(secret)  # bytes or a list of bytes (rotation), each long enough
-        ssl = o["ssl"]
-        tls_option(ssl)
-        dashboard = o["dashboard"]
-        if dashboard is not None:
-            _address("dashboard", dashboard)
-        if o["conflict_resolver"] is not None and not callable(o["conflict_resolver"]):
-            raise ConfigError("conflict_resolver must be callable(local, remote) -> winner")
-        return cls(
-            backend=backend,
-            node_id=node_id,
-            cluster=cluster,
-            listen=_address("listen", o["listen"]),
-            discovery=discovery,
-            seeds=seeds,
-            redis_url=redis_url,
-            persist_path=persist_path,
-            max_size=_count("max_size", o["max_size"], optional=True),
-            max_memory=_count("max_memory", o["max_memory"], optional=True),
-            default_ttl=_seconds("default_ttl", o["default_ttl"], optional=True),
-            local_max_size=_count("local_max_size", o["local_max_size"], optional=True),
-            local_ttl=_seconds("local_ttl", o["local_ttl"], optional=True),
-            sync_strategy=strategy,
-            sync_interval=_seconds("sync_interval", o["sync_interval"], optional=False) or 0.0,
-            conflict_resolver=o["conflict_resolver"],
-            on_change=_callable("on_change", o["on_change"]),
-            warm_up=_callable("warm_up", o["warm_up"]),
-            refresh_interval=refresh_interval,
-            refresh=refresh,
-            secret=secret,
-            ssl=ssl,
-            dashboard=dashboard,
-        )
+        self._check_events()
+        check_metrics(self.metrics)
+        if self.secret is not None:
+            keyring(self.secret)  # bytes or a list of bytes (rotation), each long enough
+        tls_option(self.ssl)
+        if self.dashboard is not None:
+            _address("dashboard", self.dashboard)
+
+    def _check_backend(self) -> None:
+        defaults = _DEFAULTS
+        for option, backend in _BACKEND_ONLY:
+            if getattr(self, option) is not None and self.backend != backend:
+                raise ConfigError(f"{option} applies to backend={backend!r} only")
+        for option, instead in _NOT_FOR[self.backend]:
+            if getattr(self, option) != defaults[option]:
+                raise ConfigError(f"{option} does not apply to backend={self.backend!r}: {instead}")
+        if self.backend == "redis":
+            if importlib.util.find_spec("redis") is None:
+                raise ConfigError("backend='redis' needs redis-py: pip install 'crdtcache[redis]'")
+            url = self.redis_url
+            if url is None:
+                object.__setattr__(self, "redis_url", DEFAULT_REDIS_URL)
+            elif not isinstance(url, str) or "://" not in url:
+                raise ConfigError("redis_url must be a URL such as 'redis://host:6379/0'")
+            elif url.split("://", 1)[0].lower() not in ("redis", "rediss", "unix"):
+                raise ConfigError("redis_url must start with redis://, rediss:// or unix://")
+
+    def _check_events(self) -> None:
+        rules = self.invalidation_rules
+        if isinstance(rules, (str, bytes)) or not hasattr(rules, "__iter__"):
+            raise ConfigError("invalidation_rules must be a list of InvalidationRule")
+        rules = tuple(rules)
+        for rule in rules:
+            if not isinstance(rule, InvalidationRule):
+                raise ConfigError(f"invalidation_rules must hold InvalidationRule, not {rule!r}")
+        object.__setattr__(self, "invalidation_rules", rules)
+        bus = self.event_bus
+        if rules and bus is None:
+            raise ConfigError("invalidation_rules need an event_bus to listen to")
+        if bus is not None and not callable(getattr(bus, "on", None)):
+            raise ConfigError("event_bus must be an EventBus (with .on(event, handler))")
+
+    @property
+    def shared_store(self) -> bool:
+        """Whether the data lives in a shared store (Redis) rather than in the replica."""
+        return self.backend == "redis"
+
+
+_DEFAULTS: Final = {
+    "seeds": (),
+    "listen": "127.0.0.1:0",
+    "secret": None,
+    "ssl": None,
+    "persist_path": None,
+    "conflict_resolver": None,
+}
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def takes_options(
+    options: Callable[P, Any],
+) -> Callable[[Callable[..., None]], Callable[Concatenate[Any, P], None]]:
+    """Give an ``__init__(self, **options)`` the keyword signature of ``options``.
+
+    Only type checkers see a difference: ``Cache(backend="memroy")`` or a misspelt
+    option is an error there, from the one definition in :class:`CacheOptions`.
+    """
+
+    def decorate(init: Callable[..., None]) -> Callable[Concatenate[Any, P], None]:
+        # And ``inspect.signature`` (help(), IDEs, docs) sees the options too.
+        fields = inspect.signature(options).parameters.values()
+        self_ = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        init.__signature__ = inspect.Signature([self_, *fields])  # type: ignore[attr-defined]  # functions take any attribute
+        return init
+
+    return decorate

@@ -7,10 +7,13 @@ from array import array
 from dataclasses import dataclass
 from typing import Any, Final
 
+from crdtcache.runtime._protocol import RuntimeStatistics
+
 __all__ = [
     "LATENCY_WINDOW",
     "CacheStatistics",
     "ClusterStatistics",
+    "Counters",
     "EvictionStatistics",
     "Health",
     "LatencyStatistics",
@@ -182,3 +185,70 @@ def rate(hits: int, misses: int) -> float:
     """``hits / (hits + misses)``, 0.0 before any lookup."""
     total = hits + misses
     return hits / total if total else 0.0
+
+
+@dataclass(slots=True)
+class Counters:
+    """The cache's own counters, written on the hot paths, read by :meth:`snapshot`.
+
+    Hits are counted from ``SyncCache`` caller threads too (see :mod:`._sync`):
+    ``+=`` on an attribute has no switch point under the GIL, and these are
+    statistics by contract.
+    """
+
+    local_hits: int = 0
+    local_misses: int = 0
+    dist_hits: int = 0
+    dist_misses: int = 0
+    writes: int = 0
+    ack_failures: int = 0
+    last_sync: float | None = None
+    evictions: dict[str, int] = dataclasses.field(
+        default_factory=lambda: dict.fromkeys(("ttl", "size", "memory", "explicit"), 0)
+    )
+    sync_window: LatencyWindow = dataclasses.field(default_factory=LatencyWindow)
+    ack_window: LatencyWindow = dataclasses.field(default_factory=LatencyWindow)
+
+    def hit_rate(self) -> float:
+        """Lookups answered by either tier, over all lookups."""
+        return rate(self.local_hits + self.dist_hits, self.local_misses - self.dist_hits)
+
+    def snapshot(
+        self,
+        *,
+        node_id: str,
+        backend: str,
+        sync_strategy: str,
+        held: int,
+        live_keys: int,
+        runtime: RuntimeStatistics,
+        refused_values: int,
+        refused_drift: int,
+    ) -> CacheStatistics:
+        """The counters with what the tier, the runtime and the engine report."""
+        hits, misses = self.local_hits, self.local_misses
+        dh, dm = self.dist_hits, self.dist_misses
+        return CacheStatistics(
+            node_id=node_id,
+            backend=backend,
+            sync_strategy=sync_strategy,
+            local=TierStatistics(hits, misses, rate(hits, misses), held),
+            distributed=TierStatistics(dh, dm, rate(dh, dm), live_keys),
+            overall=OverallStatistics(self.hit_rate()),
+            evictions=EvictionStatistics(**self.evictions),
+            cluster=ClusterStatistics(
+                instances=runtime.instances,
+                peers=tuple(PeerStatistics(p.id, p.address, p.state) for p in runtime.peers),
+                last_sync_time=self.last_sync,
+                sync_latency_ms=self.sync_window.summary(),
+            ),
+            traffic=TrafficStatistics(
+                bytes_sent=runtime.bytes_sent,
+                bytes_received=runtime.bytes_received,
+                frames_sent=runtime.frames_sent,
+                frames_received=runtime.frames_received,
+            ),
+            write_ack_ms=self.ack_window.summary(),
+            refused_values=refused_values,
+            refused_drift=refused_drift,
+        )

@@ -41,7 +41,7 @@ from crdtcache._errors import CacheError, ConfigError
 from crdtcache.cache._cache import ABSENT, Cache
 from crdtcache.cache._events import CacheEvent
 from crdtcache.cache._loop import new_event_loop
-from crdtcache.cache._options import check_ttl
+from crdtcache.cache._options import CacheOptions, check_ttl, takes_options
 from crdtcache.cache._statistics import CacheStatistics, Health
 
 __all__ = ["SyncCache"]
@@ -59,6 +59,7 @@ class SyncCache:
     or call :meth:`start` and :meth:`close`.
     """
 
+    @takes_options(CacheOptions)
     def __init__(self, **options: Any) -> None:
         warm_up = options.pop("warm_up", None)
         if warm_up is not None and not callable(warm_up):
@@ -158,7 +159,9 @@ class SyncCache:
         if value is ABSENT:
             return self._call(cache.get(key, default))
         if cache._hit_cbs and self._loop is not None:
-            self._loop.call_soon_threadsafe(cache._emit, CacheEvent("hit", key, source="local"))
+            self._loop.call_soon_threadsafe(
+                cache._reporter.emit, CacheEvent("hit", key, source="local")
+            )
         return value
 
     def set(self, key: str, value: Any, ttl: float | None = None) -> None:

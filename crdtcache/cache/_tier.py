@@ -8,9 +8,9 @@ value* (``max_size``) and how many bytes those take (``max_memory``: key length 
 ``NOT_HELD`` stub with the stamp, so nothing is replicated and a later read may fetch
 the value from a peer.
 
-*Accounting.* :meth:`LocalTier.attach` swaps the replica's ``entries`` for
-:class:`_Entries`, a dict that reports every replacement ``(key, old, new)`` to the
-tier whatever caused it: a local write, a merge, a fetch filling a stub, a pattern
+*Accounting.* The tier is a :class:`~crdtcache.core.ReplicaObserver` of the replica
+(:meth:`LocalTier.attach`): the replica reports every replacement ``(key, old, new)``
+whatever caused it: a local write, a merge, a fetch filling a stub, a pattern
 tombstone, collection. ``count`` and ``nbytes`` are therefore exact without a per-key
 side table, and the tier sees each remote value before it becomes readable, which is
 where the schema gate (``admit``) refuses invalid ones: such a value is stored as a
@@ -39,8 +39,8 @@ lock on each hit.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Mapping
-from typing import Any, Final
+from collections.abc import Callable, Collection, Iterable
+from typing import Final
 
 from crdtcache.core import NOT_HELD, TOMBSTONE, Entry, Replica
 from crdtcache.core._values import stored_size
@@ -50,68 +50,12 @@ __all__ = ["MAX_REFERENCE_BITS", "LocalTier"]
 #: Upper bound on the reference-bit array (bytes); larger tiers share bits.
 MAX_REFERENCE_BITS: Final = 1 << 22
 _MIN_REFERENCE_BITS: Final = 1 << 10
-_NOTHING: Final = object()
 
 Admit = Callable[[str, Entry], bool]
 
 
 def _held(entry: Entry | None) -> bool:
     return entry is not None and entry.value is not TOMBSTONE and entry.value is not NOT_HELD
-
-
-class _Entries(dict[str, Entry]):
-    """The replica's entry map, reporting every replacement to its :class:`LocalTier`."""
-
-    __slots__ = ("_tier",)
-
-    def __init__(self, tier: LocalTier, items: Mapping[str, Entry]) -> None:
-        super().__init__(items)
-        self._tier = tier
-
-    def __setitem__(self, key: str, new: Entry) -> None:
-        dict.__setitem__(self, key, self._tier.stored(key, self.get(key), new))
-
-    def __delitem__(self, key: str) -> None:
-        old = self[key]
-        dict.__delitem__(self, key)
-        self._tier.removed(key, old)
-
-    # The overrides below keep the accounting exact whatever mutator is used.
-    def pop(self, key: str, default: Any = _NOTHING) -> Any:
-        """Remove ``key`` and return its entry (or ``default``), reporting the removal."""
-        if key in self:
-            old = dict.pop(self, key)
-            self._tier.removed(key, old)
-            return old
-        if default is _NOTHING:
-            raise KeyError(key)
-        return default
-
-    def popitem(self) -> tuple[str, Entry]:
-        """Remove and return the last inserted item, reporting the removal."""
-        key, old = dict.popitem(self)
-        self._tier.removed(key, old)
-        return key, old
-
-    def setdefault(self, key: str, default: Entry) -> Entry:
-        """Insert ``default`` under ``key`` if absent (reported) and return the entry."""
-        if key not in self:
-            self[key] = default
-        return self[key]
-
-    def update(self, *args: Any, **kwargs: Entry) -> None:
-        """Assign each item through :meth:`__setitem__`."""
-        for key, entry in dict(*args, **kwargs).items():
-            self[key] = entry
-
-    def __ior__(self, other: Any) -> _Entries:  # type: ignore[override,misc]  # returns the same map
-        self.update(other)
-        return self
-
-    def clear(self) -> None:
-        """Remove every entry, reporting each removal."""
-        while self:
-            self.popitem()
 
 
 class LocalTier:
@@ -142,12 +86,6 @@ class LocalTier:
         self.nbytes = 0
         #: Remote values refused by ``admit``.
         self.refused = 0
-        #: Keys replaced in any way since the owner last took them (None: not tracked);
-        #: what a persistence batch must write.
-        self.dirty: set[str] | None = None
-        #: With ``dirty``: held entries evicted before a batch wrote them, so that the
-        #: batch writes the value and not the stub (None: not tracked).
-        self.evicted: dict[str, Entry] | None = None
         #: Keys whose held value was removed (deleted, invalidated, expired) since
         #: the owner last cleared it: tells an explicit or TTL eviction from a stub's.
         self.left: set[str] = set()
@@ -164,10 +102,9 @@ class LocalTier:
 
     # ---------------------------------------------------------- accounting
     def attach(self, replica: Replica) -> None:
-        """Instrument ``replica.entries`` and recount what it holds (idempotent)."""
-        entries = replica.entries
-        if not isinstance(entries, _Entries) or entries._tier is not self:
-            replica.entries = _Entries(self, entries)
+        """Observe ``replica`` from now on and count what it holds (idempotent)."""
+        if self not in replica.observers:
+            replica.observe(self)
         self.recount(replica.entries.items())
 
     def recount(self, items: Iterable[tuple[str, Entry]]) -> None:
@@ -179,10 +116,8 @@ class LocalTier:
                 nbytes += len(key) + stored_size(e.value)
         self.count, self.nbytes = count, nbytes
 
-    def stored(self, key: str, old: Entry | None, new: Entry) -> Entry:
+    def replacing(self, key: str, old: Entry | None, new: Entry) -> Entry:
         """Account for ``new`` replacing ``old``; returns the entry to store instead."""
-        if self.dirty is not None:
-            self.dirty.add(key)
         if old is not None:
             self._leave(key, old, removed=new.value is TOMBSTONE)
         value = new.value
@@ -199,8 +134,6 @@ class LocalTier:
 
     def removed(self, key: str, old: Entry) -> None:
         """Account for ``old`` leaving the map."""
-        if self.dirty is not None:
-            self.dirty.add(key)
         self._leave(key, old, removed=True)
 
     def _leave(self, key: str, old: Entry, *, removed: bool) -> None:
@@ -264,10 +197,8 @@ class LocalTier:
                 reason = "size"
             else:
                 reason = "memory"
-            if self.evicted is not None and self.dirty is not None and key in self.dirty:
-                self.evicted[key] = e
             if forget:
-                entries.pop(key)
+                replica.drop(key)
             else:
                 replica.evict(key)
             self.left.discard(key)

@@ -41,7 +41,7 @@ import logging
 import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from crdtcache._errors import ClockDriftError
 from crdtcache.core._entry import (
@@ -56,7 +56,13 @@ from crdtcache.core._hlc import HybridClock, Stamp, ts_at, ts_ms
 from crdtcache.core._resolver import Resolver, Version
 from crdtcache.core._values import decode_value
 
-__all__ = ["TOMBSTONE_GRACE", "Replica", "collect_due_ms", "collection_horizon"]
+__all__ = [
+    "TOMBSTONE_GRACE",
+    "Replica",
+    "ReplicaObserver",
+    "collect_due_ms",
+    "collection_horizon",
+]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +84,30 @@ def collection_horizon(now: float, grace: float) -> int:
 def collect_due_ms(ts: int, grace: float) -> int:
     """Wall time (ms) from which a tombstone stamped ``ts`` may be collected."""
     return ts_ms(ts) + int(grace * 1000)
+
+
+class ReplicaObserver(Protocol):
+    """Told of every change to a replica's entry map, whatever caused it.
+
+    A local write, a merge, a fetch filling a stub, a pattern tombstone, a full
+    resync, an eviction or collection: each goes through :meth:`Replica._put` or
+    :meth:`Replica._pop`, which call the observers in order. The local tier keeps its
+    byte and count accounting exact this way, and persistence learns which keys to
+    write. Observers must not mutate the replica (they run inside its operations).
+    """
+
+    def replacing(self, key: str, old: Entry | None, new: Entry) -> Entry:
+        """``new`` is about to replace ``old``; return the entry to store instead.
+
+        Returning a ``NOT_HELD`` stub of ``new``'s stamp keeps the stamp (the replica
+        converges on it) without holding the value: how the schema gate refuses a
+        remote value this node must never serve.
+        """
+        ...
+
+    def removed(self, key: str, old: Entry) -> None:
+        """``old`` left the map (dropped by a pattern, a resync, collection, eviction)."""
+        ...
 
 
 def _beats(ts: int, origin: str, other: Entry) -> bool:
@@ -116,6 +146,39 @@ class Replica:
         self._max_pattern_ts = -1
         #: Remote entries refused for clock drift.
         self.refused_drift = 0
+        #: Told of every change to ``entries`` (see :class:`ReplicaObserver`).
+        self.observers: tuple[ReplicaObserver, ...] = ()
+
+    def observe(self, observer: ReplicaObserver) -> None:
+        """Add ``observer``; it sees every later change to the entry map."""
+        self.observers = (*self.observers, observer)
+
+    # ------------------------------------------------------------ mutation
+    # The only two places that change ``entries``: observers see everything.
+    def _put(
+        self, key: str, entry: Entry, previous: Entry | None, *, relist: bool = False
+    ) -> Entry:
+        for observer in self.observers:
+            entry = observer.replacing(key, previous, entry)
+        # Computed before the map changes: nothing after the assignment can fail.
+        due = self._due_second(entry)
+        if (
+            due is not None
+            and not relist
+            and previous is not None
+            and self._due_second(previous) == due
+        ):
+            due = None  # already listed under that second
+        self.entries[key] = entry
+        if due is not None:
+            self._list(key, due)
+        return entry
+
+    def _pop(self, key: str) -> Entry:
+        old = self.entries.pop(key)
+        for observer in self.observers:
+            observer.removed(key, old)
+        return old
 
     # ----------------------------------------------------------------- reading
     def lookup(self, key: str, now: float) -> Entry | None:
@@ -158,11 +221,9 @@ class Replica:
                 # The resolver ranks a matching pattern tombstone above this write:
                 # the key stays deleted, as under that tombstone's delete.
                 entry = Entry(TOMBSTONE, tomb.ts, tomb.origin)
-        previous = self.entries.get(key)
-        self.entries[key] = entry
+        entry = self._put(key, entry, self.entries.get(key))
         self.marks[self.node] = ts
         self.high[self.node] = ts
-        self._note(key, entry, previous)
         return entry
 
     def _due_second(self, entry: Entry) -> int | None:
@@ -171,12 +232,6 @@ class Replica:
         if entry.expires is not None:
             return math.ceil(entry.expires)
         return None
-
-    def _note(self, key: str, entry: Entry, previous: Entry | None) -> None:
-        due = self._due_second(entry)
-        if due is None or (previous is not None and self._due_second(previous) == due):
-            return
-        self._list(key, due)
 
     def _list(self, key: str, due: int) -> None:
         bucket = self._due.get(due)
@@ -258,16 +313,14 @@ class Replica:
             if local.ts == entry.ts and local.origin == entry.origin:
                 # The same write: fill in a value this node did not hold, else keep ours.
                 if local.value is NOT_HELD and entry.value is not NOT_HELD:
-                    self.entries[key] = entry
-                    self._note(key, entry, local)
+                    self._put(key, entry, local)
                 return None
             if self.resolver is None:
                 if not _beats(entry.ts, entry.origin, local):
                     return None
             elif self._resolve(key, local, entry) is local:
                 return None
-        self.entries[key] = entry
-        self._note(key, entry, local)
+        self._put(key, entry, local)
         return Change(
             key, "delete" if entry.value is TOMBSTONE else "set", entry.origin, entry.ts, True
         )
@@ -307,7 +360,7 @@ class Replica:
                 if matcher.match(key) and self._resolve(key, e, deletion) is deletion
             ]
         for key in gone:
-            e = self.entries.pop(key)
+            e = self._pop(key)
             if e.value is not TOMBSTONE:
                 changes.append(
                     Change(key, "invalidate", tomb.origin, tomb.ts, remote, tomb.pattern)
@@ -365,7 +418,7 @@ class Replica:
         ]
         changes = []
         for key in gone:
-            e = self.entries.pop(key)
+            e = self._pop(key)
             if e.value is not TOMBSTONE:
                 changes.append(Change(key, "delete", e.origin, e.ts, True))
         return changes
@@ -376,7 +429,18 @@ class Replica:
         e = self.entries.get(key)
         if e is None or e.value is TOMBSTONE or e.value is NOT_HELD:
             return False
-        self.entries[key] = Entry(NOT_HELD, e.ts, e.origin, e.expires)
+        self._put(key, Entry(NOT_HELD, e.ts, e.origin, e.expires), e)
+        return True
+
+    def drop(self, key: str) -> bool:
+        """Forget ``key`` locally, stamp and all (never replicated; see ``evict``).
+
+        Only for a node whose replica is not the authority on stamps (a hot tier in
+        front of Redis, or a lone node): elsewhere an older write could win again.
+        """
+        if key not in self.entries:
+            return False
+        self._pop(key)
         return True
 
     # -------------------------------------------------------------- collection
@@ -407,7 +471,7 @@ class Replica:
                 if not gone:
                     continue  # rewritten since: listed again under its new due second
                 if e.ts <= horizon_ts:
-                    del entries[key]
+                    self._pop(key)
                     if e.ts > collected.get(e.origin, -1):
                         collected[e.origin] = e.ts
                     dropped += 1
@@ -418,11 +482,9 @@ class Replica:
                     grace_due = math.ceil(collect_due_ms(e.ts, self.tombstone_grace) / 1000.0)
                     self._list(key, max(grace_due, due + 1))
                 elif e.value is not TOMBSTONE:
-                    shrunk = Entry(TOMBSTONE, e.ts, e.origin, e.expires)
-                    entries[key] = shrunk
-                    self._note(key, shrunk, None)
-                else:
-                    self._note(key, e, None)  # a tombstone listed early: list it again
+                    self._put(key, Entry(TOMBSTONE, e.ts, e.origin, e.expires), e, relist=True)
+                else:  # a tombstone listed early: list it again
+                    self._list(key, self._due_second(e))  # type: ignore[arg-type]  # a tombstone has one
         for pat, tomb in list(self.patterns.items()):
             if tomb.ts <= horizon_ts:
                 del self.patterns[pat]

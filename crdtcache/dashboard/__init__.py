@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from crdtcache._errors import ConfigError
+from crdtcache.cache._services import ServiceStarter, register_service
 from crdtcache.dashboard._access import PUBLIC_ENV, BindPolicy, access_token, bind_policy
 from crdtcache.dashboard._monitor import (
     FEED_SIZE,
@@ -34,6 +35,7 @@ from crdtcache.dashboard._monitor import (
 
 if TYPE_CHECKING:
     from crdtcache.cache._cache import Cache
+    from crdtcache.cache._view import CacheView
     from crdtcache.dashboard._server import Dashboard
 
 __all__ = [
@@ -72,10 +74,26 @@ async def serve(
     :class:`ConfigError` if the address cannot be bound. Close it with
     ``await dashboard.close()`` (or ``async with``) before closing the cache.
     """
-    chosen = policy(address, secret=cache._config.secret, public=public)
+    view = cache.view()
+    chosen = policy(address, secret=view.options.secret, public=public)
     from crdtcache.dashboard._server import start_dashboard
 
-    return await start_dashboard(cache, chosen)
+    return await start_dashboard(view, chosen)
+
+
+def _prepare(address: str, secret: bytes | Sequence[bytes] | None) -> ServiceStarter:
+    """``Cache(dashboard=address)``: checked when the cache is built, started with it."""
+    chosen = policy(address, secret=secret)
+
+    async def start(view: CacheView) -> Dashboard:
+        from crdtcache.dashboard._server import start_dashboard
+
+        return await start_dashboard(view, chosen)
+
+    return start
+
+
+register_service("dashboard", _prepare)
 
 
 def __getattr__(name: str) -> Any:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -45,11 +46,11 @@ from typing import TYPE_CHECKING, Any, Final
 from crdtcache._errors import CacheError
 from crdtcache.cache._events import CacheEvent
 from crdtcache.cache._statistics import CacheStatistics, Health
+from crdtcache.cache._view import peer_rows
 from crdtcache.core import PeerInfo
-from crdtcache.core._hlc import ts_ms
 
 if TYPE_CHECKING:
-    from crdtcache.cache._cache import Cache
+    from crdtcache.cache._view import CacheView
 
 __all__ = [
     "FEED_PER_FRAME",
@@ -88,10 +89,6 @@ _REASONS: Final = ("ttl", "size", "memory", "explicit")
 _Change = tuple[int, float, str, str | None, str | None, bool, str | None]
 
 
-def _ms(ts: int) -> int:
-    return ts_ms(ts)
-
-
 def peer_views(
     peers: Iterable[PeerInfo],
     addresses: Mapping[str, str],
@@ -100,29 +97,7 @@ def peer_views(
     now: float,
 ) -> list[dict[str, Any]]:
     """One dict per peer: id, address, state, linked and the lag figures (module doc)."""
-    now_ms = now * 1000.0
-    views = []
-    for p in sorted(peers, key=lambda p: p.id):
-        seen = high.get(p.id)
-        mark = marks.get(p.id)
-        if seen is None:
-            behind: int | None = 0
-        elif mark is None:
-            behind = None
-        else:
-            behind = max(0, _ms(seen) - _ms(mark))
-        views.append(
-            {
-                "id": p.id,
-                "address": addresses.get(p.id),
-                "state": p.state,
-                "linked": p.linked,
-                "last_heard_ms": max(0, round(now_ms - p.last_heard * 1000.0)),
-                "behind_ms": behind,
-                "last_write_ms": None if seen is None else max(0, round(now_ms - _ms(seen))),
-            }
-        )
-    return views
+    return [dataclasses.asdict(row) for row in peer_rows(peers, addresses, marks, high, now)]
 
 
 def _rate(hits: int, lookups: int) -> float | None:
@@ -130,9 +105,9 @@ def _rate(hits: int, lookups: int) -> float | None:
 
 
 class Monitor:
-    """Samples one started :class:`~crdtcache.Cache` for the dashboard (module doc)."""
+    """Samples one started cache, through its read-only view, for the dashboard."""
 
-    def __init__(self, cache: Cache, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, cache: CacheView, *, clock: Callable[[], float] = time.time) -> None:
         self._cache = cache
         self._clock = clock
         self._history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
@@ -224,14 +199,14 @@ class Monitor:
     async def sample(self) -> dict[str, Any]:
         """Take a frame now, keep its point in the history and wake waiting pages."""
         cache = self._cache
-        stats = await cache.get_statistics()
+        stats = await cache.statistics()
         health = cache.health()
         now = self._clock()
-        replica, engine, runtime = cache._running()
+        rows = cache.peers(now)
         # A peer's address is known while it is connected: keep the last one seen.
         known = self._addresses
-        known.update(runtime.statistics().get("peer_addresses", {}))
-        for gone in known.keys() - engine.peers.keys():
+        known.update({row.id: row.address for row in rows if row.address is not None})
+        for gone in known.keys() - {row.id for row in rows}:
             del known[gone]
         previous = self._previous
         self._previous = stats
@@ -243,11 +218,10 @@ class Monitor:
         local_lookups = local_hits + delta(lambda s: s.local.misses)
         dist_hits = delta(lambda s: s.distributed.hits)
         dist_lookups = dist_hits + delta(lambda s: s.distributed.misses)
-        window = cache._sync_window
-        latency = window.since(self._latency_count)
-        self._latency_count = window.count
+        latency = cache.sync_latency_since(self._latency_count)
+        self._latency_count = cache.sync_samples
         evictions = {r: _eviction_delta(stats, previous, r) for r in _REASONS}
-        tier = cache._tier
+        memory = cache.memory_bytes
         point = {
             "time": round(now, 3),
             "hit_local": _rate(local_hits, local_lookups),
@@ -259,7 +233,7 @@ class Monitor:
             "distributed_lookups": dist_lookups,
             "keys": stats.distributed.size,
             "held": stats.local.size,
-            "memory": tier.nbytes,
+            "memory": memory,
             "sync_p50": latency.p50,
             "sync_p99": latency.p99,
             "sync_samples": latency.samples,
@@ -273,7 +247,7 @@ class Monitor:
             skipped += len(fresh) - FEED_PER_FRAME
             fresh = fresh[-FEED_PER_FRAME:]
         self._sent_seq = self._change_seq
-        config = cache._config
+        config = cache.options
         seq = self.seq + 1
         frame = {
             "seq": seq,
@@ -286,12 +260,15 @@ class Monitor:
                 "strategy": stats.sync_strategy,
             },
             "health": _health_dict(health),
-            "peers": peer_views(engine.peers.values(), known, replica.marks, replica.high, now),
+            "peers": [
+                {**dataclasses.asdict(row), "address": row.address or known.get(row.id)}
+                for row in rows
+            ],
             "instances": stats.cluster.instances,
             "keys": stats.distributed.size,
             "held": stats.local.size,
             "max_size": config.max_size,
-            "memory": tier.nbytes,
+            "memory": memory,
             "max_memory": config.max_memory,
             "hit_rate_total": round(stats.overall.hit_rate, 4),
             "sync_ms": {

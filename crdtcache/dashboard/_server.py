@@ -42,7 +42,7 @@ from crdtcache.dashboard._monitor import (
 )
 
 if TYPE_CHECKING:
-    from crdtcache.cache._cache import Cache
+    from crdtcache.cache._view import CacheView
 
 __all__ = ["MAX_STREAMS", "WRITE_TIMEOUT", "Dashboard", "start_dashboard"]
 
@@ -86,7 +86,7 @@ def _static(name: str) -> bytes:
 class Dashboard:
     """A dashboard serving one cache; made by :func:`start_dashboard` (or ``dashboard=``)."""
 
-    def __init__(self, cache: Cache, policy: BindPolicy) -> None:
+    def __init__(self, cache: CacheView, policy: BindPolicy) -> None:
         self._cache = cache
         self._policy = policy
         self.monitor = Monitor(cache)
@@ -188,7 +188,7 @@ class Dashboard:
         )
 
     async def _stats(self, request: web.Request) -> web.Response:
-        stats = await self._cache.get_statistics()
+        stats = await self._cache.statistics()
         return self._json(stats.as_dict())
 
     async def _snapshot(self, request: web.Request) -> web.Response:
@@ -208,8 +208,8 @@ class Dashboard:
 
     async def _metrics(self, request: web.Request) -> web.Response:
         cache = self._cache
-        stats = await cache.get_statistics()
-        exporter = cache._metrics
+        stats = await cache.statistics()
+        exporter = cache.metrics
         registry = getattr(exporter, "registry", None)
         text = ""
         if registry is not None:
@@ -217,7 +217,7 @@ class Dashboard:
 
             text = generate_latest(registry).decode("utf-8")
         text += render_metrics(
-            stats, cache.health(), memory=cache._tier.nbytes, counters=registry is None
+            stats, cache.health(), memory=cache.memory_bytes, counters=registry is None
         )
         return web.Response(
             body=text.encode("utf-8"),
@@ -256,8 +256,8 @@ class Dashboard:
         return response
 
 
-async def start_dashboard(cache: Cache, policy: BindPolicy) -> Dashboard:
-    """Start a :class:`Dashboard` for a started cache in the running loop."""
+async def start_dashboard(cache: CacheView, policy: BindPolicy) -> Dashboard:
+    """Start a :class:`Dashboard` for a started cache (its view) in the running loop."""
     dashboard = Dashboard(cache, policy)
     await dashboard.start()
     return dashboard

@@ -14,10 +14,18 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Final
+from typing import Final
 
 from crdtcache.core import GossipEngine
-from crdtcache.runtime._protocol import ChangeListener, PeerListener
+from crdtcache.runtime._keyspace import ReplicaKeySpace
+from crdtcache.runtime._protocol import (
+    AdminHandler,
+    ChangeListener,
+    EvictionListener,
+    PeerListener,
+    RuntimeStatistics,
+    engine_peers,
+)
 
 __all__ = ["MAX_IDLE", "LocalRuntime"]
 
@@ -27,11 +35,23 @@ log = logging.getLogger(__name__)
 MAX_IDLE: Final = 1.0
 
 
-class LocalRuntime:
-    """Drives a :class:`GossipEngine` without peers (implements the cache's ``Runtime``)."""
+class LocalRuntime(ReplicaKeySpace):
+    """Drives a :class:`GossipEngine` without peers (implements the cache's ``Runtime``).
 
-    def __init__(self, engine: GossipEngine, *, clock: Callable[[], float] = time.time) -> None:
+    ``keeps_stubs``: True when an evicted value can be read again (from
+    ``persist_path``); otherwise a lone node drops evicted keys whole.
+    """
+
+    def __init__(
+        self,
+        engine: GossipEngine,
+        *,
+        clock: Callable[[], float] = time.time,
+        keeps_stubs: bool = False,
+    ) -> None:
+        super().__init__(engine.replica, clock)
         self.engine = engine
+        self.keeps_stubs = keeps_stubs
         self._clock = clock
         self._on_changes: ChangeListener | None = None
         self._on_peer: PeerListener | None = None
@@ -43,7 +63,12 @@ class LocalRuntime:
         """Always None: this runtime has no network address."""
         return None
 
-    def listen(self, on_changes: ChangeListener, on_peer: PeerListener) -> None:
+    def listen(
+        self,
+        on_changes: ChangeListener,
+        on_peer: PeerListener,
+        on_evict: EvictionListener | None = None,
+    ) -> None:
         """Register the callbacks that receive drained changes and peer events."""
         self._on_changes = on_changes
         self._on_peer = on_peer
@@ -61,6 +86,9 @@ class LocalRuntime:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             self.engine.flush(self._clock())
+
+    def serve_admin(self, handler: AdminHandler) -> None:
+        """Nothing to serve: no client can reach a memory cache."""
 
     def wake(self) -> None:
         """A write was queued: drop its delta soon (one flush for a burst of writes)."""
@@ -80,16 +108,10 @@ class LocalRuntime:
     async def fetch(self, keys: Sequence[str], timeout: float) -> None:
         """Nothing to ask: there are no peers."""
 
-    def statistics(self) -> dict[str, Any]:
-        """Zero traffic (the same keys as the network runtime)."""
-        return {
-            "bytes_sent": 0,
-            "bytes_received": 0,
-            "frames_sent": 0,
-            "frames_received": 0,
-            "connections": 0,
-            "peer_addresses": {},
-        }
+    def statistics(self) -> RuntimeStatistics:
+        """No traffic; peers only if a test or tool fed the engine messages directly."""
+        instances, peers = engine_peers(self.engine)
+        return RuntimeStatistics(instances=instances, peers=peers)
 
     def tick(self) -> None:
         """Tick the engine once now and hand what changed to the listeners."""

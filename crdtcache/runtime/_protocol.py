@@ -1,25 +1,91 @@
 """What the cache needs from whatever moves its engine's messages.
 
 A runtime owns the event-loop side of one node: it ticks the engine, delivers its
-messages (over TCP for ``backend="p2p"``; nowhere for ``"memory"``) and reports
-what changed. The :class:`~crdtcache.Cache` talks to it only through this protocol.
-
-A runtime whose data lives in a shared store (``backend="redis"``) also implements
-:class:`SharedTier`: there the replica is only a hot tier, so the cache asks the
-runtime for what the replica alone cannot answer (the key space, its size, snapshots).
+messages (over TCP for ``backend="p2p"``; nowhere for ``"memory"``; to Redis for
+``"redis"``) and reports what changed. The :class:`~crdtcache.Cache` talks to it only
+through :class:`Runtime`, and never asks which backend it is: every runtime answers
+the same questions, including those about the whole cluster's key space (``keys``,
+``size``, ``snapshot``, ``restore``), which the memory and p2p runtimes answer from
+the replica and the redis runtime from Redis.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from crdtcache.core import Change, GossipEngine, PeerEvent
 
-__all__ = ["ChangeListener", "PeerListener", "Runtime", "SharedTier"]
+__all__ = [
+    "AdminHandler",
+    "ChangeListener",
+    "EvictionListener",
+    "PeerListener",
+    "PeerState",
+    "Problem",
+    "Runtime",
+    "RuntimeStatistics",
+    "engine_peers",
+]
 
 ChangeListener = Callable[[list[Change]], None]
+#: Runs one cache operation a connected client asked for: ``await handler(op, args)``.
+AdminHandler = Callable[[str, tuple[Any, ...]], Awaitable[Any]]
 PeerListener = Callable[[PeerEvent], None]
+#: Called with ``(key, reason)`` when a runtime drops a held value on its own (redis
+#: mode's ``local_ttl``): the cache counts and reports it like its own evictions.
+EvictionListener = Callable[[str, str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class PeerState:
+    """One peer (p2p) or other instance (redis) as the runtime sees it."""
+
+    id: str
+    address: str | None
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """Something the runtime finds wrong with itself, and what it costs the health score."""
+
+    points: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeStatistics:
+    """A runtime's counters and view of the cluster (one shape for every runtime).
+
+    ``instances`` counts this node and the peers it considers live. ``frames`` are
+    messages for p2p and commands / channel messages for redis.
+    """
+
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    frames_sent: int = 0
+    frames_received: int = 0
+    frames_dropped: int = 0
+    connections: int = 0
+    instances: int = 1
+    peers: tuple[PeerState, ...] = ()
+    problems: tuple[Problem, ...] = ()
+    protocol_errors: int = 0
+    refused_connections: int = 0
+
+
+def engine_peers(
+    engine: GossipEngine, addresses: Mapping[str, str] | None = None
+) -> tuple[int, tuple[PeerState, ...]]:
+    """``(instances, peers)`` of a node whose engine tracks its peers (memory, p2p)."""
+    known = addresses or {}
+    peers = tuple(
+        PeerState(p.id, known.get(p.id), p.state)
+        for p in sorted(engine.peers.values(), key=lambda p: p.id)
+    )
+    return 1 + len(engine.live_peers()), peers
 
 
 class Runtime(Protocol):
@@ -32,6 +98,25 @@ class Runtime(Protocol):
         """``host:port`` actually bound for peer traffic, or None without a network."""
         ...
 
+    @property
+    def answers_misses(self) -> bool:
+        """Whether a key this node has never heard of may still be found elsewhere.
+
+        False for p2p and memory (a key with no entry is absent cluster-wide, modulo
+        replication lag, so a miss costs no round trip); True for redis.
+        """
+        ...
+
+    @property
+    def keeps_stubs(self) -> bool:
+        """Whether an evicted value keeps its stamp as a stub.
+
+        True where the replica is the authority on stamps and a later read can fetch
+        the value again (p2p from a peer, memory from ``persist_path``); False where
+        the replica is only a hot tier (redis) or nothing could serve the value again.
+        """
+        ...
+
     async def start(self) -> None:
         """Start ticking (and listening, discovering) in the running loop."""
         ...
@@ -40,12 +125,24 @@ class Runtime(Protocol):
         """Flush what is queued, then stop; idempotent."""
         ...
 
-    def listen(self, on_changes: ChangeListener, on_peer: PeerListener) -> None:
-        """Register the callbacks that receive drained changes and peer events."""
+    def listen(
+        self,
+        on_changes: ChangeListener,
+        on_peer: PeerListener,
+        on_evict: EvictionListener | None = None,
+    ) -> None:
+        """Register the callbacks that receive drained changes, peer events, evictions."""
         ...
 
     def wake(self) -> None:
         """A local write was queued: make sure it is flushed within ``sync_interval``."""
+        ...
+
+    def serve_admin(self, handler: AdminHandler) -> None:
+        """Serve clients' cache operations (``crdtcache get/set``) with ``handler``.
+
+        Only a runtime that accepts client links does anything with it (p2p).
+        """
         ...
 
     async def flush(self, *, ack: bool, timeout: float) -> frozenset[str]:
@@ -56,40 +153,34 @@ class Runtime(Protocol):
         ...
 
     async def fetch(self, keys: Sequence[str], timeout: float) -> None:
-        """Ask live peers for values this node does not hold; merged as they arrive."""
+        """Ask whoever holds them for values this node does not hold; merged on arrival."""
         ...
 
-    def statistics(self) -> dict[str, Any]:
-        """Transport counters (bytes and frames sent/received, connections)."""
+    def statistics(self) -> RuntimeStatistics:
+        """Traffic counters and the cluster as this runtime sees it."""
         ...
 
-
-class SharedTier(Protocol):
-    """What a runtime backed by a shared store answers in the replica's place.
-
-    Every method raises :class:`~crdtcache.PeerError` when the store cannot be reached.
-    """
-
+    # ----------------------------------------------- the cluster's key space
     def check_writable(self) -> None:
-        """Raise :class:`~crdtcache.PeerError` if a write now could not be stored."""
+        """Raise :class:`~crdtcache.PeerError` if a write now could not be kept consistent."""
         ...
 
     async def live(self, key: str) -> bool:
-        """Whether the store holds a live value for ``key``."""
+        """Whether ``key`` has a live value anywhere this runtime can see."""
         ...
 
     async def keys(self, pattern: str) -> list[str]:
-        """Sorted live keys matching the glob, across the store."""
+        """Sorted live keys matching the glob, across the cluster's data."""
         ...
 
     async def size(self) -> int:
-        """How many live keys the store holds (may be cached for a few seconds)."""
+        """How many live keys the cluster's data holds (may be a few seconds old)."""
         ...
 
     async def snapshot(self) -> bytes:
-        """The store's whole state as snapshot bytes."""
+        """The cluster's data as this node knows it, as snapshot bytes."""
         ...
 
     async def restore(self, data: bytes) -> list[Change]:
-        """Merge snapshot bytes into the store; returns the changes it made."""
+        """Merge snapshot bytes into the cluster's data; returns the changes made here."""
         ...

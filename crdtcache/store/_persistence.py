@@ -6,16 +6,17 @@ The store (:mod:`crdtcache.store._sqlite`) is the durable copy of the replica. A
 gives back the node id and the replica as it was (so a restarted node serves its data
 at once, then catches up by anti-entropy); a new file is given this node's id.
 
-Which keys changed is known exactly: the local tier's entry map records every key it
-replaces in ``tier.dirty``, whatever replaced it (local write, merge, eviction to a
-stub, pattern tombstone, collection). Every ``PERSIST_INTERVAL`` seconds, and at
-close, those keys are captured on the event loop and written in one transaction;
-batches are serialized, so an older capture never commits after a newer one. A large
-batch (after a resync) is written in a worker thread. A failed write is logged and its
-keys kept for the next batch. Evicted values stay in the file, so a read of a stub is
+Which keys changed is known exactly: :class:`Persistence` observes the replica
+(:class:`~crdtcache.core.ReplicaObserver`) and records every key replaced in
+``dirty``, whatever replaced it (local write, merge, eviction to a stub, pattern
+tombstone, collection). Every ``PERSIST_INTERVAL`` seconds, and at close, those keys
+are captured on the event loop and written in one transaction; batches are
+serialized, so an older capture never commits after a newer one. A large batch
+(after a resync) is written in a worker thread. A failed write is logged and its keys
+kept for the next batch. Evicted values stay in the file, so a read of a stub is
 served from disk before any peer is asked (:meth:`Persistence.read`); a value evicted
-before its first batch was written is kept aside by the tier (``tier.evicted``) and
-written in place of its stub.
+before its first batch was written is kept aside (``evicted``) and written in place
+of its stub.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from collections.abc import Mapping
 from typing import Final
 
 from crdtcache._errors import ConfigError, PersistenceError
-from crdtcache.cache._tier import LocalTier
 from crdtcache.core import NOT_HELD, Entry, HybridClock, Replica, Resolver
 from crdtcache.store._sqlite import ReplicaStore, StoreBatch
 
@@ -42,7 +42,10 @@ THREAD_BATCH: Final = 2000
 
 
 class Persistence:
-    """One cache's store: opened at start, fed batches, closed at close."""
+    """One cache's store: opened at start, fed batches, closed at close.
+
+    It observes the replica it opened (:meth:`open`) to learn which keys to write.
+    """
 
     def __init__(self, path: str) -> None:
         self.store = ReplicaStore(path)
@@ -52,6 +55,29 @@ class Persistence:
         self._lock = asyncio.Lock()
         self._clock_ts = -1
         self._marks: dict[str, int] = {}
+        #: Keys replaced in any way since the last batch: what the next one writes.
+        self.dirty: set[str] = set()
+        #: Held entries evicted before a batch wrote them, so that the batch writes
+        #: the value and not the stub.
+        self.evicted: dict[str, Entry] = {}
+
+    # ----------------------------------------------------- replica observer
+    def replacing(self, key: str, old: Entry | None, new: Entry) -> Entry:
+        """Note ``key`` for the next batch (keeping a value evicted before it)."""
+        if (
+            new.value is NOT_HELD
+            and old is not None
+            and old.held
+            and key in self.dirty
+            and (old.ts, old.origin) == (new.ts, new.origin)
+        ):
+            self.evicted[key] = old
+        self.dirty.add(key)
+        return new
+
+    def removed(self, key: str, old: Entry) -> None:
+        """Note ``key`` for the next batch (its row goes)."""
+        self.dirty.add(key)
 
     def open(
         self,
@@ -71,14 +97,18 @@ class Persistence:
         if state is None:
             node = node_id or new_id
             self.store.initialize(node)
-            return Replica(HybridClock(node), resolver=resolver)
+            replica = Replica(HybridClock(node), resolver=resolver)
+            replica.observe(self)
+            return replica
         if node_id is not None and node_id != state.node_id:
             self.store.close()
             raise ConfigError(
                 f"persist_path {self.path!r} belongs to node {state.node_id!r}, "
                 f"not node_id={node_id!r}"
             )
-        return state.build_replica(now, resolver=resolver, max_held=max_held)
+        replica = state.build_replica(now, resolver=resolver, max_held=max_held)
+        replica.observe(self)
+        return replica
 
     def read(self, key: str) -> Entry | None:
         """The stored entry of ``key``, with its value even if evicted from memory."""
@@ -88,19 +118,17 @@ class Persistence:
             log.error("reading %r from the store failed: %s", key, exc)
             return None
 
-    async def flush(self, replica: Replica, tier: LocalTier) -> None:
+    async def flush(self, replica: Replica) -> None:
         """Write what changed since the last batch, if anything did."""
         async with self._lock:
-            if tier.dirty is None:
-                return
             if (
-                not tier.dirty
+                not self.dirty
                 and replica.clock.last_ts == self._clock_ts
                 and replica.marks == self._marks
             ):
                 return
-            keys, tier.dirty = tier.dirty, set()
-            evicted, tier.evicted = tier.evicted or {}, {}
+            keys, self.dirty = self.dirty, set()
+            evicted, self.evicted = self.evicted, {}
             batch = StoreBatch.capture(replica, keys)
             if evicted:
                 batch = dataclasses.replace(batch, entries=_with_values(batch.entries, evicted))
@@ -111,8 +139,8 @@ class Persistence:
                     self.store.write(batch)
             except PersistenceError as exc:
                 self.errors += 1
-                tier.dirty |= keys
-                tier.evicted = {**evicted, **(tier.evicted or {})}
+                self.dirty |= keys
+                self.evicted = {**evicted, **self.evicted}
                 log.error(
                     "writing %d keys to the store failed (kept for retry): %s", len(keys), exc
                 )
@@ -120,16 +148,16 @@ class Persistence:
             self._clock_ts = batch.clock_ts
             self._marks = dict(batch.marks)
 
-    async def run(self, replica: Replica, tier: LocalTier) -> None:
+    async def run(self, replica: Replica) -> None:
         """Write a batch every ``PERSIST_INTERVAL`` seconds, until cancelled."""
         while True:
             await asyncio.sleep(PERSIST_INTERVAL)
-            await self.flush(replica, tier)
+            await self.flush(replica)
 
-    async def close(self, replica: Replica, tier: LocalTier) -> None:
+    async def close(self, replica: Replica) -> None:
         """Write the last batch and close the file."""
         try:
-            await self.flush(replica, tier)
+            await self.flush(replica)
         finally:
             self.store.close()
 

@@ -12,6 +12,7 @@ import ssl as _ssl
 from collections.abc import Sequence
 
 from crdtcache.core import GossipEngine
+from crdtcache.transport._client import NodeClient
 from crdtcache.transport._connection import MAX_SEND_BUFFER, Connection
 from crdtcache.transport._node import HANDSHAKE_TIMEOUT, MAX_CONNECTIONS, Node, parse_address
 from crdtcache.transport._tls import (
@@ -61,6 +62,7 @@ __all__ = [
     "Handshake",
     "Hello",
     "Node",
+    "NodeClient",
     "SessionKeys",
     "certificate_node_ids",
     "decode",
@@ -71,6 +73,7 @@ __all__ = [
     "node_id_uri",
     "parse_address",
     "tls_contexts",
+    "tls_option",
 ]
 
 

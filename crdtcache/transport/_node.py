@@ -36,7 +36,7 @@ import logging
 import random
 import ssl as _ssl
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -75,6 +75,7 @@ from crdtcache.wire._framing import MAX_FRAME_BYTES
 
 __all__ = [
     "HANDSHAKE_TIMEOUT",
+    "TransportStatistics",
     "MAX_BACKOFF",
     "MAX_CONNECTIONS",
     "Node",
@@ -839,24 +840,44 @@ class Node:
         """Connected peers: node id -> the address they listen on."""
         return {peer: conn.listen_address for peer, conn in self._conns.items()}
 
-    def statistics(self) -> dict[str, Any]:
+    def statistics(self) -> TransportStatistics:
         """Transport counters: bytes and frames sent/received, connections, errors."""
         conns = list(self._streams)
-        return {
-            "bytes_sent": self._closed_bytes[0] + sum(c.bytes_sent for c in conns),
-            "bytes_received": self._closed_bytes[1] + sum(c.bytes_received for c in conns),
-            "frames_sent": self._closed_bytes[2] + sum(c.frames_sent for c in conns),
-            "frames_received": self._closed_bytes[3] + sum(c.frames_received for c in conns),
-            "frames_dropped": sum(c.dropped for c in conns),
-            "connections": len(self._conns),
-            "protocol_errors": self.protocol_errors,
-            "auth_failures": self.auth_failures,
-            "handshake_failures": self.handshake_failures,
-            "refused_connections": self.refused_connections,
-            "authenticated": bool(self._keyring),
-            "tls": self._ssl_server is not None,
-            "peer_addresses": self.connected_peers(),
-        }
+        return TransportStatistics(
+            bytes_sent=self._closed_bytes[0] + sum(c.bytes_sent for c in conns),
+            bytes_received=self._closed_bytes[1] + sum(c.bytes_received for c in conns),
+            frames_sent=self._closed_bytes[2] + sum(c.frames_sent for c in conns),
+            frames_received=self._closed_bytes[3] + sum(c.frames_received for c in conns),
+            frames_dropped=sum(c.dropped for c in conns),
+            connections=len(self._conns),
+            protocol_errors=self.protocol_errors,
+            auth_failures=self.auth_failures,
+            handshake_failures=self.handshake_failures,
+            refused_connections=self.refused_connections,
+            authenticated=bool(self._keyring),
+            tls=self._ssl_server is not None,
+            peer_addresses=self.connected_peers(),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TransportStatistics:
+    """Counters of a :class:`Node` (monotonic since start, except ``connections``)."""
+
+    bytes_sent: int
+    bytes_received: int
+    frames_sent: int
+    frames_received: int
+    frames_dropped: int
+    connections: int
+    protocol_errors: int
+    auth_failures: int
+    handshake_failures: int
+    refused_connections: int
+    authenticated: bool
+    tls: bool
+    #: Connected peers: node id -> the address they listen on.
+    peer_addresses: Mapping[str, str]
 
 
 class _SelfDial(Exception):

@@ -117,7 +117,7 @@ async def test_evicted_values_are_read_back_from_disk(tmp_path: Path) -> None:
             await cache.set(key, key.upper())
         assert cache._entries["a"].value is NOT_HELD  # a stub: the file has the value
         assert cache._persistence is not None
-        await cache._persistence.flush(cache._replica, cache._tier)  # type: ignore[arg-type]
+        await cache._persistence.flush(cache._replica)  # type: ignore[arg-type]
         assert await cache.get("a") == "A"
         stats = await cache.get_statistics()
         assert stats.local.hits == 1 and stats.local.misses == 0
@@ -177,9 +177,9 @@ async def test_failed_batches_are_retried(tmp_path: Path, monkeypatch: pytest.Mo
 
         monkeypatch.setattr(persistence.store, "write", flaky)
         await cache.set("k", 1)
-        await persistence.flush(cache._replica, cache._tier)  # type: ignore[arg-type]
+        await persistence.flush(cache._replica)  # type: ignore[arg-type]
         assert persistence.errors == 1
-        assert cache._tier.dirty == {"k"}
+        assert persistence.dirty == {"k"}
         fail = False
-        await persistence.flush(cache._replica, cache._tier)  # type: ignore[arg-type]
+        await persistence.flush(cache._replica)  # type: ignore[arg-type]
         assert persistence.store.get("k") is not None

@@ -80,7 +80,7 @@ async def test_health_deductions(clock: FakeClock) -> None:
         cache._engine.peers["slow"].state = "dead"
         cache._engine.stats.refused_drift = 2
         cache._engine.stats.events_dropped = 1
-        cache._ack_failures = 1
+        cache._counters.ack_failures = 1
         health = cache.health()
     text = " | ".join(health.reasons)
     for words in [

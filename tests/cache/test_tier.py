@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import random
+from pathlib import Path
 
 from crdtcache import Cache, CacheEvent
 from crdtcache.cache._tier import LocalTier
-from crdtcache.core import NOT_HELD, TOMBSTONE, Entry, HybridClock, Replica, encode_value
+from crdtcache.core import NOT_HELD, TOMBSTONE, Entry, HybridClock, Replica, encode_value, pack_ts
 from crdtcache.core._values import stored_size
+from crdtcache.store._persistence import Persistence
 
 from .conftest import FakeClock, memory_cache, remote_push
+
+T = 1_700_000_000.0
 
 
 def held(cache: Cache) -> dict[str, Entry]:
@@ -120,37 +124,35 @@ async def test_accounting_stays_exact_through_every_kind_of_change(clock: FakeCl
             assert cache._tier.count <= 30
 
 
-def test_entries_map_mutators_report_every_change() -> None:
-    replica = Replica(HybridClock("n"))
+def test_every_replica_mutation_reaches_the_tier_and_persistence(tmp_path: Path) -> None:
+    # The tier and persistence observe the replica: whatever changes an entry -- a
+    # local write, a merge, a pattern tombstone, a forgetting resync, an eviction, a
+    # drop, collection -- they see it, so the counts and the dirty set stay exact.
+    persistence = Persistence(str(tmp_path / "n.db"))
+    replica = persistence.open(node_id="n", new_id="n", now=T, resolver=None, max_held=None)
     tier = LocalTier(node="n", max_size=None, max_memory=None)
     tier.attach(replica)
-    tier.dirty = set()
-    entries = replica.entries
 
-    def entry(value: object) -> Entry:
-        return Entry(encode_value("k", value), 1, "n")
+    def entry(value: object, ts: int, origin: str = "p") -> Entry:
+        return Entry(encode_value("k", value), ts, origin)
 
-    entries["a"] = entry("aa")
-    entries.update({"b": entry("b"), "c": entry("c")})
-    entries |= {"d": entry("d")}
-    assert entries.setdefault("e", entry("e")).value == "e"
-    assert entries.setdefault("e", entry("zz")).value == "e"
+    replica.set("a", encode_value("a", "aa"), T)
+    for key in "bcde":
+        replica.merge_entry(key, entry(key, pack_ts(int(T * 1000), 1)), T)
     assert (tier.count, tier.nbytes) == (5, 3 + 2 * 4)  # "a"+"aa", then 1+1 each
-    assert entries.pop("a").value == "aa"
-    assert entries.pop("missing", None) is None
-    del entries["b"]
-    key, _ = entries.popitem()
-    assert (tier.count, tier.left) == (2, {"a", "b", key})
-    entries["c"] = Entry(TOMBSTONE, 2, "n")
-    entries.clear()
-    assert (tier.count, tier.nbytes, len(entries)) == (0, 0, 0)
-    assert tier.dirty == {"a", "b", "c", "d", "e"}
-    try:
-        entries.pop("missing")
-    except KeyError:
-        pass
-    else:
-        raise AssertionError("pop of a missing key without default must raise")
+    replica.delete("a", T)
+    replica.invalidate_pattern("b*", T)
+    assert replica.evict("c")
+    assert replica.drop("d")
+    assert (tier.count, tier.left) == (1, {"a", "b", "d"})
+    tomb = Entry(TOMBSTONE, pack_ts(int(T * 1000), 2), "p")
+    replica.merge_entry("e", tomb, T)
+    replica.forget_unlisted([], {"p": pack_ts(int(T * 1000), 9), "n": replica.clock.last_ts})
+    replica.collect(T + 7200)
+    assert (tier.count, tier.nbytes, len(replica.entries)) == (0, 0, 0)
+    assert persistence.dirty == {"a", "b", "c", "d", "e"}
+    assert tier.left == {"a", "b", "d", "e"}
+    persistence.store.close()
 
 
 def test_attach_is_idempotent_and_recounts() -> None:
@@ -167,7 +169,9 @@ def test_attach_is_idempotent_and_recounts() -> None:
 
 async def test_eviction_keeps_stubs_on_a_networked_node(clock: FakeClock) -> None:
     async with memory_cache(clock, max_size=2) as cache:
-        cache._forget = False  # what a p2p node does: a peer may serve it again
+        assert cache._runtime is not None
+        # What a p2p node does: a peer may serve it again.
+        cache._runtime.keeps_stubs = True  # type: ignore[misc]
         for key in "abc":
             await cache.set(key, key)
         stubs = [k for k, e in cache._entries.items() if e.value is NOT_HELD]

@@ -73,7 +73,7 @@ def test_latency_window_since() -> None:
 
 async def test_frames_turn_counters_into_rates() -> None:
     async with Cache(backend="memory", node_id="m") as cache:
-        monitor = Monitor(cache)
+        monitor = Monitor(cache.view())
         await monitor.start()
         try:
             first = monitor.frame
@@ -103,7 +103,7 @@ async def test_frames_turn_counters_into_rates() -> None:
 
 async def test_feed_is_bounded() -> None:
     async with Cache(backend="memory", node_id="m") as cache:
-        monitor = Monitor(cache)
+        monitor = Monitor(cache.view())
         await monitor.start()
         try:
             writes = FEED_SIZE + 50
@@ -121,7 +121,7 @@ async def test_feed_is_bounded() -> None:
 
 async def test_long_keys_are_cut_in_the_feed() -> None:
     async with Cache(backend="memory") as cache:
-        monitor = Monitor(cache)
+        monitor = Monitor(cache.view())
         await monitor.start()
         try:
             await cache.set("k" * 1000, 1)

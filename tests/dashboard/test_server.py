@@ -123,7 +123,7 @@ async def test_event_stream_sends_hello_then_samples(
 
 async def test_snapshot_for_polling_clients(memory_dashboard: Cache) -> None:
     await memory_dashboard.set("k", 1)
-    dashboard = memory_dashboard._dashboard
+    dashboard = memory_dashboard._running_services[0]
     assert dashboard is not None
     await dashboard.monitor.sample()
     status, body = await fetch_json(url_of(memory_dashboard) + "api/snapshot")
@@ -191,7 +191,7 @@ async def test_bind_failure_is_a_config_error_and_closes_the_cache() -> None:
             await cache.start()
     assert cache._state == "closed" and cache.dashboard_url is None
     runtime = cache._runtime
-    assert runtime is not None and runtime.statistics()["connections"] == 0
+    assert runtime is not None and runtime.statistics().connections == 0
 
 
 async def test_close_ends_streams_promptly(events: Callable[[str], Any]) -> None:
@@ -273,7 +273,7 @@ async def test_p2p_peers_lag_and_failures_on_the_dashboard() -> None:
             await wait_for(lambda: len(a._engine.live_peers()) == 2, timeout=10)  # type: ignore[union-attr]
             await b.set("from-b", 1)
             await b.set("also-b", 2)
-            dashboard = a._dashboard
+            dashboard = a._running_services[0]
             assert dashboard is not None
             monitor = dashboard.monitor
             await wait_for(lambda: len(a._replica.entries) == 2)  # type: ignore[union-attr]

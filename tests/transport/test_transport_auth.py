@@ -287,7 +287,7 @@ def test_make_node_accepts_one_secret_or_a_rotation_list() -> None:
     assert keyring(SECRET) == (SECRET,)
     assert keyring([NEW, bytearray(OLD)]) == (NEW, OLD)  # type: ignore[list-item]  # accepted
     node = make_node(make_engine("cfg"), discovery="none", secret=[NEW, OLD])
-    assert node.statistics()["authenticated"] is True
+    assert node.statistics().authenticated is True
 
 
 # ------------------------------------------------------------ real nodes
@@ -326,7 +326,7 @@ async def test_a_secret_cluster_replicates_over_sealed_frames(secure3: list[Node
     for node in secure3:
         assert all(c.secured for c in node._conns.values())
         stats = node.statistics()
-        assert stats["authenticated"] and stats["auth_failures"] == 0
+        assert stats.authenticated and stats.auth_failures == 0
 
 
 async def _intruder(

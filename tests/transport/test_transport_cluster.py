@@ -119,7 +119,7 @@ async def test_simultaneous_dials_leave_one_connection_each() -> None:
         b.add_seed(a.address)
         await wait_for(lambda: meshed([a, b]))
         await asyncio.sleep(0.5)
-        assert a.statistics()["connections"] == 1 == b.statistics()["connections"]
+        assert a.statistics().connections == 1 == b.statistics().connections
         write(a, "x", 1)
         await wait_for(lambda: "x" in view(b))
     finally:
@@ -130,9 +130,9 @@ async def test_statistics_count_bytes_and_frames(cluster3: list[Node]) -> None:
     write(cluster3[0], "s", "x" * 1000)
     await wait_for(lambda: "s" in view(cluster3[1]))
     stats = cluster3[0].statistics()
-    assert stats["bytes_sent"] > 1000
-    assert stats["frames_sent"] > 0 and stats["frames_received"] > 0
-    assert set(stats["peer_addresses"]) == {"n1", "n2"}
+    assert stats.bytes_sent > 1000
+    assert stats.frames_sent > 0 and stats.frames_received > 0
+    assert set(stats.peer_addresses) == {"n1", "n2"}
 
 
 async def test_close_flushes_queued_writes() -> None:

@@ -66,7 +66,7 @@ async def test_a_tls_cluster_replicates(tls3: list[Node]) -> None:
         write(tls3[i % 3], f"k{i}", i)
     await wait_for(lambda: all(len(view(n)) == 20 for n in tls3))
     for node in tls3:
-        assert node.statistics()["tls"] is True
+        assert node.statistics().tls is True
         for peer, conn in node._conns.items():
             assert peer in certificate_node_ids(conn.peer_certificate())
             assert conn.writer.get_extra_info("ssl_object").version() == "TLSv1.3"
@@ -217,4 +217,4 @@ def test_unfit_contexts_are_config_errors(pki: TestPKI) -> None:
     with pytest.raises(ConfigError, match="ssl must be"):
         make_node(make_engine("cfg"), discovery="none", ssl="yes")  # type: ignore[arg-type]
     node = make_node(make_engine("cfg"), discovery="none", ssl=(server, client))
-    assert node.statistics()["tls"] is True
+    assert node.statistics().tls is True

@@ -119,6 +119,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import math
@@ -168,7 +169,15 @@ from crdtcache.core._format import (
 from crdtcache.core._hlc import ts_at, ts_seconds
 from crdtcache.core._replica import collect_due_ms, collection_horizon
 from crdtcache.core._values import stored_size
-from crdtcache.runtime._protocol import ChangeListener, PeerListener
+from crdtcache.runtime._protocol import (
+    AdminHandler,
+    ChangeListener,
+    EvictionListener,
+    PeerListener,
+    PeerState,
+    Problem,
+    RuntimeStatistics,
+)
 from crdtcache.runtime.redis._scripts import CLEAN, CLEANED, HEARTBEAT, PATTERN, STAT, WRITE, Script
 from crdtcache.store._snapshot import decode_snapshot, encode_snapshot
 
@@ -421,7 +430,6 @@ class RedisRuntime:
         sync_interval: float,
         local_ttl: float | None,
         clock: Callable[[], float] = time.time,
-        on_evict: Callable[[str, str], None] | None = None,
     ) -> None:
         self.engine = engine
         self.url = url
@@ -432,7 +440,7 @@ class RedisRuntime:
         self._sync_interval = sync_interval
         self._local_ttl = local_ttl
         self._clock = clock
-        self._on_evict = on_evict
+        self._on_evict: EvictionListener | None = None
         self._on_changes: ChangeListener | None = None
         self._on_peer: PeerListener | None = None
         prefix = f"crdtcache:{{{cluster}}}:".encode()
@@ -501,10 +509,22 @@ class RedisRuntime:
         """None: instances talk only to Redis, never to each other."""
         return None
 
-    def listen(self, on_changes: ChangeListener, on_peer: PeerListener) -> None:
-        """Register the callbacks that receive changes and instance (peer) events."""
+    #: Redis may hold any key: a miss here is asked of Redis.
+    answers_misses = True
+    #: The hot tier is not the authority on stamps (Redis is): evicted keys go whole.
+    keeps_stubs = False
+
+    def listen(
+        self,
+        on_changes: ChangeListener,
+        on_peer: PeerListener,
+        on_evict: EvictionListener | None = None,
+    ) -> None:
+        """Register the callbacks that receive changes, instance (peer) events and the
+        hot tier's own evictions (``local_ttl``)."""
         self._on_changes = on_changes
         self._on_peer = on_peer
+        self._on_evict = on_evict
 
     async def start(self) -> None:
         """Connect, subscribe, register the heartbeat; :class:`PeerError` if Redis fails."""
@@ -602,6 +622,9 @@ class RedisRuntime:
                 with contextlib.suppress(RedisError, OSError):
                     await client.aclose(close_connection_pool=True)
         self.engine.flush(self._clock())
+
+    def serve_admin(self, handler: AdminHandler) -> None:
+        """Nothing to serve: instances accept no client links."""
 
     def wake(self) -> None:
         """A write was applied locally: queue it for the next batch (``sync_interval``)."""
@@ -717,45 +740,48 @@ class RedisRuntime:
                 return
             keys = again
 
-    def statistics(self) -> dict[str, Any]:
-        """Traffic, instances and problems, in the keys the cache reads from any runtime."""
+    def statistics(self) -> RuntimeStatistics:
+        """Traffic, instances and problems (see :meth:`redis_statistics` for Redis's own)."""
         s = self.stats
         now = self._clock()
-        problems: list[tuple[int, str]] = []
+        problems: list[Problem] = []
         if not self._subscribed and self._started and not self._closed:
             since = f" for {now - self._down_since:.0f} s" if self._down_since else ""
             problems.append(
-                (50, f"Redis at {redact_url(self.url)} unreachable{since}: {self._down_reason}")
+                Problem(
+                    50, f"Redis at {redact_url(self.url)} unreachable{since}: {self._down_reason}"
+                )
             )
         if len(self._outbox) > MAX_OUTBOX // 2:
-            problems.append((10, f"{len(self._outbox)} write-behind writes waiting for Redis"))
+            problems.append(
+                Problem(10, f"{len(self._outbox)} write-behind writes waiting for Redis")
+            )
         if s.writes_dropped or self._write_errors:
             lost = s.writes_dropped + self._write_errors
-            problems.append((20, f"{lost} writes could not be stored in Redis"))
+            problems.append(Problem(20, f"{lost} writes could not be stored in Redis"))
         if s.junk_messages or s.refused_records:
             problems.append(
-                (5, f"{s.junk_messages + s.refused_records} malformed messages or records")
+                Problem(5, f"{s.junk_messages + s.refused_records} malformed messages or records")
             )
         if abs(self._server_offset) > 1.0:
-            problems.append((10, f"clock differs from Redis's by {self._server_offset:+.1f} s"))
-        peers = sorted((p, None, state) for p, state in self._instances.items())
-        return {
-            "bytes_sent": s.bytes_sent,
-            "bytes_received": s.bytes_received,
-            "frames_sent": s.commands,
-            "frames_received": s.messages_received,
-            "connections": int(self._subscribed),
-            "peer_addresses": {},
-            "instances": 1 + sum(1 for state in self._instances.values() if state == ALIVE),
-            "peers": peers,
-            "problems": problems,
-            "redis": {
-                "url": redact_url(self.url),
-                "subscribed": self._subscribed,
-                "outbox": len(self._outbox),
-                **{k: getattr(s, k) for k in s.__slots__},
-            },
-        }
+            problems.append(
+                Problem(10, f"clock differs from Redis's by {self._server_offset:+.1f} s")
+            )
+        peers = tuple(PeerState(p, None, state) for p, state in sorted(self._instances.items()))
+        return RuntimeStatistics(
+            bytes_sent=s.bytes_sent,
+            bytes_received=s.bytes_received,
+            frames_sent=s.commands,
+            frames_received=s.messages_received,
+            connections=int(self._subscribed),
+            instances=1 + sum(1 for state in self._instances.values() if state == ALIVE),
+            peers=peers,
+            problems=tuple(problems),
+        )
+
+    def redis_statistics(self) -> RedisStatistics:
+        """A copy of the Redis-specific counters."""
+        return dataclasses.replace(self.stats)
 
     # ============================================================= SharedTier
     def check_writable(self) -> None:

@@ -68,7 +68,7 @@ def runtime(cache: Cache) -> RedisRuntime:
 
 def alive_peers(cache: Cache) -> int:
     """How many other instances ``cache`` sees alive."""
-    return sum(1 for _, _, state in runtime(cache).statistics()["peers"] if state == "alive")
+    return sum(1 for p in runtime(cache).statistics().peers if p.state == "alive")
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:

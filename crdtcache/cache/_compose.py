@@ -1,0 +1,126 @@
+"""The composition root: from validated options to a running node's parts.
+
+Everything that depends on the backend is decided here, once: which runtime moves the
+engine's messages, whether the replica is backed by a SQLite file, whether evicted
+keys keep their stubs. :class:`~crdtcache.Cache` receives the parts and never asks
+which backend it runs on.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from crdtcache._errors import ConfigError
+from crdtcache.cache._options import CacheOptions
+from crdtcache.cache._tier import LocalTier
+from crdtcache.core import GossipConfig, GossipEngine, HybridClock, Replica
+from crdtcache.runtime._memory import LocalRuntime
+from crdtcache.runtime._protocol import Runtime
+from crdtcache.store._persistence import Persistence
+
+__all__ = ["Parts", "assemble", "choose_node_id"]
+
+
+@dataclass(slots=True)
+class Parts:
+    """What a started cache runs on."""
+
+    replica: Replica
+    engine: GossipEngine
+    runtime: Runtime
+    persistence: Persistence | None
+
+
+def choose_node_id(options: CacheOptions) -> str:
+    """This node's id before start (a file may replace it with the id it stores).
+
+    Without its data a p2p node must never speak for its earlier writes (its marks
+    would claim writes it no longer holds), so a given id gets a per-start suffix
+    unless ``persist_path`` keeps the data; in redis mode two instances started with
+    one id would also take each other's invalidations for their own and ignore them.
+    """
+    stable = options.persist_path is not None or options.backend == "memory"
+    if options.node_id is not None and not stable:
+        return f"{options.node_id}~{uuid.uuid4().hex[:6]}"
+    return options.node_id or uuid.uuid4().hex[:12]
+
+
+def assemble(
+    options: CacheOptions, node_id: str, tier: LocalTier, clock: Callable[[], float]
+) -> Parts:
+    """Open the store (if any), build the replica, engine and runtime for ``options``.
+
+    Raises :class:`ConfigError` or :class:`~crdtcache.PersistenceError` (nothing is left
+    open then).
+    """
+    persistence: Persistence | None = None
+    if options.persist_path is not None:
+        assert isinstance(options.persist_path, str)  # normalised by CacheOptions
+        persistence = Persistence(options.persist_path)
+        replica = persistence.open(
+            node_id=options.node_id,
+            new_id=node_id,
+            now=clock(),
+            resolver=options.conflict_resolver,
+            max_held=options.max_size,
+        )
+    else:
+        replica = Replica(HybridClock(node_id), resolver=options.conflict_resolver)
+    tier.node = replica.node
+    tier.attach(replica)
+    engine = GossipEngine(
+        replica,
+        random.Random(),
+        GossipConfig(
+            sync_interval=options.sync_interval,
+            on_demand=options.sync_strategy == "on-demand",
+        ),
+    )
+    try:
+        runtime = _runtime(options, engine, clock, keeps_stubs=persistence is not None)
+    except BaseException:
+        if persistence is not None:
+            persistence.store.close()
+        raise
+    return Parts(replica, engine, runtime, persistence)
+
+
+def _runtime(
+    options: CacheOptions,
+    engine: GossipEngine,
+    clock: Callable[[], float],
+    *,
+    keeps_stubs: bool,
+) -> Runtime:
+    if options.backend == "memory":
+        return LocalRuntime(engine, clock=clock, keeps_stubs=keeps_stubs)
+    if options.backend == "redis":
+        try:
+            from crdtcache.runtime.redis._runtime import RedisRuntime
+        except ImportError as exc:  # checked by the options; a broken install lands here
+            raise ConfigError(f"backend='redis' needs 'crdtcache[redis]': {exc}") from exc
+        assert options.redis_url is not None  # the options fill in the default
+        return RedisRuntime(
+            engine,
+            url=options.redis_url,
+            cluster=options.cluster,
+            strategy=options.sync_strategy,
+            sync_interval=options.sync_interval,
+            local_ttl=options.local_ttl,
+            clock=clock,
+        )
+    from crdtcache.runtime._p2p import P2PRuntime
+
+    return P2PRuntime.build(
+        engine,
+        clock=clock,
+        listen=options.listen,
+        cluster=options.cluster,
+        discovery=options.discovery,
+        seeds=options.seeds,
+        secret=options.secret,
+        ssl=options.ssl,
+    )

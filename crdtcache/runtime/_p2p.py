@@ -1,0 +1,115 @@
+"""The runtime of ``backend="p2p"``: the TCP node, and the key space from the replica."""
+
+from __future__ import annotations
+
+import ssl as _ssl
+from collections.abc import Callable, Sequence
+
+from crdtcache.core import GossipEngine
+from crdtcache.runtime._keyspace import ReplicaKeySpace
+from crdtcache.runtime._protocol import (
+    AdminHandler,
+    ChangeListener,
+    EvictionListener,
+    PeerListener,
+    RuntimeStatistics,
+    engine_peers,
+)
+from crdtcache.transport import Node, make_node
+
+__all__ = ["P2PRuntime"]
+
+
+class P2PRuntime(ReplicaKeySpace):
+    """A :class:`~crdtcache.transport.Node` seen through the cache's ``Runtime`` protocol.
+
+    Every node's replica holds every key's stamp, so the key-space questions are
+    answered locally; an evicted value is fetched again from a peer.
+    """
+
+    keeps_stubs = True
+
+    def __init__(self, node: Node, clock: Callable[[], float]) -> None:
+        super().__init__(node.engine.replica, clock)
+        self.node = node
+        self.engine: GossipEngine = node.engine
+
+    @classmethod
+    def build(
+        cls,
+        engine: GossipEngine,
+        *,
+        clock: Callable[[], float],
+        listen: str,
+        cluster: str,
+        discovery: str,
+        seeds: Sequence[str],
+        secret: bytes | Sequence[bytes] | None,
+        ssl: _ssl.SSLContext | tuple[_ssl.SSLContext, _ssl.SSLContext] | None,
+    ) -> P2PRuntime:
+        """A node for ``engine`` from the cache's p2p options (see ``transport.make_node``)."""
+        node = make_node(
+            engine,
+            listen=listen,
+            cluster=cluster,
+            discovery=discovery,
+            seeds=seeds,
+            secret=secret,
+            ssl=ssl,
+        )
+        return cls(node, clock)
+
+    @property
+    def address(self) -> str | None:
+        """``host:port`` the node listens on (after :meth:`start`)."""
+        return self.node.address
+
+    async def start(self) -> None:
+        """Bind, start ticking and discovering."""
+        await self.node.start()
+
+    async def close(self) -> None:
+        """Flush to connected peers, say goodbye and stop."""
+        await self.node.close()
+
+    def listen(
+        self,
+        on_changes: ChangeListener,
+        on_peer: PeerListener,
+        on_evict: EvictionListener | None = None,
+    ) -> None:
+        """Register the change and peer callbacks (a p2p node evicts nothing by itself)."""
+        self.node.listen(on_changes, on_peer)
+
+    def serve_admin(self, handler: AdminHandler) -> None:
+        """Serve ``crdtcache get/set/stats`` from clients connected to the node."""
+        self.node.admin = handler
+
+    def wake(self) -> None:
+        """Flush a queued local write soon."""
+        self.node.wake()
+
+    async def flush(self, *, ack: bool, timeout: float) -> frozenset[str]:
+        """Push queued deltas; with ``ack``, wait for every live linked peer."""
+        return await self.node.flush(ack=ack, timeout=timeout)
+
+    async def fetch(self, keys: Sequence[str], timeout: float) -> None:
+        """Ask live peers for values this node holds only as stubs."""
+        await self.node.fetch(keys, timeout)
+
+    def statistics(self) -> RuntimeStatistics:
+        """The node's traffic, and its peers as the engine sees them."""
+        transport = self.node.statistics()
+        instances, peers = engine_peers(self.engine, transport.peer_addresses)
+        return RuntimeStatistics(
+            bytes_sent=transport.bytes_sent,
+            bytes_received=transport.bytes_received,
+            frames_sent=transport.frames_sent,
+            frames_received=transport.frames_received,
+            frames_dropped=transport.frames_dropped,
+            connections=transport.connections,
+            instances=instances,
+            peers=peers,
+            protocol_errors=transport.protocol_errors,
+            refused_connections=transport.refused_connections,
+        )
