@@ -41,10 +41,9 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from crdtcache._errors import CacheError, ConfigError, PeerError, ProtocolError
-from crdtcache.core import GossipEngine, Outgoing
+from crdtcache.core import Change, GossipEngine, Outgoing, PeerEvent
 from crdtcache.core._format import InvalidRecord, check_cluster
 from crdtcache.discovery._base import Discovery, PeerAddress
-from crdtcache.runtime._protocol import ChangeListener, PeerListener
 from crdtcache.transport._connection import MAX_SEND_BUFFER, Connection
 from crdtcache.transport._tls import certificate_node_ids, check_tls_contexts
 from crdtcache.wire._auth import (
@@ -185,8 +184,8 @@ class Node:
         self._tick_handle: asyncio.TimerHandle | None = None
         self._flush_handle: asyncio.TimerHandle | None = None
         self._ack_waiters: dict[int, asyncio.Future[None]] = {}
-        self._on_changes: ChangeListener | None = None
-        self._on_peer: PeerListener | None = None
+        self._on_changes: Callable[[list[Change]], None] | None = None
+        self._on_peer: Callable[[PeerEvent], None] | None = None
         self._started = False
         self._bound = asyncio.Event()
         #: A client only asks nodes for cache operations: it follows no gossip, is not
@@ -209,7 +208,9 @@ class Node:
         """``host:port`` actually bound (after :meth:`start`)."""
         return self._address
 
-    def listen(self, on_changes: ChangeListener, on_peer: PeerListener) -> None:
+    def listen(
+        self, on_changes: Callable[[list[Change]], None], on_peer: Callable[[PeerEvent], None]
+    ) -> None:
         """Register the callbacks that receive drained changes and peer events."""
         self._on_changes = on_changes
         self._on_peer = on_peer
