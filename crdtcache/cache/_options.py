@@ -193,10 +193,21 @@ class CacheOptions:
     _clock: Callable[[], float] = time.time
 
     def __post_init__(self) -> None:
-        set_ = object.__setattr__  # normalising a frozen dataclass in its own __post_init__
         _choice("backend", self.backend, BACKENDS)
         _choice("sync_strategy", self.sync_strategy, STRATEGIES)
         _choice("discovery", self.discovery, DISCOVERY)
+        self._check_names()
+        self._check_network()
+        self._check_backend()
+        self._check_storage()
+        self._check_callbacks()
+        self._check_events()
+
+    def _set(self, option: str, value: object) -> None:
+        # Normalising a frozen dataclass in its own __post_init__.
+        object.__setattr__(self, option, value)
+
+    def _check_names(self) -> None:
         node_id = self.node_id
         if node_id is not None and (
             not isinstance(node_id, str)
@@ -214,12 +225,20 @@ class CacheOptions:
             raise ConfigError(
                 f"cluster must be a non-empty str of at most {MAX_CLUSTER_CHARS} characters"
             )
+
+    def _check_network(self) -> None:
         _address("listen", self.listen)
         seeds = self.seeds
         if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__"):
             raise ConfigError("seeds must be a list of 'host:port' strings, not a single str")
-        set_(self, "seeds", tuple(_address("seeds", s) for s in seeds))
-        self._check_backend()
+        self._set("seeds", tuple(_address("seeds", s) for s in seeds))
+        if self.secret is not None:
+            keyring(self.secret)  # bytes or a list of bytes (rotation), each long enough
+        tls_option(self.ssl)
+        if self.dashboard is not None:
+            _address("dashboard", self.dashboard)
+
+    def _check_storage(self) -> None:
         path = self.persist_path
         if path is not None:
             if not isinstance(path, (str, os.PathLike)):
@@ -227,23 +246,19 @@ class CacheOptions:
             path = os.fspath(path)
             if not isinstance(path, str) or not path:
                 raise ConfigError("persist_path must name a file")
-            set_(self, "persist_path", path)
+            self._set("persist_path", path)
         for option in ("max_size", "max_memory", "local_max_size"):
             _count(option, getattr(self, option))
         for option in ("default_ttl", "local_ttl", "refresh_interval"):
-            set_(self, option, _seconds(option, getattr(self, option), optional=True))
-        set_(self, "sync_interval", _seconds("sync_interval", self.sync_interval, optional=False))
+            self._set(option, _seconds(option, getattr(self, option), optional=True))
+        self._set("sync_interval", _seconds("sync_interval", self.sync_interval, optional=False))
+
+    def _check_callbacks(self) -> None:
         for option in ("conflict_resolver", "on_change", "warm_up", "refresh", "_clock"):
             _callable(option, getattr(self, option))
         if (self.refresh_interval is None) != (self.refresh is None):
             raise ConfigError("refresh_interval and refresh go together: give both or neither")
-        self._check_events()
         check_metrics(self.metrics)
-        if self.secret is not None:
-            keyring(self.secret)  # bytes or a list of bytes (rotation), each long enough
-        tls_option(self.ssl)
-        if self.dashboard is not None:
-            _address("dashboard", self.dashboard)
 
     def _check_backend(self) -> None:
         defaults = _DEFAULTS
@@ -251,14 +266,14 @@ class CacheOptions:
             if getattr(self, option) is not None and self.backend != backend:
                 raise ConfigError(f"{option} applies to backend={backend!r} only")
         for option, instead in _NOT_FOR[self.backend]:
-            if getattr(self, option) != defaults[option]:
+            if getattr(self, option) not in (defaults[option], ()):
                 raise ConfigError(f"{option} does not apply to backend={self.backend!r}: {instead}")
         if self.backend == "redis":
             if importlib.util.find_spec("redis") is None:
                 raise ConfigError("backend='redis' needs redis-py: pip install 'crdtcache[redis]'")
             url = self.redis_url
             if url is None:
-                object.__setattr__(self, "redis_url", DEFAULT_REDIS_URL)
+                self._set("redis_url", DEFAULT_REDIS_URL)
             elif not isinstance(url, str) or "://" not in url:
                 raise ConfigError("redis_url must be a URL such as 'redis://host:6379/0'")
             elif url.split("://", 1)[0].lower() not in ("redis", "rediss", "unix"):
@@ -272,7 +287,7 @@ class CacheOptions:
         for rule in rules:
             if not isinstance(rule, InvalidationRule):
                 raise ConfigError(f"invalidation_rules must hold InvalidationRule, not {rule!r}")
-        object.__setattr__(self, "invalidation_rules", rules)
+        self._set("invalidation_rules", rules)
         bus = self.event_bus
         if rules and bus is None:
             raise ConfigError("invalidation_rules need an event_bus to listen to")

@@ -455,46 +455,53 @@ class Replica:
         horizon_ts = collection_horizon(now, self.tombstone_grace)
         dropped = 0
         expired: list[Change] = []
-        collected = self.collected
-        entries = self.entries
         for due in [d for d in self._due if d <= now]:
             for key in self._due.pop(due):
-                e = entries.get(key)
-                if e is None:
-                    continue
-                gone = e.value is TOMBSTONE
-                if e.expires is not None and e.expires <= now:
-                    # (With a resolver an expired value is listed twice: report it once.)
-                    if not gone and (self.resolver is None or due == math.ceil(e.expires)):
-                        expired.append(Change(key, "expire", e.origin, e.ts, False))
-                    gone = True
-                if not gone:
-                    continue  # rewritten since: listed again under its new due second
-                if e.ts <= horizon_ts:
-                    self._pop(key)
-                    if e.ts > collected.get(e.origin, -1):
-                        collected[e.origin] = e.ts
-                    dropped += 1
-                elif e.value is not TOMBSTONE and self.resolver is not None:
-                    # A resolver may rank versions by value: the expired value stays (it
-                    # reads as absent) until the grace, so that every node resolves
-                    # against the same version however late it collects.
-                    grace_due = math.ceil(collect_due_ms(e.ts, self.tombstone_grace) / 1000.0)
-                    self._list(key, max(grace_due, due + 1))
-                elif e.value is not TOMBSTONE:
-                    self._put(key, Entry(TOMBSTONE, e.ts, e.origin, e.expires), e, relist=True)
-                else:  # a tombstone listed early: list it again
-                    self._list(key, self._due_second(e))  # type: ignore[arg-type]  # a tombstone has one
+                dropped += self._collect_key(key, due, now, horizon_ts, expired)
         for pat, tomb in list(self.patterns.items()):
             if tomb.ts <= horizon_ts:
                 del self.patterns[pat]
                 del self._matchers[pat]
-                if tomb.ts > collected.get(tomb.origin, -1):
-                    collected[tomb.origin] = tomb.ts
+                self._raise_collected(tomb.origin, tomb.ts)
                 dropped += 1
         if dropped:
             self._max_pattern_ts = max((t.ts for t in self.patterns.values()), default=-1)
         return dropped, expired
+
+    def _collect_key(
+        self, key: str, due: int, now: float, horizon_ts: int, expired: list[Change]
+    ) -> int:
+        """Collect one key listed under second ``due``; returns 1 if its entry went."""
+        e = self.entries.get(key)
+        if e is None:
+            return 0
+        gone = e.value is TOMBSTONE
+        if e.expires is not None and e.expires <= now:
+            # (With a resolver an expired value is listed twice: report it once.)
+            if not gone and (self.resolver is None or due == math.ceil(e.expires)):
+                expired.append(Change(key, "expire", e.origin, e.ts, False))
+            gone = True
+        if not gone:
+            return 0  # rewritten since: listed again under its new due second
+        if e.ts <= horizon_ts:
+            self._pop(key)
+            self._raise_collected(e.origin, e.ts)
+            return 1
+        if e.value is TOMBSTONE:  # a tombstone listed early: list it again
+            self._list(key, self._due_second(e))  # type: ignore[arg-type]  # a tombstone has one
+        elif self.resolver is not None:
+            # A resolver may rank versions by value: the expired value stays (it reads
+            # as absent) until the grace, so that every node resolves against the same
+            # version however late it collects.
+            grace_due = math.ceil(collect_due_ms(e.ts, self.tombstone_grace) / 1000.0)
+            self._list(key, max(grace_due, due + 1))
+        else:
+            self._put(key, Entry(TOMBSTONE, e.ts, e.origin, e.expires), e, relist=True)
+        return 0
+
+    def _raise_collected(self, origin: str, ts: int) -> None:
+        if ts > self.collected.get(origin, -1):
+            self.collected[origin] = ts
 
     def __len__(self) -> int:
         return len(self.entries)
