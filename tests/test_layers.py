@@ -198,7 +198,7 @@ def test_no_import_cycle_between_layers() -> None:
             ],
         ),
         (
-            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from crdtcache.cache import X\n",
+            "import typing\nif typing.TYPE_CHECKING:\n    from crdtcache.cache import X\n",
             "crdtcache.core._x",
             False,
             [("crdtcache.cache", True), ("crdtcache.cache.X", True)],

@@ -59,7 +59,7 @@ import hmac
 import math
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn
 
@@ -110,6 +110,8 @@ _DIGEST_BYTES: Final = 32
 _PREFIX: Final = b"\x94" + msgpack.packb(SNAPSHOT_MAGIC)
 #: What a snapshot may be given as.
 BytesLike = bytes | bytearray | memoryview
+#: Items in the largest record (an entry); longer arrays are read by their header.
+_MAX_RECORD_ITEMS: Final = 6
 _BODY_KEYS: Final = frozenset(
     ("node", "created", "clock", "entries", "patterns", "marks", "collected")
 )
@@ -229,42 +231,97 @@ def decode_snapshot(data: BytesLike, *, max_bytes: int = MAX_SNAPSHOT_BYTES) -> 
     expected = hashlib.blake2b(raw, digest_size=_DIGEST_BYTES).digest()
     if not hmac.compare_digest(digest, expected):
         fail(where, "checksum mismatch: the snapshot was damaged")
-    try:
-        body = msgpack.unpackb(
-            raw,
-            raw=False,
-            strict_map_key=True,
-            # A str value may hold MAX_VALUE_BYTES characters of up to 4 UTF-8 bytes.
-            max_str_len=4 * MAX_VALUE_BYTES,
-            max_bin_len=MAX_VALUE_BYTES,
-            max_array_len=len(raw),
-            max_map_len=len(raw),
-            max_ext_len=0,
-            ext_hook=_refuse_ext,
-        )
-    except Exception as exc:  # as above
-        fail(where, f"body is malformed ({exc})")
-    return _body(body, where)
+    return _read_body(raw, where)
 
 
-def _body(body: object, where: str) -> Snapshot:
-    if type(body) is not dict or set(body) != _BODY_KEYS:
-        fail(where, f"body must be a map with exactly the keys {sorted(_BODY_KEYS)}")
-    created = body["created"]
-    if type(created) not in (int, float) or not math.isfinite(created):
-        fail(where, "created must be a finite number")
+def _read_body(raw: bytes, where: str) -> Snapshot:
+    """Parse and validate the body as a stream, one record at a time.
+
+    Memory stays proportional to what is valid so far: a hostile body (millions of
+    nested empty arrays, a huge map) is refused at its first bad item instead of
+    first being built whole, as one ``unpackb`` of the body would.
+    """
+    unpacker = msgpack.Unpacker(
+        raw=False,
+        strict_map_key=True,
+        max_buffer_size=max(len(raw), 1),
+        # A str value may hold MAX_VALUE_BYTES characters of up to 4 UTF-8 bytes.
+        max_str_len=4 * MAX_VALUE_BYTES,
+        max_bin_len=MAX_VALUE_BYTES,
+        max_array_len=_MAX_RECORD_ITEMS,  # a record; the long arrays are read by header
+        max_map_len=0,  # the maps (body, marks) are read by header too
+        max_ext_len=0,
+        ext_hook=_refuse_ext,
+    )
+    unpacker.feed(raw)
     try:
-        node = check_node(body["node"])
-        clock_ts = check_ts(body["clock"])
-        marks = check_marks(body["marks"])
-        collected = check_marks(body["collected"])
-    except InvalidRecord as exc:
-        fail(where, str(exc))
-    raw_entries = body["entries"]
-    if type(raw_entries) is not list:
-        fail(where, "entries must be an array")
+        fields = _read_fields(unpacker, where)
+        try:
+            unpacker.unpack()
+        except msgpack.OutOfData:
+            pass
+        else:
+            fail(where, "trailing data after the body")
+    except CorruptStateError:
+        raise
+    except Exception as exc:  # msgpack raises a wide family; all mean damaged bytes
+        fail(where, f"body is malformed ({type(exc).__name__}: {exc})")
+    return _body(fields, where)
+
+
+def _read_fields(unpacker: msgpack.Unpacker, where: str) -> dict[str, Any]:
+    """The body's fields, each record validated as soon as it is read."""
+    keys = f"body must be a map with exactly the keys {sorted(_BODY_KEYS)}"
+    count = _header(unpacker.read_map_header, where, keys)
+    fields: dict[str, Any] = {}
+    for _ in range(count):
+        name = unpacker.unpack()
+        if name not in _BODY_KEYS or name in fields:
+            fail(where, keys)
+        if name == "entries":
+            fields[name] = _read_entries(unpacker, where)
+        elif name == "patterns":
+            fields[name] = _read_patterns(unpacker, where)
+        elif name in ("marks", "collected"):
+            pairs = {}
+            for _ in range(_header(unpacker.read_map_header, where, f"{name} must be a map")):
+                origin = unpacker.unpack()
+                pairs[origin] = unpacker.unpack()
+            try:
+                fields[name] = check_marks(pairs)
+            except InvalidRecord as exc:
+                fail(where, str(exc))
+        else:
+            fields[name] = unpacker.unpack()
+    if set(fields) != _BODY_KEYS:
+        fail(where, keys)
+    return fields
+
+
+def _header(read: Callable[[], int], where: str, problem: str) -> int:
+    """The length of the array or map that must come next, or CorruptStateError."""
+    try:
+        return read()
+    except ValueError:  # msgpack: "Unexpected type header on stream"
+        fail(where, problem)
+
+
+def _record(unpacker: msgpack.Unpacker, where: str, shape: str) -> Any:
+    """The next record (a short array); anything larger or of another type is refused."""
+    try:
+        return unpacker.unpack()
+    except ValueError as exc:
+        # A nested array or a map where a record stands: the record's shape is wrong.
+        if "max_array_len" in str(exc) or "max_map_len" in str(exc):
+            fail(where, f"must be a {shape}")
+        raise
+
+
+def _read_entries(unpacker: msgpack.Unpacker, where: str) -> dict[str, Entry]:
     entries: dict[str, Entry] = {}
-    for i, item in enumerate(raw_entries):
+    shape = "6-item array [key, kind, value, ts, origin, expires]"
+    for i in range(_header(unpacker.read_array_header, where, "entries must be an array")):
+        item = _record(unpacker, f"{where} entry {i}", shape)
         try:
             if type(item) is not list or len(item) != 6:
                 raise InvalidRecord(
@@ -276,11 +333,14 @@ def _body(body: object, where: str) -> Snapshot:
         except InvalidRecord as exc:
             fail(f"{where} entry {i}", str(exc))
         entries[key] = entry
-    raw_patterns = body["patterns"]
-    if type(raw_patterns) is not list:
-        fail(where, "patterns must be an array")
+    return entries
+
+
+def _read_patterns(unpacker: msgpack.Unpacker, where: str) -> dict[str, PatternTombstone]:
     patterns: dict[str, PatternTombstone] = {}
-    for i, item in enumerate(raw_patterns):
+    shape = "3-item array [pattern, ts, origin]"
+    for i in range(_header(unpacker.read_array_header, where, "patterns must be an array")):
+        item = _record(unpacker, f"{where} pattern {i}", shape)
         try:
             tomb = check_pattern_record(item)
             if tomb.pattern in patterns:
@@ -288,14 +348,26 @@ def _body(body: object, where: str) -> Snapshot:
         except InvalidRecord as exc:
             fail(f"{where} pattern {i}", str(exc))
         patterns[tomb.pattern] = tomb
+    return patterns
+
+
+def _body(fields: dict[str, Any], where: str) -> Snapshot:
+    created = fields["created"]
+    if type(created) not in (int, float) or not math.isfinite(created):
+        fail(where, "created must be a finite number")
+    try:
+        node = check_node(fields["node"])
+        clock_ts = check_ts(fields["clock"])
+    except InvalidRecord as exc:
+        fail(where, str(exc))
     return Snapshot(
         node=node,
         created=float(created),
         clock_ts=clock_ts,
-        entries=tuple(entries.items()),
-        patterns=tuple(patterns.values()),
-        marks=marks,
-        collected=collected,
+        entries=tuple(fields["entries"].items()),
+        patterns=tuple(fields["patterns"].values()),
+        marks=fields["marks"],
+        collected=fields["collected"],
     )
 
 

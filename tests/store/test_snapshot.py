@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -488,3 +489,37 @@ def test_apply_snapshot_is_restore_without_the_decoding() -> None:
     one, two = make_replica("z"), make_replica("z")
     assert restore_snapshot(one, data, T0) == apply_snapshot(two, decode_snapshot(data), T0)
     assert state_of(one) == state_of(two)
+
+
+def _hostile_body(entries: bytes, count: int) -> bytes:
+    head = msgpack.packb(
+        {"node": "a", "created": T0, "clock": 1, "marks": {}, "collected": {}, "patterns": []}
+    )
+    # The same map with one more key ("entries") whose array is spelled out by hand.
+    return (
+        b"\x87" + head[1:] + msgpack.packb("entries") + b"\xdd" + count.to_bytes(4, "big") + entries
+    )
+
+
+@pytest.mark.parametrize(
+    "shape",
+    ["millions of empty arrays", "arrays nested deep", "a map per entry"],
+)
+def test_a_hostile_snapshot_is_refused_in_memory_proportional_to_its_size(shape: str) -> None:
+    # A crafted 8 MiB body with a valid checksum used to be unpacked whole first:
+    # ~560 MiB of Python objects before the first check refused it.
+    size = 8 << 20
+    if shape == "millions of empty arrays":
+        data = forge(_hostile_body(b"\x90" * size, size))
+    elif shape == "arrays nested deep":
+        data = forge(_hostile_body(b"\x91" * size + b"\x90", 1))
+    else:
+        data = forge(_hostile_body(b"\x81\xa1k\x90" * (size // 4), size // 4))
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptStateError):
+            decode_snapshot(data, max_bytes=64 << 20)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * len(data), f"{peak / (1 << 20):.0f} MiB to refuse {len(data) >> 20} MiB"
