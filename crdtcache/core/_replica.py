@@ -50,9 +50,9 @@ from crdtcache.core._entry import (
     Change,
     Entry,
     PatternTombstone,
-    compile_pattern,
 )
 from crdtcache.core._hlc import HybridClock, Stamp, ts_at, ts_ms
+from crdtcache.core._patterns import MAX_PATTERN_TOMBSTONES, PatternIndex
 from crdtcache.core._resolver import Resolver, Version
 from crdtcache.core._values import decode_value
 
@@ -123,6 +123,7 @@ class Replica:
         *,
         resolver: Resolver | None = None,
         tombstone_grace: float = TOMBSTONE_GRACE,
+        max_patterns: int = MAX_PATTERN_TOMBSTONES,
     ) -> None:
         if tombstone_grace <= 0:
             raise ValueError("tombstone_grace must be positive")
@@ -142,8 +143,8 @@ class Replica:
         # only due buckets. A key rewritten within one bucket is listed once, so this
         # costs about one pointer per mortal entry (a dict or set would cost ~40 B).
         self._due: dict[int, list[str]] = {}
-        self._matchers: dict[str, _Matcher] = {}
-        self._max_pattern_ts = -1
+        # The pattern tombstones (``patterns``), indexed by literal prefix.
+        self._pattern_index = PatternIndex(self.patterns, max_patterns)
         #: Remote entries refused for clock drift.
         self.refused_drift = 0
         #: Told of every change to ``entries`` (see :class:`ReplicaObserver`).
@@ -269,20 +270,19 @@ class Replica:
 
     def _pattern_beats(self, key: str, entry: Entry) -> PatternTombstone | None:
         """With a resolver: a pattern tombstone matching ``key`` that it ranks above ``entry``."""
-        for pat, tomb in self.patterns.items():
-            if self._matchers[pat].match(key):
+        for matcher, tomb in self._pattern_index.candidates(key):
+            if matcher.match(key):
                 deletion = Entry(TOMBSTONE, tomb.ts, tomb.origin)
                 if self._resolve(key, entry, deletion) is deletion:
                     return tomb
         return None
 
     def _covered(self, key: str, ts: int, origin: str) -> bool:
-        if ts > self._max_pattern_ts:
+        index = self._pattern_index
+        if ts > index.max_ts:
             return False
-        for pat, tomb in self.patterns.items():
-            if (ts < tomb.ts or (ts == tomb.ts and origin <= tomb.origin)) and self._matchers[
-                pat
-            ].match(key):
+        for matcher, tomb in index.candidates(key):
+            if (ts < tomb.ts or (ts == tomb.ts and origin <= tomb.origin)) and matcher.match(key):
                 return True
         return False
 
@@ -338,12 +338,9 @@ class Replica:
         current = self.patterns.get(tomb.pattern)
         if current is not None and (current.ts, current.origin) >= (tomb.ts, tomb.origin):
             return []
-        matcher = self._matchers.get(tomb.pattern) or compile_pattern(tomb.pattern)
-        self.patterns[tomb.pattern] = tomb
+        matcher = self._pattern_index.put(tomb)  # raises PatternLimitError: nothing changed
         if tomb.ts > self.high.get(tomb.origin, -1):
             self.high[tomb.origin] = tomb.ts
-        self._matchers[tomb.pattern] = matcher
-        self._max_pattern_ts = max(self._max_pattern_ts, tomb.ts)
         changes: list[Change] = []
         if self.resolver is None:
             gone = [
@@ -460,12 +457,9 @@ class Replica:
                 dropped += self._collect_key(key, due, now, horizon_ts, expired)
         for pat, tomb in list(self.patterns.items()):
             if tomb.ts <= horizon_ts:
-                del self.patterns[pat]
-                del self._matchers[pat]
+                self._pattern_index.remove(pat)
                 self._raise_collected(tomb.origin, tomb.ts)
                 dropped += 1
-        if dropped:
-            self._max_pattern_ts = max((t.ts for t in self.patterns.values()), default=-1)
         return dropped, expired
 
     def _collect_key(
