@@ -278,7 +278,27 @@ def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
     try:
         loop.run_forever()
     finally:
-        loop.close()
+        try:
+            _finish_tasks(loop)
+        finally:
+            loop.close()
+
+
+def _finish_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what is still pending and let it unwind, as ``asyncio.run`` does.
+
+    A task left behind (one a failed start did not stop, say) would otherwise be
+    destroyed with the loop, and asyncio logs "Task was destroyed but it is pending".
+    """
+    pending = list(asyncio.all_tasks(loop))
+    for task in pending:
+        task.cancel()
+    if pending:
+        results = loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        for task, result in zip(pending, results, strict=True):
+            if isinstance(result, Exception) and not isinstance(result, asyncio.CancelledError):
+                log.warning("task %s failed while the cache's loop stopped: %r", task, result)
+    loop.run_until_complete(loop.shutdown_asyncgens())
 
 
 async def _returning(fn: Callable[[], T]) -> T:

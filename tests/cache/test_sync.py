@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
+import logging
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -236,6 +239,21 @@ def test_start_failure_stops_the_thread() -> None:
     with pytest.raises(CacheError):
         cache.start()
     assert threading.active_count() == before
+
+
+def test_a_failed_start_leaves_no_task_behind(caplog: pytest.LogCaptureFixture) -> None:
+    # The examples' second start on taken ports printed "Task was destroyed but it is
+    # pending!" per instance: what a failed start left running died with the loop.
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        cache = SyncCache(
+            backend="p2p", discovery="static", listen=f"127.0.0.1:{port}", seeds=["127.0.0.1:9"]
+        )
+        with caplog.at_level(logging.ERROR, logger="asyncio"):
+            with pytest.raises(PeerError):
+                cache.start()
+            gc.collect()
+    assert "destroyed but it is pending" not in caplog.text
 
 
 def test_warm_up_and_refresh_run_outside_the_loop_thread() -> None:
