@@ -28,7 +28,15 @@ from typing import Final
 
 from crdtcache._errors import PersistenceError
 
-__all__ = ["DIRECTORY_MODE", "FILE_MODE", "FileId", "OpenHere", "create_private", "prepare"]
+__all__ = [
+    "DIRECTORY_MODE",
+    "FILE_MODE",
+    "OPEN_HERE",
+    "FileId",
+    "OpenHere",
+    "create_private",
+    "prepare",
+]
 
 #: Mode of each directory created for a store: the store holds every cached value.
 DIRECTORY_MODE: Final = 0o700
