@@ -2,7 +2,14 @@
 
 Every node keeps a last-writer-wins register map stamped with hybrid logical clocks,
 gossips deltas to its peers over TCP and repairs divergence by anti-entropy.
+
+Logging: every module logs to a ``logging.getLogger(__name__)`` logger under
+``"crdtcache"``, which has a ``NullHandler``: nothing is printed unless the
+application configures logging (``logging.basicConfig(level=logging.INFO)``, or a
+handler on ``logging.getLogger("crdtcache")``).
 """
+
+import logging as _logging
 
 # The dashboard plugs into ``Cache(dashboard=...)`` (see crdtcache.cache._services).
 from crdtcache import dashboard as _dashboard  # noqa: F401
@@ -34,6 +41,11 @@ from crdtcache.cache._statistics import (
 from crdtcache.cache._sync import SyncCache
 
 __version__ = "0.1.0"
+
+# A library does not decide where its log lines go: without this, Python's last-resort
+# handler would print crdtcache's warnings to stderr in an application that configured
+# no logging at all.
+_logging.getLogger(__name__).addHandler(_logging.NullHandler())
 
 __all__ = [
     "Cache",

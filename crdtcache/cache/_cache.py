@@ -729,7 +729,12 @@ class Cache:
 
     # ----------------------------------------------------------- reporting
     async def get_statistics(self) -> CacheStatistics:
-        """Counters of this node: tiers, evictions, cluster, traffic, latencies."""
+        """Counters of this node: tiers, evictions, cluster, traffic, latencies.
+
+        A coroutine because the live key count may ask the runtime (in Redis mode, a
+        round trip to Redis); :meth:`health` needs no I/O and is a plain method.
+        Raises :class:`CacheError` unless the cache is running.
+        """
         parts = self._running()
         runtime = parts.runtime
         return self._counters.snapshot(
@@ -748,6 +753,11 @@ class Cache:
 
         Looks at peers (suspect or down), sync latency, hit rate, eviction pressure,
         refused stamps and values, write-through timeouts and dropped events.
+
+        A plain method, unlike :meth:`get_statistics`: it reads only what this node
+        holds in memory, never waits on a peer or Redis, and never raises (a cache
+        that is not running scores 0, "not running"), so a liveness probe or a sync
+        callback can call it. :meth:`SyncCache.health` behaves the same.
         """
         parts = self._parts
         if self._state != _RUNNING or parts is None:

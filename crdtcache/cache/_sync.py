@@ -73,6 +73,7 @@ class SyncCache:
         self._thread: threading.Thread | None = None
         self._flights: dict[str, concurrent.futures.Future[object]] = {}
         self._lock = threading.Lock()
+        self._closed = False  # close() is final, as for Cache
 
     # ------------------------------------------------------------ lifecycle
     @property
@@ -91,9 +92,15 @@ class SyncCache:
         return self._cache.dashboard_url
 
     def start(self) -> None:
-        """Start the loop thread and the node, then run ``warm_up``; idempotent."""
+        """Start the loop thread and the node, then run ``warm_up``; idempotent.
+
+        Raises :class:`CacheError` if the cache was closed (create a new one), and
+        :class:`PeerError` if the network runtime cannot start.
+        """
         if self._thread is not None:
             return
+        if self._closed:
+            raise CacheError("a closed cache cannot be restarted; create a new one")
         loop = new_event_loop()
         thread = threading.Thread(
             target=_run_loop, args=(loop,), name=f"crdtcache-{self.node_id}", daemon=True
@@ -112,7 +119,8 @@ class SyncCache:
                 log.exception("warm_up failed; the cache starts without it")
 
     def close(self) -> None:
-        """Close the node and stop its thread; idempotent."""
+        """Close the node and stop its thread; idempotent and final."""
+        self._closed = True
         if self._thread is None:
             return
         try:
@@ -139,6 +147,8 @@ class SyncCache:
         loop, thread = self._loop, self._thread
         if loop is None or thread is None or not thread.is_alive():
             coro.close()
+            if self._closed:
+                raise CacheError("the cache is closed")
             raise CacheError("the cache is not started: use `with cache:` or `cache.start()`")
         if threading.get_ident() == thread.ident:
             coro.close()
@@ -223,13 +233,37 @@ class SyncCache:
                 del self._flights[key]
         return codec.read(stored)
 
+    def wait_for_peers(self, count: int = 1, timeout: float = 5.0) -> int:
+        """Block until at least ``count`` peers are connected; return how many are.
+
+        Raises :class:`PeerError` if ``timeout`` seconds pass first (see
+        :meth:`Cache.wait_for_peers`).
+        """
+        return self._call(self._cache.wait_for_peers(count, timeout))
+
     def get_statistics(self) -> CacheStatistics:
-        """Counters of this node (see :meth:`Cache.get_statistics`)."""
+        """Counters of this node (see :meth:`Cache.get_statistics`).
+
+        Raises :class:`CacheError` unless the cache is running.
+        """
         return self._call(self._cache.get_statistics())
 
     def health(self) -> Health:
-        """A 0-100 score with reasons (see :meth:`Cache.health`)."""
-        return self._call(_returning(self._cache.health))
+        """A 0-100 score with reasons (see :meth:`Cache.health`).
+
+        Like :meth:`Cache.health` it never raises: before :meth:`start` and after
+        :meth:`close` the score is 0, "not running". While running it is computed in
+        the loop thread, which owns the state it reads; it may also be called there
+        (from an event callback).
+        """
+        thread = self._thread
+        if thread is None or not thread.is_alive() or thread.ident == threading.get_ident():
+            # Not running (it reads nothing then), or already in the loop thread.
+            return self._cache.health()
+        try:
+            return self._call(_returning(self._cache.health))
+        except CacheError:  # closed by another thread meanwhile
+            return self._cache.health()
 
     def on(self, event: str, callback: Callable[[Any], Any]) -> Callable[[], None]:
         """Subscribe to cache events; callbacks run in the loop thread (see :meth:`Cache.on`)."""
@@ -244,7 +278,27 @@ def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
     try:
         loop.run_forever()
     finally:
-        loop.close()
+        try:
+            _finish_tasks(loop)
+        finally:
+            loop.close()
+
+
+def _finish_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what is still pending and let it unwind, as ``asyncio.run`` does.
+
+    A task left behind (one a failed start did not stop, say) would otherwise be
+    destroyed with the loop, and asyncio logs "Task was destroyed but it is pending".
+    """
+    pending = list(asyncio.all_tasks(loop))
+    for task in pending:
+        task.cancel()
+    if pending:
+        results = loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        for task, result in zip(pending, results, strict=True):
+            if isinstance(result, Exception) and not isinstance(result, asyncio.CancelledError):
+                log.warning("task %s failed while the cache's loop stopped: %r", task, result)
+    loop.run_until_complete(loop.shutdown_asyncgens())
 
 
 async def _returning(fn: Callable[[], T]) -> T:

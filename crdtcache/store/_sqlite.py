@@ -48,7 +48,12 @@ Invariants kept:
 * **One process at a time.** The connection uses ``locking_mode=EXCLUSIVE`` and takes
   the write lock at open, so a second node started on the same path fails at once
   with :class:`PersistenceError` instead of interleaving writes under the same node
-  id. (Side effect: other processes cannot read the file while the node runs.)
+  id. (Side effect: other processes cannot read the file while the node runs.) A
+  second store on the same file in this process is refused before SQLite is asked,
+  with a message that says so.
+* **Paths are checked before SQLite sees them** (:mod:`crdtcache.store._location`):
+  missing parent directories are created (0700), a read-only filesystem or directory
+  is named as such, and a new file is created 0600 (its -wal and -shm follow).
 
 Durability: WAL with ``synchronous=NORMAL``. A commit is a write to the WAL without
 fsync; it survives the process being killed (the OS has it), and the database stays
@@ -103,6 +108,7 @@ from crdtcache.core._format import (
 )
 from crdtcache.core._hlc import ts_seconds, ts_span
 from crdtcache.core._replica import collection_horizon
+from crdtcache.store._location import OPEN_HERE, FileId, create_private, prepare
 from crdtcache.store._snapshot import fail
 
 __all__ = [
@@ -307,6 +313,7 @@ class ReplicaStore:
         self._written = _Written()
         self._node: str | None = None
         self._stats = StoreStatistics()
+        self._file: FileId | None = None  # claimed in OPEN_HERE while open
 
     def __enter__(self) -> ReplicaStore:
         return self
@@ -323,14 +330,20 @@ class ReplicaStore:
     def open(self) -> StoredState | None:
         """Open (creating if needed) and load the file; None when it holds no replica yet.
 
-        Raises :class:`CorruptStateError` if the file is not a crdtcache store, has an
-        unsupported version or holds invalid rows (the file is left untouched), and
-        :class:`PersistenceError` if it cannot be opened or another process has it.
+        Missing parent directories are created (mode 0700) and a new file is created
+        with mode 0600. Raises :class:`CorruptStateError` if the file is not a
+        crdtcache store, has an unsupported version or holds invalid rows (the file is
+        left untouched), and :class:`PersistenceError` saying which case it is: a
+        directory that could not be created, a read-only filesystem, directory or file,
+        a file already open in this process, or one locked by another process.
         """
         with self._lock:
             if self._conn is not None:
                 raise PersistenceError(f"store {self.path!r} is already open")
-            fresh = self._inspect_header()
+            prepare(self.path)
+            fresh = self._inspect_header()  # before anything opens it for writing
+            file = create_private(self.path)
+            OPEN_HERE.claim(file, self.path)
             try:
                 conn = sqlite3.connect(
                     self.path,
@@ -339,13 +352,15 @@ class ReplicaStore:
                     check_same_thread=False,  # calls are serialized by self._lock
                 )
             except sqlite3.Error as exc:
+                OPEN_HERE.release(file)
                 raise PersistenceError(f"cannot open store {self.path!r}: {exc}") from exc
             try:
                 state = self._open(conn, fresh)
             except BaseException:
                 conn.close()
+                OPEN_HERE.release(file)
                 raise
-            self._conn = conn
+            self._conn, self._file = conn, file
             return state
 
     def _inspect_header(self) -> bool:
@@ -411,8 +426,10 @@ class ReplicaStore:
             return state
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc) or "busy" in str(exc):
+                # Not this process: OPEN_HERE refused a second open here already.
                 raise PersistenceError(
-                    f"store {self.path!r} is in use by another process ({exc})"
+                    f"store {self.path!r} is in use by another process ({exc}): "
+                    "another node with this persist_path?"
                 ) from exc
             raise PersistenceError(f"cannot open store {self.path!r}: {exc}") from exc
         except sqlite3.DatabaseError as exc:
@@ -621,11 +638,15 @@ class ReplicaStore:
         """Close the file (idempotent). Write the last batch first to keep it."""
         with self._lock:
             conn, self._conn = self._conn, None
+            file, self._file = self._file, None
             if conn is not None:
                 try:
                     conn.close()
                 except sqlite3.Error as exc:
                     raise PersistenceError(f"cannot close store {self.path!r}: {exc}") from exc
+                finally:
+                    if file is not None:
+                        OPEN_HERE.release(file)
 
     # --------------------------------------------------------------- plumbing
     def _transaction(self, what: str, *, write: bool = True) -> _Transaction:

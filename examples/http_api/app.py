@@ -5,10 +5,15 @@ sharing one cache over p2p (static seeds, loopback)::
 
     python examples/http_api/app.py --instances 3
 
-or one instance at a time (this is what ``--instances`` does for you)::
+or one instance at a time (this is what ``--instances`` does for you, with a
+database of its own in a temporary directory)::
 
     python examples/http_api/app.py --name a --port 8001 --peer-port 7001 \\
         --seeds 127.0.0.1:7002,127.0.0.1:7003 --db /tmp/products.sqlite3
+
+Without ``--db`` an instance gets a new database in a temporary directory, removed
+when it exits. ``--instances`` stops every instance on Ctrl-C or SIGTERM and exits
+with status 1 if one fails to start (see ``examples/launcher.py``).
 
 * ``GET /products/{id}``: ``get_or_set`` in front of the database. The first instance
   to miss loads the product (slowly) and the value replicates, so the other
@@ -16,21 +21,25 @@ or one instance at a time (this is what ``--instances`` does for you)::
 * ``PUT /products/{id}``: writes the database, then emits ``product:updated`` on the
   ``EventBus``; an ``InvalidationRule`` turns it into an invalidation of
   ``product:{id}`` replicated to every instance, so none serves the old value.
-* ``GET /health``: this instance and the number of cache nodes it sees.
+* ``GET /health``: this instance (and its process id) and the number of cache nodes
+  it sees.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
+import contextlib
+import os
+import socket
 import sqlite3
-import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -100,8 +109,14 @@ def create_app(
     db_path: str,
     db_delay: float,
     dashboard: str | None = None,
+    on_start_failure: Callable[[crdtcache.CacheError], None] | None = None,
 ) -> FastAPI:
-    """The API of one instance; its cache starts and stops with the app."""
+    """The API of one instance; its cache starts and stops with the app.
+
+    If the cache cannot start (its peer port is taken, say), the error propagates to
+    the ASGI server, unless ``on_start_failure`` takes it (``main`` reports it in one
+    line and stops uvicorn before it serves).
+    """
     db = SlowDatabase(db_path, db_delay)
     bus = crdtcache.EventBus()
     cache = crdtcache.Cache(
@@ -118,8 +133,18 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with cache:
+        try:
+            await cache.start()
+        except crdtcache.CacheError as exc:
+            if on_start_failure is None:
+                raise
+            on_start_failure(exc)
             yield
+            return
+        try:
+            yield
+        finally:
+            await cache.close()
 
     app = FastAPI(title=f"products ({name})", lifespan=lifespan)
 
@@ -153,6 +178,7 @@ def create_app(
         stats = await cache.get_statistics()
         return {
             "instance": name,
+            "pid": os.getpid(),  # the launcher tells its own instances from others
             "nodes": stats.cluster.instances,
             "cached_keys": stats.distributed.size,
             "database_loads": db.loads,
@@ -163,33 +189,73 @@ def create_app(
     return app
 
 
-def run_instances(args: argparse.Namespace) -> None:
-    """Start ``args.instances`` instances of this script as subprocesses and wait."""
+def run_instances(args: argparse.Namespace) -> int:
+    """Run ``args.instances`` instances of this script until a signal; the exit status."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import launcher  # examples/launcher.py, shared by the examples
+
     count = args.instances
-    names = [chr(ord("a") + i) for i in range(count)]
     peer_ports = [args.peer_port + i for i in range(count)]
-    children = []
-    for i, name in enumerate(names):
-        seeds = ",".join(f"127.0.0.1:{p}" for j, p in enumerate(peer_ports) if j != i)
-        command = [sys.executable, __file__, "--name", name, "--port", str(args.port + i)]
-        command += ["--peer-port", str(peer_ports[i]), "--seeds", seeds, "--db", args.db]
-        command += ["--db-delay", str(args.db_delay)]
-        command += ["--dashboard", f"127.0.0.1:{args.dashboard_port + i}"]
-        children.append(subprocess.Popen(command))
-        print(
-            f"instance {name}: http://127.0.0.1:{args.port + i}/products/1  "
-            f"dashboard http://127.0.0.1:{args.dashboard_port + i}/"
+    with _database(args.db) as db:
+        instances = []
+        for i in range(count):
+            name = chr(ord("a") + i)
+            seeds = ",".join(f"127.0.0.1:{p}" for j, p in enumerate(peer_ports) if j != i)
+            command = [sys.executable, __file__, "--name", name, "--port", str(args.port + i)]
+            command += ["--peer-port", str(peer_ports[i]), "--seeds", seeds, "--db", db]
+            command += ["--db-delay", str(args.db_delay)]
+            command += ["--dashboard", f"127.0.0.1:{args.dashboard_port + i}"]
+            url = f"http://127.0.0.1:{args.port + i}"
+            banner = (
+                f"instance {name}: {url}/products/1  "
+                f"dashboard http://127.0.0.1:{args.dashboard_port + i}/"
+            )
+            instances.append(launcher.Instance(name, command, f"{url}/health", banner))
+        print(f"database: {db}", flush=True)
+        return launcher.run(instances)
+
+
+@contextlib.contextmanager
+def _database(path: str | None) -> Iterator[str]:
+    """``path``, or a new file in a temporary directory that is removed afterwards."""
+    if path is not None:
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="crdtcache-http_api-") as folder:
+        yield os.path.join(folder, "products.sqlite3")
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run one instance until SIGINT or SIGTERM; 1 if it could not start."""
+    failures: list[crdtcache.CacheError] = []
+
+    def failed(exc: crdtcache.CacheError) -> None:
+        failures.append(exc)
+        print(f"instance {args.name}: the cache did not start: {exc}", file=sys.stderr)
+        server.should_exit = True  # uvicorn stops before serving
+
+    with _database(args.db) as db:
+        app = create_app(
+            name=args.name,
+            peer_port=args.peer_port,
+            seeds=[s for s in args.seeds.split(",") if s],
+            db_path=db,
+            db_delay=args.db_delay,
+            dashboard=args.dashboard,
+            on_start_failure=failed,
         )
-    try:
-        for child in children:
-            child.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        for child in children:
-            child.send_signal(signal.SIGINT)
-        for child in children:
-            child.wait()
+        # The HTTP port is bound first: taken, it is reported in one line, and uvicorn
+        # never starts the cache only to fail after it.
+        try:
+            sock = socket.create_server(("127.0.0.1", args.port))
+        except OSError as exc:
+            print(f"instance {args.name}: HTTP port {args.port}: {exc.strerror}", file=sys.stderr)
+            return 1
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        # uvicorn shuts down on SIGINT/SIGTERM (closing the cache), then re-raises it.
+        with sock, contextlib.suppress(KeyboardInterrupt):
+            server.run(sockets=[sock])
+    return 1 if failures else 0
 
 
 def main() -> None:
@@ -200,23 +266,14 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8001, help="HTTP port")
     parser.add_argument("--peer-port", type=int, default=7001, help="cache peer port")
     parser.add_argument("--seeds", default="", help="peers' host:port, comma-separated")
-    parser.add_argument("--db", default="/tmp/crdtcache-products.sqlite3", help="SQLite file")
+    parser.add_argument(
+        "--db", help="SQLite file (default: a new one in a temporary directory, removed at exit)"
+    )
     parser.add_argument("--db-delay", type=float, default=0.2, help="seconds per query")
     parser.add_argument("--dashboard", help="host:port of this node's dashboard")
     parser.add_argument("--dashboard-port", type=int, default=9001, help="with --instances")
     args = parser.parse_args()
-    if args.instances:
-        run_instances(args)
-        return
-    app = create_app(
-        name=args.name,
-        peer_port=args.peer_port,
-        seeds=[s for s in args.seeds.split(",") if s],
-        db_path=args.db,
-        db_delay=args.db_delay,
-        dashboard=args.dashboard,
-    )
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
+    sys.exit(run_instances(args) if args.instances else serve(args))
 
 
 if __name__ == "__main__":

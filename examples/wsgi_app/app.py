@@ -4,6 +4,10 @@ Run three instances on this machine, sharing one cache over p2p (static seeds)::
 
     python examples/wsgi_app/app.py --instances 3
 
+Without ``--db`` a run gets a new database in a temporary directory, removed when it
+exits. ``--instances`` stops every instance on Ctrl-C or SIGTERM and exits with status
+1 if one fails to start (see ``examples/launcher.py``).
+
 ``SyncCache`` runs the cache node in a background thread and offers the same API,
 blocking, so request threads call it like any library: local hits are answered in
 the calling thread without touching the event loop.
@@ -12,7 +16,8 @@ the calling thread without touching the event loop.
   across request threads; the value replicates to the other instances).
 * ``PUT /products/<id>``: writes the database, then emits ``product:updated``;
   the ``InvalidationRule`` invalidates ``product:<id>`` on every instance.
-* ``GET /health``: this instance and the number of cache nodes it sees.
+* ``GET /health``: this instance (and its process id) and the number of cache nodes
+  it sees.
 
 In production, run it under a WSGI server with one process per cache node and
 several threads (``gunicorn -w 1 --threads 8``); each process needs its own peer port.
@@ -23,12 +28,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sqlite3
-import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from flask import Flask, abort, jsonify, request
@@ -143,6 +152,7 @@ def create_app(
         stats = cache.get_statistics()
         return jsonify(
             instance=name,
+            pid=os.getpid(),  # the launcher tells its own instances from others
             nodes=stats.cluster.instances,
             cached_keys=stats.distributed.size,
             database_loads=db.loads,
@@ -153,33 +163,71 @@ def create_app(
     return app, cache
 
 
-def run_instances(args: argparse.Namespace) -> None:
-    """Start ``args.instances`` instances of this script as subprocesses and wait."""
+def run_instances(args: argparse.Namespace) -> int:
+    """Run ``args.instances`` instances of this script until a signal; the exit status."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import launcher  # examples/launcher.py, shared by the examples
+
     count = args.instances
     peer_ports = [args.peer_port + i for i in range(count)]
-    children = []
-    for i in range(count):
-        name = chr(ord("a") + i)
-        seeds = ",".join(f"127.0.0.1:{p}" for j, p in enumerate(peer_ports) if j != i)
-        command = [sys.executable, __file__, "--name", name, "--port", str(args.port + i)]
-        command += ["--peer-port", str(peer_ports[i]), "--seeds", seeds, "--db", args.db]
-        command += ["--db-delay", str(args.db_delay)]
-        command += ["--dashboard", f"127.0.0.1:{args.dashboard_port + i}"]
-        children.append(subprocess.Popen(command))
-        print(
-            f"instance {name}: http://127.0.0.1:{args.port + i}/products/1  "
-            f"dashboard http://127.0.0.1:{args.dashboard_port + i}/"
+    with _database(args.db) as db:
+        instances = []
+        for i in range(count):
+            name = chr(ord("a") + i)
+            seeds = ",".join(f"127.0.0.1:{p}" for j, p in enumerate(peer_ports) if j != i)
+            command = [sys.executable, __file__, "--name", name, "--port", str(args.port + i)]
+            command += ["--peer-port", str(peer_ports[i]), "--seeds", seeds, "--db", db]
+            command += ["--db-delay", str(args.db_delay)]
+            command += ["--dashboard", f"127.0.0.1:{args.dashboard_port + i}"]
+            url = f"http://127.0.0.1:{args.port + i}"
+            banner = (
+                f"instance {name}: {url}/products/1  "
+                f"dashboard http://127.0.0.1:{args.dashboard_port + i}/"
+            )
+            instances.append(launcher.Instance(name, command, f"{url}/health", banner))
+        print(f"database: {db}", flush=True)
+        return launcher.run(instances)
+
+
+@contextlib.contextmanager
+def _database(path: str | None) -> Iterator[str]:
+    """``path``, or a new file in a temporary directory that is removed afterwards."""
+    if path is not None:
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="crdtcache-wsgi_app-") as folder:
+        yield os.path.join(folder, "products.sqlite3")
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops the server the way Ctrl-C does
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run one instance until SIGINT or SIGTERM; 1 if it could not start."""
+    # Without this, SIGTERM would end the process without closing the cache.
+    signal.signal(signal.SIGTERM, _interrupt)
+    with _database(args.db) as db:
+        app, cache = create_app(
+            name=args.name,
+            peer_port=args.peer_port,
+            seeds=[s for s in args.seeds.split(",") if s],
+            db_path=db,
+            db_delay=args.db_delay,
+            dashboard=args.dashboard,
         )
-    try:
-        for child in children:
-            child.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        for child in children:
-            child.send_signal(signal.SIGINT)
-        for child in children:
-            child.wait()
+        try:
+            cache.start()
+        except crdtcache.CacheError as exc:
+            print(f"instance {args.name}: the cache did not start: {exc}", file=sys.stderr)
+            return 1
+        try:
+            # The development server answers a taken port with one line and exit 1.
+            with contextlib.suppress(KeyboardInterrupt):
+                app.run(host="127.0.0.1", port=args.port, threaded=True)
+        finally:
+            cache.close()
+    return 0
 
 
 def main() -> None:
@@ -190,24 +238,14 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8101, help="HTTP port")
     parser.add_argument("--peer-port", type=int, default=7101, help="cache peer port")
     parser.add_argument("--seeds", default="", help="peers' host:port, comma-separated")
-    parser.add_argument("--db", default="/tmp/crdtcache-products.sqlite3", help="SQLite file")
+    parser.add_argument(
+        "--db", help="SQLite file (default: a new one in a temporary directory, removed at exit)"
+    )
     parser.add_argument("--db-delay", type=float, default=0.2, help="seconds per query")
     parser.add_argument("--dashboard", help="host:port of this node's dashboard")
     parser.add_argument("--dashboard-port", type=int, default=9101, help="with --instances")
     args = parser.parse_args()
-    if args.instances:
-        run_instances(args)
-        return
-    app, cache = create_app(
-        name=args.name,
-        peer_port=args.peer_port,
-        seeds=[s for s in args.seeds.split(",") if s],
-        db_path=args.db,
-        db_delay=args.db_delay,
-        dashboard=args.dashboard,
-    )
-    with cache, contextlib.suppress(KeyboardInterrupt):
-        app.run(host="127.0.0.1", port=args.port, threaded=True)
+    sys.exit(run_instances(args) if args.instances else serve(args))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import logging
+from typing import Any
 
 import pytest
 
@@ -119,12 +122,13 @@ async def test_cached_decorator_with_a_template(cache: Cache) -> None:
 
 
 async def test_cached_default_and_callable_keys(cache: Cache) -> None:
+    # async def: a plain def on an async Cache is refused (test_cached_keeps_the_kind).
     @cached(cache)
-    def square(x: int) -> int:
+    async def square(x: int) -> int:
         return x * x
 
     @cached(cache, key=lambda x: f"cube:{x}")
-    def cube(x: int) -> int:
+    async def cube(x: int) -> int:
         return x**3
 
     assert await square(3) == 9
@@ -141,3 +145,97 @@ def test_cached_validation(cache: Cache) -> None:
         cached(cache, key=5)  # type: ignore[arg-type]
     with pytest.raises(ConfigError):
         cached(cache, ttl=-1)
+
+
+def test_cached_keeps_the_kind(cache: Cache) -> None:
+    async def load(x: int) -> int:
+        return x
+
+    wrapper = cached(cache)(load)
+    assert inspect.iscoroutinefunction(wrapper)
+    assert inspect.signature(wrapper) == inspect.signature(load)
+
+    def plain(x: int) -> int:
+        return x
+
+    with pytest.raises(ConfigError, match=r"async def.*plain\b.*SyncCache"):
+        cached(cache)(plain)
+
+    class AsyncCallable:
+        async def __call__(self, x: int) -> int:
+            return x
+
+    assert inspect.iscoroutinefunction(cached(cache, key="c:{x}")(AsyncCallable()))
+    assert inspect.iscoroutinefunction(cached(cache, key="p:{x}")(functools.partial(load)))
+
+    async def stream(x: int) -> Any:
+        yield x
+
+    with pytest.raises(ConfigError, match="generator"):
+        cached(cache)(stream)
+
+
+async def test_cached_template_errors_name_the_argument(cache: Cache) -> None:
+    async def load_user(user_id: int) -> int:
+        return user_id
+
+    with pytest.raises(ConfigError, match=r"names 'uid', which is not an argument of .*load_user"):
+        cached(cache, key="user:{uid}")(load_user)
+    for positional in ("user:{}", "user:{0}"):
+        with pytest.raises(ConfigError, match="must name an argument"):
+            cached(cache, key=positional)(load_user)
+    with pytest.raises(ConfigError, match="not a format string"):
+        cached(cache, key="user:{user_id")(load_user)
+
+    @cached(cache, key="q:{region}:{term}")
+    async def search(term: str, **filters: str) -> str:
+        return term
+
+    assert await search("x", region="eu") == "x"
+    assert await cache.keys("q:*") == ["q:eu:x"]
+    with pytest.raises(ConfigError, match="needs argument 'region'"):
+        await search("x")
+
+    @cached(cache, key="u:{user.id}")
+    async def greet(user: object) -> str:
+        return "hi"
+
+    with pytest.raises(ConfigError, match=r"'u:\{user.id\}' cannot be formatted.*AttributeError"):
+        await greet(object())
+    with pytest.raises(TypeError):
+        await greet()  # type: ignore[call-arg]  # a wrong call fails as the function would
+
+
+async def test_cached_key_and_invalidate(cache: Cache) -> None:
+    calls = 0
+
+    @cached(cache, key="user:{user_id}")
+    async def load_user(user_id: int, verbose: bool = False) -> dict[str, int]:
+        nonlocal calls
+        calls += 1
+        return {"id": user_id}
+
+    assert load_user.key(7) == load_user.key(user_id=7, verbose=True) == "user:7"
+    assert await load_user(7) == {"id": 7}
+    assert await load_user(7) == {"id": 7}
+    assert calls == 1
+    assert await load_user.invalidate(7) is True
+    assert await cache.get("user:7") is None
+    assert await load_user(7) == {"id": 7}
+    assert calls == 2
+    assert await load_user.invalidate(8) is False  # nothing cached for that call
+
+    @cached(cache)
+    async def square(x: int) -> int:
+        return x * x
+
+    assert await square(3) == 9
+    assert await cache.keys() == sorted([square.key(3), "user:7"])
+    assert square.key(x=3).endswith(".square:x=3")
+
+    @cached(cache, key=lambda x: 5)  # type: ignore[arg-type, return-value]  # a wrong key
+    async def odd(x: int) -> int:
+        return x
+
+    with pytest.raises(ConfigError, match="returned int, not str"):
+        odd.key(1)

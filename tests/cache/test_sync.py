@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import inspect
+import logging
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -10,7 +14,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from crdtcache import CacheError, CacheEvent, ConfigError, SyncCache, ValidationError, cached
+from crdtcache import (
+    CacheError,
+    CacheEvent,
+    ConfigError,
+    PeerError,
+    SyncCache,
+    ValidationError,
+    cached,
+)
 
 
 @pytest.fixture
@@ -175,8 +187,50 @@ def test_lifecycle() -> None:
     cache.set("k", 1)
     cache.close()
     cache.close()
-    with pytest.raises(CacheError, match="not started"):
+    with pytest.raises(CacheError, match="the cache is closed"):
         cache.get("k")
+
+
+def test_a_closed_sync_cache_says_closed() -> None:
+    cache = SyncCache(backend="memory")
+    cache.start()
+    cache.close()
+    for call in (lambda: cache.set("k", 1), cache.get_statistics, lambda: cache.keys()):
+        with pytest.raises(CacheError, match=r"^the cache is closed$"):
+            call()
+    with pytest.raises(CacheError, match="closed cache cannot be restarted"):
+        cache.start()
+    never_started = SyncCache(backend="memory")
+    never_started.close()  # final, as Cache.close() is
+    with pytest.raises(CacheError, match="closed cache cannot be restarted"):
+        never_started.start()
+
+
+def test_health_is_available_in_every_state_like_the_async_cache() -> None:
+    cache = SyncCache(backend="memory")
+    assert cache.health() == cache._cache.health()  # what Cache.health() says unstarted
+    assert (cache.health().score, cache.health().reasons) == (0, ("not running",))
+    with cache:
+        assert cache.health().score == 100
+        from_callback: list[int] = []
+        cache.on("set", lambda event: from_callback.append(cache.health().score))
+        cache.set("k", 1)
+        deadline = time.monotonic() + 5
+        while not from_callback and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert from_callback == [100]  # in the loop thread, no deadlock, no error
+    assert cache.health().reasons == ("not running",)
+
+
+def test_wait_for_peers() -> None:
+    with SyncCache(backend="p2p", discovery="none", node_id="w0") as first:
+        with pytest.raises(PeerError, match="0 of 1 peers"):
+            first.wait_for_peers(1, timeout=0.05)
+        assert first.address is not None
+        with SyncCache(backend="p2p", discovery="none", node_id="w1", seeds=[first.address]):
+            assert first.wait_for_peers(1, timeout=10) == 1
+    with pytest.raises(CacheError, match="closed"):
+        first.wait_for_peers()
 
 
 def test_start_failure_stops_the_thread() -> None:
@@ -185,6 +239,21 @@ def test_start_failure_stops_the_thread() -> None:
     with pytest.raises(CacheError):
         cache.start()
     assert threading.active_count() == before
+
+
+def test_a_failed_start_leaves_no_task_behind(caplog: pytest.LogCaptureFixture) -> None:
+    # The examples' second start on taken ports printed "Task was destroyed but it is
+    # pending!" per instance: what a failed start left running died with the loop.
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        cache = SyncCache(
+            backend="p2p", discovery="static", listen=f"127.0.0.1:{port}", seeds=["127.0.0.1:9"]
+        )
+        with caplog.at_level(logging.ERROR, logger="asyncio"):
+            with pytest.raises(PeerError):
+                cache.start()
+            gc.collect()
+    assert "destroyed but it is pending" not in caplog.text
 
 
 def test_warm_up_and_refresh_run_outside_the_loop_thread() -> None:
@@ -232,6 +301,34 @@ def test_cached_with_a_sync_cache(sync_cache: SyncCache) -> None:
     assert square(4) == 16
     assert square(4) == 16
     assert calls == 1
+
+
+def test_cached_with_a_sync_cache_keeps_the_kind_and_can_invalidate(
+    sync_cache: SyncCache,
+) -> None:
+    calls = 0
+
+    @cached(sync_cache, key="sq:{x}")
+    def square(x: int) -> int:
+        nonlocal calls
+        calls += 1
+        return x * x
+
+    assert not inspect.iscoroutinefunction(square)
+    assert square.key(4) == square.key(x=4) == "sq:4"
+    assert square(4) == 16
+    assert square.invalidate(4) is True
+    assert sync_cache.get("sq:4") is None
+    assert square(4) == 16
+    assert calls == 2
+
+    async def fetch(x: int) -> int:
+        return x
+
+    with pytest.raises(ConfigError, match=r"plain def.*async.*async Cache"):
+        cached(sync_cache)(fetch)
+    with pytest.raises(ConfigError, match="names 'y'"):
+        cached(sync_cache, key="sq:{y}")(square)
 
 
 def test_invalidation_rule_event_emitted_in_another_loop() -> None:

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -168,3 +174,40 @@ def replica_from(
 
 def _restamp(stamp: int, logical: int) -> int:
     return (stamp >> 16 << 16) | logical
+
+
+# Opens the store (initializing a new one), says so, and holds it until stdin closes.
+_HOLDER = """
+import sys
+from crdtcache.store._sqlite import ReplicaStore
+store = ReplicaStore(sys.argv[1])
+if store.open() is None:
+    store.initialize("holder")
+print("open", flush=True)
+sys.stdin.read()
+store.close()
+"""
+
+
+@contextmanager
+def held_by_another_process(path: Path) -> Iterator[None]:
+    """The store at ``path`` kept open by a child process for the ``with`` block."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    child = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        assert child.stdout.readline().strip() == "open"
+        yield
+    finally:
+        child.stdin.close()
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()

@@ -22,7 +22,17 @@ from crdtcache.store._sqlite import (
     StoredState,
 )
 
-from .helpers import T0, entries, make_replica, patterns, replica_from, sample_replica, state_of, ts
+from .helpers import (
+    T0,
+    entries,
+    held_by_another_process,
+    make_replica,
+    patterns,
+    replica_from,
+    sample_replica,
+    state_of,
+    ts,
+)
 
 
 def _new_store(path: Path, node: str = "a") -> ReplicaStore:
@@ -293,9 +303,16 @@ def test_writes_from_threads(tmp_path: Path) -> None:
 # ------------------------------------------------------------ misuse, failures
 def test_a_second_opener_is_refused_while_the_store_is_open(tmp_path: Path) -> None:
     path = tmp_path / "node.db"
-    store = _new_store(path)
-    with pytest.raises(PersistenceError, match="in use by another process"):
+    _new_store(path).close()
+    # The other opener is another process (a second one in this process is told so:
+    # see test_store_paths.py).
+    with (
+        held_by_another_process(path),
+        pytest.raises(PersistenceError, match="in use by another process"),
+    ):
         ReplicaStore(path).open()
+    store = ReplicaStore(path)
+    store.open()
     with pytest.raises(PersistenceError, match="already open"):
         store.open()
     store.close()
@@ -338,8 +355,10 @@ def test_using_a_closed_store_raises(tmp_path: Path) -> None:
 
 
 def test_unopenable_paths_are_persistence_errors(tmp_path: Path) -> None:
+    # A missing directory is created now: this one cannot be (a file is in the way).
+    (tmp_path / "a-file").write_text("")
     with pytest.raises(PersistenceError, match="no-such-dir"):
-        ReplicaStore(tmp_path / "no-such-dir" / "node.db").open()
+        ReplicaStore(tmp_path / "a-file" / "no-such-dir" / "node.db").open()
     with pytest.raises(PersistenceError):
         ReplicaStore(tmp_path).open()  # a directory
 
