@@ -197,8 +197,8 @@ class CacheOptions:
         _choice("sync_strategy", self.sync_strategy, STRATEGIES)
         _choice("discovery", self.discovery, DISCOVERY)
         self._check_names()
+        self._check_backend()  # first: an option that does not apply says so, however set
         self._check_network()
-        self._check_backend()
         self._check_storage()
         self._check_callbacks()
         self._check_events()
