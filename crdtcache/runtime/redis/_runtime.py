@@ -837,7 +837,10 @@ class RedisRuntime:
             if match(key):
                 seen = view.get(key)
                 if seen is None or (e.ts, e.origin) > seen[:2]:
-                    view[key] = (e.ts, e.origin, e.value is not TOMBSTONE and not e.expired(now))
+                    # A queued write this node's own pattern tombstone covers is gone
+                    # (it will never be written), like a record in Redis it covers.
+                    live = e.value is not TOMBSTONE and not e.expired(now)
+                    view[key] = (e.ts, e.origin, live and not self._covered(key, e.ts, e.origin))
         return sorted(k for k, (_, _, live) in view.items() if live)
 
     async def size(self) -> int:

@@ -504,3 +504,25 @@ async def test_a_key_no_message_can_carry_is_refused_not_fatal(
         assert await a.keys() == ["good"]
     finally:
         await a.close()
+
+
+async def test_keys_leaves_out_queued_writes_a_local_pattern_removed(
+    redis_url: str, cluster: str
+) -> None:
+    """Write-behind: writes still queued when this node's own ``clear()`` or
+    ``invalidate_pattern`` covers them are gone from ``keys()`` at once, like the
+    records in Redis they would have replaced; a write after the tombstone is listed."""
+    (a,) = await redis_caches(1, url=redis_url, cluster=cluster, sync_interval=10.0)
+    try:
+        await a.set("user:1", 1)
+        await a.set("other", 1)
+        assert await a.keys() == ["other", "user:1"]  # both queued, none in Redis yet
+        await a.invalidate_pattern("user:*")
+        assert await a.keys() == ["other"]
+        await a.set("user:2", 2)  # stamped after the tombstone: listed
+        assert await a.keys() == ["other", "user:2"]
+        await a.clear()
+        assert await a.keys() == []
+        assert await a.get("other") is None
+    finally:
+        await a.close()
