@@ -311,19 +311,20 @@ class RedisProtocol:
         self.take()
         self.hot.reading(keys)
 
-    def read_token(self) -> int | None:
+    def read_token(self) -> int:
         """Taken as each read request goes out; :meth:`read_reply` wants it back."""
-        return self.epoch if self.subscribed else None
+        return self.epoch
 
     def read_reply(
-        self, keys: Sequence[str], records: Sequence[Entry | None], token: int | None, now: float
+        self, keys: Sequence[str], records: Sequence[Entry | None], token: int, now: float
     ) -> ReadOutcome:
         """Merge what one read returned (see :mod:`._hottier`).
 
-        What it fetched is kept only if the link was up when the request went out and
-        has not been lost since (``token``, from :meth:`read_token`, names that epoch).
+        What it fetched is kept only if the link is up and has not been lost since the
+        request went out (``token``, from :meth:`read_token`, names the subscription
+        it went out under; every resubscription starts a new one).
         """
-        keep = token is not None and token == self.epoch
+        keep = token == self.epoch
         return self.hot.read_reply(keys, records, self.outbox.own, keep=keep, now=now)
 
     def read_done(self, keys: Sequence[str], now: float) -> None:
