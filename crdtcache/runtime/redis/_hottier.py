@@ -4,7 +4,8 @@ Redis holds the cluster's data; each instance's :class:`~crdtcache.core.Replica`
 only its *hot tier*: values it read or wrote, bounded by ``local_max_size`` /
 ``max_memory`` (the cache's tier) and by ``local_ttl`` seconds per value (here). It
 never keeps stubs or tombstones longer than a read in flight needs them: Redis has
-them.
+them. Values leave through :meth:`Replica.evict` and keys through
+:meth:`Replica.drop`, so the replica's observers (the cache's tier) see every one.
 
 Theory of operation
 -------------------
@@ -201,8 +202,7 @@ class HotTier:
 
     def settle(self, key: str, now: float) -> None:
         """Keep only held values (and stubs a read in flight needs)."""
-        entries = self.replica.entries
-        e = entries.get(key)
+        e = self.replica.entries.get(key)
         if e is None:
             return
         if e.held:
@@ -210,7 +210,7 @@ class HotTier:
                 self._time(key, now)
             return
         if key not in self._fetching:
-            del entries[key]  # a stub or tombstone: Redis has it, nothing to keep here
+            self.replica.drop(key)  # a stub or tombstone: Redis has it, nothing to keep here
 
     def drop(self, key: str, e: Entry) -> None:
         """Drop ``e`` if it is still there (no event: not a change)."""
@@ -220,7 +220,7 @@ class HotTier:
         if e.held:
             replica.evict(key)  # through a stub: an eviction, not a delete, for the tier
         if key not in self._fetching:
-            replica.entries.pop(key, None)
+            replica.drop(key)
 
     def drop_all(self) -> None:
         """Forget every local copy: invalidations may have been missed."""
@@ -231,7 +231,7 @@ class HotTier:
                 replica.evict(key)
                 dropped += 1
             if key not in self._fetching:
-                replica.entries.pop(key, None)
+                replica.drop(key)
         self._deadlines.clear()
         if dropped:
             self.drops += 1
@@ -262,6 +262,6 @@ class HotTier:
             e = replica.entries.get(key)
             if e is not None and e.held and key not in self._fetching:
                 replica.evict(key)
-                replica.entries.pop(key, None)
+                replica.drop(key)
                 evicted.append(key)
         return evicted
