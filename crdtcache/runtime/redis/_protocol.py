@@ -345,7 +345,13 @@ class RedisProtocol:
             return None
 
     def live_record(self, key: str, record: Entry | None, now: float) -> bool:
-        """Whether a record read from Redis is a live value."""
+        """Whether ``key`` is live: Redis's record, or this node's newer unwritten write."""
+        self.take()
+        own = self.outbox.own(key)
+        if own is not None and (
+            record is None or (own.ts, own.origin) > (record.ts, record.origin)
+        ):
+            record = own
         return (
             record is not None
             and record.value is not TOMBSTONE

@@ -113,8 +113,12 @@ class Outbox:
         return batch, patterns
 
     def own(self, key: str) -> Entry | None:
-        """This node's newest write of ``key`` Redis may not show yet."""
-        return self.inflight.get(key) or self.queued.get(key)
+        """This node's newest write of ``key`` Redis may not show yet.
+
+        A queued write is newer than one in flight: it was queued after that batch
+        was taken (and a failed batch goes back only where nothing newer is queued).
+        """
+        return self.queued.get(key) or self.inflight.get(key)
 
     def pending(self) -> Iterator[Write]:
         """Every write Redis may not show yet (in flight first, then queued)."""

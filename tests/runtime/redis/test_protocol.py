@@ -761,3 +761,13 @@ def test_the_protocol_modules_do_no_io(name: str) -> None:
     assert not roots & forbidden, f"{name} imports {sorted(roots & forbidden)}"
     tree = ast.parse(inspect.getsource(module))
     assert not any(isinstance(n, (ast.Await, ast.AsyncFunctionDef)) for n in ast.walk(tree))
+
+
+def test_a_read_sees_the_newest_own_write_queued_behind_one_in_flight() -> None:
+    outbox = Outbox()
+    outbox.put([("k", Entry(1, 1, "n"))], [])
+    batch, _ = outbox.next_batch()
+    outbox.sending(batch)  # the first write is on its way to Redis
+    outbox.put([("k", Entry(2, 2, "n"))], [])  # a second one waits for the next batch
+    own = outbox.own("k")
+    assert own is not None and own.ts == 2

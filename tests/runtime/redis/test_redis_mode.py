@@ -534,3 +534,22 @@ async def test_keys_leaves_out_queued_writes_a_local_pattern_removed(
         assert await a.get("other") is None
     finally:
         await a.close()
+
+
+async def test_delete_answers_true_for_a_queued_write_the_hot_tier_evicted(
+    redis_url: str, cluster: str
+) -> None:
+    """Write-behind: this node's write is live for ``delete`` (as for ``keys`` and
+    ``get``) while it waits for its batch, even once the hot tier let it go."""
+    (a,) = await redis_caches(
+        1, url=redis_url, cluster=cluster, sync_interval=10.0, local_max_size=1
+    )
+    try:
+        await a.set("x", 1)
+        await a.set("y", 2)  # x leaves the hot tier; its write is still queued
+        assert a._read("x") is ABSENT
+        assert await a.delete("x") is True
+        assert await a.delete("x") is False
+        assert await a.keys() == ["y"]
+    finally:
+        await a.close()
