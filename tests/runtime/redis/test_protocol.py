@@ -771,3 +771,73 @@ def test_a_read_sees_the_newest_own_write_queued_behind_one_in_flight() -> None:
     outbox.put([("k", Entry(2, 2, "n"))], [])  # a second one waits for the next batch
     own = outbox.own("k")
     assert own is not None and own.ts == 2
+
+
+# One answer of the WRITE script per case: what this instance makes of it.
+WRITE_ANSWERS = [
+    # answer, applied, lost, rechecked, errors, drift, still held here
+    ([1, 0], 1, 0, 0, 0, 0, True),
+    ([0, "same"], 0, 0, 0, 0, 0, True),  # the same write, retried: it is in Redis
+    ([0, "newer"], 0, 1, 0, 0, 0, False),  # a newer write won: our copy goes
+    ([-1, 3], 0, 0, 1, 0, 0, True),  # recheck: nothing decided yet
+    ([-2, 0], 0, 0, 0, 1, 1, False),  # ahead of the server's clock: refused
+    (PeerError("WRONGTYPE"), 0, 0, 0, 1, 0, False),
+]
+
+
+@pytest.mark.parametrize(
+    ("answer", "applied", "lost", "rechecked", "errors", "drift", "held"), WRITE_ANSWERS
+)
+def test_each_write_answer_is_applied_here(
+    answer: Any, applied: int, lost: int, rechecked: int, errors: int, drift: int, held: bool
+) -> None:
+    w = instance("w")
+    e = w.engine.set("k", encode_value("k", 1), NOW)
+    if isinstance(answer, list) and answer[1] in ("same", "newer"):
+        ts = e.ts + (1 << 20) if answer[1] == "newer" else e.ts
+        answer = [0, stamp_text(ts, "w").encode()]
+    w.take()
+    report = WriteReport()
+    batch = w.writes.prepare(*w.outbox.take_all(), 0, report, NOW)
+    assert batch is not None
+    w.writes.sent(batch)
+    results = [[answer, 1]] if isinstance(answer, list) else [answer]
+    recheck = w.writes.answered(batch, results, report, NOW)
+    c = w.writes.counters
+    assert (c.applied, c.lost, len(recheck), c.errors) == (applied, lost, rechecked, errors)
+    assert report.count == applied and len(report.errors) == errors
+    assert w.counters.refused_drift == drift
+    assert (w.replica.entries.get("k") is e) == held
+    if lost:  # the loser observed the winner: its next write wins
+        assert w.replica.clock.last_ts >= e.ts + (1 << 20)
+
+
+@pytest.mark.parametrize(
+    ("answer", "recorded", "errors", "drift"),
+    [
+        ([1, 1, 1], True, 0, 0),  # recorded as version 1: its records are to be cleaned
+        ([0, b"x"], False, 0, 0),  # an equal or newer tombstone of the glob is there
+        ([-2, 0], False, 1, 1),  # ahead of the server's clock
+        (PeerError("OOM"), False, 1, 0),
+    ],
+)
+def test_each_pattern_answer_is_applied_here(
+    answer: Any, recorded: bool, errors: int, drift: int
+) -> None:
+    w = instance("w")
+    w.engine.invalidate_pattern("p*", NOW)
+    w.take()
+    w.drain_events()
+    report = WriteReport()
+    batch = w.writes.prepare(*w.outbox.take_all(), 0, report, NOW)
+    assert batch is not None
+    assert w.writes.answered(batch, [answer], report, NOW) == []
+    assert (report.count, len(report.errors), w.writes.counters.errors) == (
+        int(recorded),
+        errors,
+        errors,
+    )
+    assert w.counters.refused_drift == drift
+    assert w.patterns.version == int(recorded)
+    cleanup = w.next_cleanup()
+    assert (cleanup is not None and cleanup.pattern == "p*") == recorded
