@@ -3,9 +3,10 @@
 A fetch reads records (HMGET) and hands them to the protocol, which merges them
 under the rules of :mod:`._hottier` and may ask for a key again (an invalidation
 overtook the reply). In redis mode the hot tier holds only what this instance read
-or wrote, so the questions about the whole cluster's data go to Redis, by SCAN (never KEYS) and the
-STAT script, with this instance's own unwritten writes laid over the answer where
-they are newer (:meth:`~._protocol.RedisProtocol.key_view`). ``size`` is counted at
+or wrote, so the questions about the whole cluster's data go to Redis, by SCAN
+(never KEYS) and the STAT script, with this instance's own unwritten writes laid over
+the answer where they are newer (:meth:`~._protocol.RedisProtocol.key_view`,
+:meth:`~._protocol.RedisProtocol.live_record`). ``size`` is counted at
 most every :data:`SIZE_CACHE` seconds and shared through Redis, so N instances asking
 cost one SCAN. The p2p and memory runtimes answer the same questions from their
 replica (:mod:`crdtcache.runtime._keyspace`). A pattern tombstone's records are
@@ -85,11 +86,11 @@ class RedisKeySpace:
 
     async def _fetch(self, keys: list[str]) -> None:
         proto = self.protocol
+        loop = asyncio.get_running_loop()
         for _ in range(FETCH_ATTEMPTS):
             token = proto.read_token()
             records = await self.read_records(keys)
             outcome = proto.read_reply(keys, records, token, self._clock())
-            loop = asyncio.get_running_loop()
             for key, e in outcome.unkept:
                 # Served to this caller, who reads it right after this returns.
                 loop.call_soon(proto.hot.drop, key, e)
@@ -106,7 +107,7 @@ class RedisKeySpace:
         return [record(key, row) for key, row in zip(keys, rows, strict=True)]
 
     async def live(self, key: str) -> bool:
-        """Whether Redis holds a live value for ``key`` (for ``delete``'s answer)."""
+        """Whether ``key`` is live in Redis or in this node's unwritten writes (``delete``)."""
         record = (await self.read_records([key]))[0]
         return self.protocol.live_record(key, record, self._clock())
 

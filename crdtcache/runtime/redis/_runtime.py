@@ -372,7 +372,7 @@ class RedisRuntime:
         self.protocol.check_writable()
 
     async def live(self, key: str) -> bool:
-        """Whether Redis holds a live value for ``key`` (for ``delete``'s answer)."""
+        """Whether ``key`` is live in Redis or in this node's unwritten writes."""
         return await self.keyspace.live(key)
 
     async def keys(self, pattern: str) -> list[str]:
