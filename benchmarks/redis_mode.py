@@ -146,7 +146,8 @@ async def rounds(rows: list[Row], count: int, target_s: float) -> None:
 def outbox_empty(cache: Cache) -> Callable[[], bool]:
     rt = cache._runtime
     assert isinstance(rt, RedisRuntime)
-    return lambda: not rt._outbox and not rt._inflight
+    outbox = rt.protocol.outbox
+    return lambda: not outbox.queued and not outbox.inflight
 
 
 def drained(cache: Cache) -> Callable[[], Awaitable[None]]:
@@ -177,7 +178,7 @@ async def pair(url: str, cluster: str, **options: Any) -> tuple[Cache, Cache]:
 
     def sees_other() -> bool:
         return all(
-            any(s == "alive" for _, _, s in c._runtime.statistics()["peers"])  # type: ignore[union-attr]
+            any(p.state == "alive" for p in c._runtime.statistics().peers)  # type: ignore[union-attr]
             for c in (a, b)
         )
 

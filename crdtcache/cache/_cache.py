@@ -737,15 +737,17 @@ class Cache:
         """
         parts = self._running()
         runtime = parts.runtime
+        live_keys = await runtime.size()
+        traffic = runtime.statistics()
         return self._counters.snapshot(
             node_id=self._node_id,
             backend=self._config.backend,
             sync_strategy=self._config.sync_strategy,
             held=self._tier.count,
-            live_keys=await runtime.size(),
-            runtime=runtime.statistics(),
+            live_keys=live_keys,
+            runtime=traffic,
             refused_values=self._tier.refused,
-            refused_drift=parts.engine.stats.refused_drift,
+            refused_drift=parts.engine.stats.refused_drift + traffic.refused_drift,
         )
 
     def health(self) -> Health:

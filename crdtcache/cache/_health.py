@@ -48,8 +48,9 @@ def assess(
     pressure = counters.evictions["size"] + counters.evictions["memory"]
     if counters.writes >= 100 and pressure > counters.writes // 4:
         take(10, f"{pressure} evictions for {counters.writes} writes: the local tier is small")
-    if engine.refused_drift:
-        take(15, f"{engine.refused_drift} stamps refused for clock drift")
+    refused_drift = engine.refused_drift + runtime.refused_drift
+    if refused_drift:
+        take(15, f"{refused_drift} stamps refused for clock drift")
     if refused_values:
         take(10, f"{refused_values} values from peers refused by the schema")
     if counters.ack_failures:

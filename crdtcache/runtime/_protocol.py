@@ -60,7 +60,9 @@ class RuntimeStatistics:
     """A runtime's counters and view of the cluster (one shape for every runtime).
 
     ``instances`` counts this node and the peers it considers live. ``frames`` are
-    messages for p2p and commands / channel messages for redis.
+    messages for p2p and commands / channel messages for redis. ``refused_drift``
+    counts stamps the runtime itself refused for clock drift (redis: stamps Redis or
+    its records carried); the engine counts the ones it refuses.
     """
 
     bytes_sent: int = 0
@@ -74,6 +76,7 @@ class RuntimeStatistics:
     problems: tuple[Problem, ...] = ()
     protocol_errors: int = 0
     refused_connections: int = 0
+    refused_drift: int = 0
 
 
 def engine_peers(

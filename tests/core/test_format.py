@@ -33,7 +33,7 @@ from crdtcache.core._format import (
 )
 from crdtcache.core._hlc import MAX_TS
 from crdtcache.core._values import MAX_KEY_CHARS, MAX_VALUE_BYTES
-from crdtcache.runtime.redis._runtime import record_entry, stamp_text
+from crdtcache.runtime.redis._messages import record_entry, stamp_text
 from crdtcache.store._snapshot import decode_snapshot, encode_snapshot
 from crdtcache.store._sqlite import ReplicaStore
 from crdtcache.wire._codec import decode

@@ -90,7 +90,7 @@ class Backend:
     def deafen(self, cache: Cache) -> None:
         """Make ``cache`` apply (and acknowledge) no remote write from now on."""
         if self.name == "redis":
-            runtime(cache)._on_invalidation = lambda msg: None  # type: ignore[method-assign]
+            runtime(cache).protocol.receive_invalidation = lambda msg, now: None  # type: ignore[method-assign]
             return
         engine = cache._engine
         assert engine is not None

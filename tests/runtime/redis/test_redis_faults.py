@@ -33,10 +33,10 @@ async def test_scripts_flushed_from_the_server_are_sent_again(own_redis: RedisSe
         client.script_flush()
         assert await a.keys() == ["k"]
         client.script_flush()
-        runtime(a)._sync_interval = 0.001
+        runtime(a).writer.sync_interval = 0.001
         await a.set("j", 2)  # the same through a pipeline (NOSCRIPT per call, then EVAL)
         await wait_for(lambda: client.hget("crdtcache:{c}:k:j", "v") is not None)
-        assert runtime(a).stats.scripts_loaded >= 3
+        assert runtime(a).redis_statistics().scripts_loaded >= 3
     finally:
         client.close()
         await a.close()
@@ -76,7 +76,7 @@ async def test_a_read_redis_does_not_answer_in_time_raises(own_redis: RedisServe
         with pytest.raises(PeerError, match=r"did not answer within 0.2 s"):
             await a.get("k")
         await asyncio.sleep(0.7)
-        await wait_for(lambda: runtime(a)._subscribed, timeout=10)
+        await wait_for(lambda: runtime(a).protocol.subscribed, timeout=10)
         assert await a.get("k", "default") == "default"
     finally:
         client.close()

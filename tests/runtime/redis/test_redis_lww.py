@@ -12,7 +12,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from crdtcache.runtime.redis._runtime import parse_stamp, stamp_text
+from crdtcache.runtime.redis._messages import parse_stamp, stamp_text
 from crdtcache.runtime.redis._scripts import WRITE
 from tests.runtime.redis.redis_helpers import eventually, redis_caches, runtime, wait_for
 
@@ -37,16 +37,26 @@ async def test_skewed_clocks_the_greater_stamp_wins(
     )
     try:
         first, last = (behind, ahead) if ahead_writes_last else (ahead, behind)
-        runtime(last)._sync_interval = 0.3  # queued until after the other is in Redis
+        runtime(last).writer.sync_interval = 0.3  # queued until after the other is in Redis
         await last.set("k", last.node_id)
         await first.set("k", first.node_id)
-        await wait_for(lambda: not runtime(last)._outbox and not runtime(last)._inflight)
-        await wait_for(lambda: not runtime(first)._outbox and not runtime(first)._inflight)
+        await wait_for(
+            lambda: (
+                not runtime(last).protocol.outbox.queued
+                and not runtime(last).protocol.outbox.inflight
+            )
+        )
+        await wait_for(
+            lambda: (
+                not runtime(first).protocol.outbox.queued
+                and not runtime(first).protocol.outbox.inflight
+            )
+        )
         assert stored_stamp(sync_redis, cluster, "k")[1] == ahead.node_id
         await eventually(lambda: behind.get("k"), ahead.node_id)
         await eventually(lambda: ahead.get("k"), ahead.node_id)
         if not ahead_writes_last:
-            assert runtime(behind).stats.writes_lost == 1  # refused by the script
+            assert runtime(behind).redis_statistics().writes_lost == 1  # refused by the script
         # The loser's clock has observed the winner's stamp: its next write wins.
         await behind.set("k", "after")
         await eventually(lambda: ahead.get("k"), "after")

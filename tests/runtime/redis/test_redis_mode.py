@@ -16,10 +16,11 @@ from crdtcache.cache._cache import ABSENT
 from crdtcache.core import TOMBSTONE_GRACE, Entry, PatternTombstone, encode_value
 from crdtcache.core._format import blob_stored as blob_value
 from crdtcache.core._format import stored_blob as value_blob
-from crdtcache.runtime.redis._runtime import (
+from crdtcache.runtime.redis._commands import redact_url
+from crdtcache.runtime.redis._messages import (
     EXPIRED_GRACE,
+    PatternRecorded,
     parse_stamp,
-    redact_url,
     stamp_text,
 )
 from crdtcache.runtime.redis._scripts import PATTERN
@@ -106,7 +107,7 @@ async def test_key_layout(redis_pair: list[Cache], cluster: str, sync_redis: red
     a_rt = runtime(a)
     await a.set("user:1", {"name": "Alice"}, ttl=60)
     await a.set("forever", 1)
-    await wait_for(lambda: not a_rt._outbox and not a_rt._inflight)
+    await wait_for(lambda: not a_rt.protocol.outbox.queued and not a_rt.protocol.outbox.inflight)
     await eventually(lambda: b.get("user:1"), {"name": "Alice"})
     rec = record(sync_redis, cluster, "user:1")
     assert set(rec) == {b"s", b"v", b"x"}
@@ -221,7 +222,7 @@ async def test_an_invalidation_that_overtakes_the_read_reply_wins(
     try:
         await a.set("k", "old")
         b_rt = runtime(b)
-        read = b_rt._read_records
+        read = b_rt.keyspace.read_records
         overtaken = False
 
         async def slow_read(keys: Any) -> Any:
@@ -234,7 +235,7 @@ async def test_an_invalidation_that_overtakes_the_read_reply_wins(
                 await a.set("k", "new")
             return records
 
-        b_rt._read_records = slow_read  # type: ignore[method-assign]
+        b_rt.keyspace.read_records = slow_read  # type: ignore[method-assign]
         assert await b.get("k") == "new"
         assert overtaken and b._read("k") == "new"
     finally:
@@ -259,12 +260,12 @@ async def test_keys_and_size_cover_the_whole_cluster(
     assert await b.keys() == sorted([*expected, "other"])
     assert await b.keys("user:1?") == [f"user:{i}" for i in range(10, 20)]
     b_rt = runtime(b)
-    b_rt._size = None
+    b_rt.keyspace._size = None
     sync_redis.delete(f"crdtcache:{{{cluster}}}:size")
     assert (await b.get_statistics()).distributed.size == 31
     # Unwritten local writes count too: keys() is this node's view of the cluster.
     a_rt = runtime(a)
-    a_rt._sync_interval = 0.5
+    a_rt.writer.sync_interval = 0.5
     await a.set("user:pending", 1)
     await a.delete("user:0")
     keys = await a.keys("user:*")
@@ -330,11 +331,11 @@ async def test_pattern_cleanup_deletes_covered_records_by_scan(
     await wait_for(lambda: sync_redis.hexists(f"crdtcache:{{{cluster}}}:patterns", "c:p:*"))
     patterns = sync_redis.hgetall(f"crdtcache:{{{cluster}}}:patterns")
     assert patterns[b"c:p:*"] == patterns[b"p:p:*"]  # type: ignore[index]
-    assert runtime(b).stats.records_cleaned == 200
+    assert runtime(b).redis_statistics().records_cleaned == 200
     assert await a.get("q") == 1
     # Both hold every tombstone up to the one recorded: their writes need no recheck.
-    await wait_for(lambda: runtime(a)._patterns_version == 1)
-    assert runtime(b)._patterns_version == 1
+    await wait_for(lambda: runtime(a).protocol.patterns.version == 1)
+    assert runtime(b).protocol.patterns.version == 1
     assert patterns[b"#"] == b"1"  # type: ignore[index]
 
 
@@ -345,19 +346,26 @@ async def test_a_write_older_than_an_unknown_pattern_tombstone_loses(
     has not heard of; Redis makes a load the patterns, and a drops the write."""
     a, b = redis_pair
     a_rt = runtime(a)
-    handle = a_rt._on_invalidation
-    a_rt._on_invalidation = lambda msg: None if msg[0] == 2 else handle(msg)  # type: ignore[method-assign]
+    handle = a_rt.protocol.receive_invalidation
+
+    def deaf_to_patterns(msg: Any, now: float) -> None:
+        if not isinstance(msg, PatternRecorded):
+            handle(msg, now)
+
+    a_rt.protocol.receive_invalidation = deaf_to_patterns  # type: ignore[method-assign]
 
     async def no_heartbeat(*, leave: bool = False) -> None:
         return None  # its check would find the tombstone first (the other safety net)
 
     a_rt._heartbeat = no_heartbeat  # type: ignore[method-assign]
-    a_rt._sync_interval = 0.3
+    a_rt.writer.sync_interval = 0.3
     await a.set("p:1", "older")  # queued, stamped before the tombstone below
     await asyncio.sleep(0.01)
     await b.invalidate_pattern("p:*")
-    await wait_for(lambda: not a_rt._outbox and not a_rt._inflight, timeout=3)
-    assert a_rt.stats.writes_rechecked == 1
+    await wait_for(
+        lambda: not a_rt.protocol.outbox.queued and not a_rt.protocol.outbox.inflight, timeout=3
+    )
+    assert a_rt.redis_statistics().writes_rechecked == 1
     assert record(sync_redis, cluster, "p:1") == {}
     assert await a.get("p:1") is None and await b.get("p:1") is None
     await a.set("p:1", "newer")  # stamped after the tombstone: stored
@@ -371,12 +379,12 @@ async def test_an_abandoned_cleanup_is_resumed(
     for i in range(5):
         await a.set(f"p:{i}", i)
     a_rt = runtime(a)
-    await wait_for(lambda: not a_rt._outbox and not a_rt._inflight)
+    await wait_for(lambda: not a_rt.protocol.outbox.queued and not a_rt.protocol.outbox.inflight)
     # A tombstone recorded by an instance that died before its SCAN: no cleanup ran.
     tomb = PatternTombstone("p:*", a_rt.engine.replica.clock.tick(time.time()), "ghost")
-    script, keys, args = a_rt._pattern_call(tomb, 0)
+    script, keys, args = a_rt.protocol.calls.pattern(tomb, 0, time.time())
     assert script is PATTERN
-    await a_rt._eval(script, keys, args)
+    await a_rt.commands.eval(script, keys, args)
     assert len(list(sync_redis.scan_iter(match=f"crdtcache:{{{cluster}}}:k:p:*"))) == 5
     a_rt.cleanup_stall = 0.0
     await a_rt._resume_cleanups()
@@ -395,10 +403,10 @@ async def test_junk_on_the_channel_or_under_the_prefix_is_refused(
     sync_redis.hset(
         f"crdtcache:{{{cluster}}}:k:bad2", mapping={"s": stamp_text(1, "x"), "v": b"\xc1"}
     )
-    await wait_for(lambda: runtime(b).stats.junk_messages == 4)
+    await wait_for(lambda: runtime(b).redis_statistics().junk_messages == 4)
     assert await b.get("bad", "default") == "default"
     assert await b.get("bad2") is None
-    assert runtime(b).stats.refused_records == 2
+    assert runtime(b).redis_statistics().refused_records == 2
     assert any("malformed" in r for r in b.health().reasons)
     await a.set("k", 1)
     await eventually(lambda: b.get("k"), 1)  # still working
@@ -468,7 +476,7 @@ async def test_close_writes_what_write_behind_still_holds(
     (a,) = await redis_caches(1, url=redis_url, cluster=cluster, sync_interval=10.0)
     for i in range(50):
         await a.set(f"k{i}", i)
-    assert len(runtime(a)._outbox) == 50  # the batch would leave only in 10 s
+    assert len(runtime(a).protocol.outbox.queued) == 50  # the batch would leave only in 10 s
     await a.close()
     names = list(sync_redis.scan_iter(match=f"crdtcache:{{{cluster}}}:k:*"))
     assert len(names) == 50
@@ -481,13 +489,13 @@ async def test_a_value_read_without_a_subscription_is_served_but_not_kept(
     await a.set("k", "v")
     await eventually(lambda: b.keys(), ["k"])
     b_rt = runtime(b)
-    b_rt._subscribed = False  # as between a lost link and the resubscription
+    b_rt.protocol.subscribed = False  # as between a lost link and the resubscription
     try:
         assert await b.get("k") == "v"  # Redis is the truth: served
         await asyncio.sleep(0)
         assert b._read("k") is ABSENT  # but not kept: an invalidation could be missed
     finally:
-        b_rt._subscribed = True
+        b_rt.protocol.subscribed = True
     assert await b.get("k") == "v"
     assert b._read("k") == "v"
 
@@ -502,5 +510,46 @@ async def test_a_key_no_message_can_carry_is_refused_not_fatal(
         assert a._read("bad\udcff") is ABSENT
         await a.set("good", 2)  # the runtime goes on
         assert await a.keys() == ["good"]
+    finally:
+        await a.close()
+
+
+async def test_keys_leaves_out_queued_writes_a_local_pattern_removed(
+    redis_url: str, cluster: str
+) -> None:
+    """Write-behind: writes still queued when this node's own ``clear()`` or
+    ``invalidate_pattern`` covers them are gone from ``keys()`` at once, like the
+    records in Redis they would have replaced; a write after the tombstone is listed."""
+    (a,) = await redis_caches(1, url=redis_url, cluster=cluster, sync_interval=10.0)
+    try:
+        await a.set("user:1", 1)
+        await a.set("other", 1)
+        assert await a.keys() == ["other", "user:1"]  # both queued, none in Redis yet
+        await a.invalidate_pattern("user:*")
+        assert await a.keys() == ["other"]
+        await a.set("user:2", 2)  # stamped after the tombstone: listed
+        assert await a.keys() == ["other", "user:2"]
+        await a.clear()
+        assert await a.keys() == []
+        assert await a.get("other") is None
+    finally:
+        await a.close()
+
+
+async def test_delete_answers_true_for_a_queued_write_the_hot_tier_evicted(
+    redis_url: str, cluster: str
+) -> None:
+    """Write-behind: this node's write is live for ``delete`` (as for ``keys`` and
+    ``get``) while it waits for its batch, even once the hot tier let it go."""
+    (a,) = await redis_caches(
+        1, url=redis_url, cluster=cluster, sync_interval=10.0, local_max_size=1
+    )
+    try:
+        await a.set("x", 1)
+        await a.set("y", 2)  # x leaves the hot tier; its write is still queued
+        assert a._read("x") is ABSENT
+        assert await a.delete("x") is True
+        assert await a.delete("x") is False
+        assert await a.keys() == ["y"]
     finally:
         await a.close()

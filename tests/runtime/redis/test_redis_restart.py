@@ -32,7 +32,9 @@ async def test_restart_reconnects_resubscribes_and_drops_hot_tiers(
         own_redis.kill()
         # Both pub/sub links break at once: no invalidation can arrive any more, so
         # the hot tiers go, and operations fail cleanly instead of serving guesses.
-        await wait_for(lambda: not runtime(a)._subscribed and not runtime(b)._subscribed)
+        await wait_for(
+            lambda: not runtime(a).protocol.subscribed and not runtime(b).protocol.subscribed
+        )
         assert b._read("k") is ABSENT
         with pytest.raises(PeerError, match=UNREACHABLE):
             await a.set("k", "v2")
@@ -45,8 +47,13 @@ async def test_restart_reconnects_resubscribes_and_drops_hot_tiers(
         assert not b.health().healthy
 
         own_redis.start()  # same port, empty: it kept nothing (--save "")
-        await wait_for(lambda: runtime(a)._subscribed and runtime(b)._subscribed, timeout=10)
-        assert runtime(b).stats.reconnects == 1 and runtime(a).stats.reconnects == 1
+        await wait_for(
+            lambda: runtime(a).protocol.subscribed and runtime(b).protocol.subscribed, timeout=10
+        )
+        assert (
+            runtime(b).redis_statistics().reconnects == 1
+            and runtime(a).redis_statistics().reconnects == 1
+        )
         await wait_for(lambda: alive_peers(a) == 1 and alive_peers(b) == 1)
         # A copy kept across the outage would now be stale: Redis lost "v1".
         assert await b.get("k") is None
@@ -66,14 +73,23 @@ async def test_write_behind_writes_accepted_before_an_outage_reach_redis_after_i
 ) -> None:
     a, b = await redis_caches(2, url=own_redis.url, cluster="c")
     try:
-        runtime(a)._sync_interval = 0.2
+        runtime(a).writer.sync_interval = 0.2
         await a.set("queued", 1)  # applied here, waiting for the next batch
         own_redis.kill()
-        await wait_for(lambda: not runtime(a)._subscribed)
-        assert runtime(a)._outbox or runtime(a)._inflight  # kept for later, not lost
+        await wait_for(lambda: not runtime(a).protocol.subscribed)
+        assert (
+            runtime(a).protocol.outbox.queued or runtime(a).protocol.outbox.inflight
+        )  # kept for later, not lost
         own_redis.start()
-        await wait_for(lambda: runtime(a)._subscribed and runtime(b)._subscribed, timeout=10)
-        await wait_for(lambda: not runtime(a)._outbox and not runtime(a)._inflight, timeout=10)
+        await wait_for(
+            lambda: runtime(a).protocol.subscribed and runtime(b).protocol.subscribed, timeout=10
+        )
+        await wait_for(
+            lambda: (
+                not runtime(a).protocol.outbox.queued and not runtime(a).protocol.outbox.inflight
+            ),
+            timeout=10,
+        )
         await eventually(lambda: b.get("queued"), 1)
     finally:
         for cache in (a, b):
@@ -92,7 +108,7 @@ async def test_a_lost_subscription_alone_also_drops_the_hot_tier(own_redis: Redi
             admin.client_kill_filter(_type="pubsub")
         finally:
             admin.close()
-        await wait_for(lambda: runtime(b).stats.reconnects == 1, timeout=10)
+        await wait_for(lambda: runtime(b).redis_statistics().reconnects == 1, timeout=10)
         assert b._read("k") is ABSENT
         assert await b.get("k") == "v1"  # read from Redis again
         await a.set("k", "v2")

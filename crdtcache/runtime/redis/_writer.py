@@ -1,0 +1,198 @@
+"""Redis mode's batch writer: this instance's writes on their way to Redis (asyncio).
+
+What a batch holds and what each answer means is :mod:`._writes`' job; this module
+only sends: write-behind and on-demand writes once per ``sync_interval`` while any
+are queued (a failed batch goes back to the outbox and is retried after
+:data:`~._commands.RECONNECT_MIN`, doubling up to :data:`~._commands.RECONNECT_MAX`),
+write-through writes at once, with a wait for every live instance's acknowledgement
+that ends when the protocol says so (:meth:`BatchWriter.acked`), never by polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from crdtcache._errors import PeerError
+from crdtcache.core import Entry, PatternTombstone
+from crdtcache.runtime.redis._commands import (
+    RECONNECT_MAX,
+    RECONNECT_MIN,
+    Commands,
+    reraise_cancellation,
+)
+from crdtcache.runtime.redis._protocol import RedisProtocol
+from crdtcache.runtime.redis._tables import batches
+from crdtcache.runtime.redis._writes import RECHECK_ATTEMPTS, WriteReport
+
+__all__ = ["BatchWriter"]
+
+log = logging.getLogger(__name__)
+
+Write = tuple[str, Entry]
+
+
+class BatchWriter:
+    """Sends the protocol's batches with ``commands`` (see module doc).
+
+    ``load_patterns`` reloads the pattern tombstones (a "recheck" answer needs them),
+    ``dispatch`` acts on the protocol's events after each answer.
+    """
+
+    def __init__(
+        self,
+        protocol: RedisProtocol,
+        commands: Commands,
+        *,
+        sync_interval: float,
+        clock: Callable[[], float],
+        load_patterns: Callable[[], Awaitable[Any]],
+        dispatch: Callable[[], None],
+    ) -> None:
+        self.protocol = protocol
+        self.commands = commands
+        #: Seconds between write-behind batches (tests shorten it).
+        self.sync_interval = sync_interval
+        self._clock = clock
+        self._load_patterns = load_patterns
+        self._dispatch = dispatch
+        self._wanted = asyncio.Event()
+        self._ack_done: dict[int, asyncio.Future[None]] = {}
+
+    def wake(self) -> None:
+        """Writes are queued: write them within ``sync_interval``."""
+        self._wanted.set()
+
+    def acked(self, ack_id: int) -> None:
+        """The waiter ``ack_id`` completed: its writer stops waiting."""
+        done = self._ack_done.get(ack_id)
+        if done is not None and not done.done():
+            done.set_result(None)
+
+    async def flush(self, *, ack: bool, timeout: float) -> frozenset[str]:
+        """Write-through: write the pending writes now and wait for every live instance.
+
+        Returns the instances that did not acknowledge within ``timeout``. Raises
+        :class:`PeerError` if Redis did not take the writes: they are then dropped
+        from this instance too (nothing is left applied that Redis does not hold).
+        """
+        proto = self.protocol
+        proto.take()
+        entries, patterns = proto.outbox.take_all()
+        if not entries and not patterns:
+            return frozenset()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        ack_id = proto.expect_acks() if ack else 0
+        done: asyncio.Future[None] = loop.create_future()
+        if ack_id:
+            self._ack_done[ack_id] = done
+        try:
+            applied = await self._write_through(entries, patterns, ack_id, timeout)
+            if not ack_id or not applied or not proto.acks.missing(ack_id):
+                return frozenset()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(done), max(0.0, deadline - loop.time()))
+            return proto.acks.missing(ack_id)
+        finally:
+            proto.acks.release(ack_id)
+            self._ack_done.pop(ack_id, None)
+
+    async def _write_through(
+        self, entries: list[Write], patterns: list[PatternTombstone], ack_id: int, timeout: float
+    ) -> int:
+        """Write now, in batches; on any failure the writes are dropped here."""
+        try:
+            applied = 0
+            async with asyncio.timeout(timeout):
+                for batch in batches(entries) if entries else iter([[]]):
+                    applied += await self.write(batch, patterns, ack_id, requeue=False)
+                    patterns = []
+            return applied
+        except PeerError:
+            self.protocol.writes.drop_writes(entries)  # also batches before the failed one
+            raise
+        except TimeoutError:
+            self.protocol.writes.drop_writes(entries)
+            raise PeerError(
+                f"{self.commands.where} did not answer within {timeout:g} s; "
+                "the write is dropped from this instance and may or may not be in Redis"
+            ) from None
+
+    async def run(self) -> None:
+        """Write-behind: one pipeline per ``sync_interval`` while writes are queued."""
+        wanted = self._wanted
+        delay = RECONNECT_MIN
+        while True:
+            reraise_cancellation()
+            await wanted.wait()
+            await asyncio.sleep(self.sync_interval)
+            wanted.clear()
+            try:
+                await self.write_outbox()
+                delay = RECONNECT_MIN
+            except Exception as exc:  # the flusher must outlive any one failure
+                reraise_cancellation()
+                if isinstance(exc, PeerError):
+                    log.warning("write-behind batch not written, retry in %.2f s: %s", delay, exc)
+                else:
+                    log.exception("write-behind batch failed, retry in %.2f s", delay)
+                wanted.set()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX)
+
+    async def write_outbox(self) -> None:
+        """Write everything queued, in batches; what fails goes back to the outbox."""
+        outbox = self.protocol.outbox
+        self.protocol.take()
+        while outbox:
+            batch, patterns = outbox.next_batch()
+            await self.write(batch, patterns, 0, requeue=True)
+
+    async def write(
+        self,
+        entries: list[Write],
+        patterns: list[PatternTombstone],
+        ack_id: int,
+        *,
+        requeue: bool,
+        applied: list[Write] | None = None,
+    ) -> int:
+        """Write one batch; returns how many writes Redis applied (and announced).
+
+        On a connection failure the batch goes back to the outbox (``requeue``) or is
+        dropped from this instance; either way :class:`PeerError` is raised.
+        """
+        writes = self.protocol.writes
+        report = WriteReport()
+        for _ in range(RECHECK_ATTEMPTS):
+            batch = writes.prepare(entries, patterns, ack_id, report, self._clock())
+            if batch is None:
+                break
+            try:
+                results = await self.commands.pipeline(batch.calls)
+            except (PeerError, asyncio.CancelledError):
+                writes.put_back(batch.entries, batch.patterns, requeue=requeue)
+                raise
+            finally:
+                writes.sent(batch)
+            recheck = writes.answered(batch, results, report, self._clock())
+            self._dispatch()
+            if not recheck:
+                break
+            try:
+                await self._load_patterns()
+            except (PeerError, asyncio.CancelledError):
+                writes.put_back(recheck, [], requeue=requeue)
+                raise
+            entries, patterns = recheck, []
+        else:
+            writes.unsure(entries, report, requeue=requeue)
+        if applied is not None:
+            applied += report.applied
+        if report.errors and not requeue:
+            raise PeerError("Redis refused writes: " + "; ".join(report.errors[:3]))
+        return report.count
