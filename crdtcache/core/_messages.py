@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, NamedTuple
 
 from crdtcache.core._entry import Entry, PatternTombstone
 
@@ -14,6 +14,7 @@ __all__ = [
     "Fetch",
     "FetchReply",
     "Message",
+    "Outgoing",
     "Ping",
     "Push",
     "SyncRequest",
@@ -103,3 +104,10 @@ class FetchReply:
 
 
 Message = Push | Ack | SyncRequest | SyncResponse | Ping | Fetch | FetchReply
+
+
+class Outgoing(NamedTuple):
+    """A message for the driver to deliver to ``peer``."""
+
+    peer: str
+    message: Message
