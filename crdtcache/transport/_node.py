@@ -180,8 +180,10 @@ class Node:
         self._address: str | None = None
         self._listener: Listener | None = None
         self._links: dict[LinkSession, Connection] = {}
-        self._streams: set[Connection] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        # Dicts used as ordered sets: shutdown walks them in a repeatable order, which a
+        # simulated network (crdtcache.testing.MemoryNetwork) needs to repeat a run.
+        self._streams: dict[Connection, None] = {}
+        self._tasks: dict[asyncio.Task[Any], None] = {}
         self._tick_handle: asyncio.TimerHandle | None = None
         self._flush_handle: asyncio.TimerHandle | None = None
         # Futures resolved by the engine's completion events, by ack or fetch id.
@@ -334,14 +336,14 @@ class Node:
         """
         session = self.mesh.session(dialed=conn.dialed, remote_host=conn.remote_host)
         conn.session = session
-        self._streams.add(conn)
+        self._streams[conn] = None
         tls = self._ssl_client if conn.dialed else self._ssl_server
         try:
             await open_link(
                 conn, session, tls=tls, keyring=self._keyring, timeout=self.handshake_timeout
             )
         except SelfDial:
-            self._streams.discard(conn)
+            self._streams.pop(conn, None)
             conn.abort()
             raise
         except Exception as exc:
@@ -350,7 +352,7 @@ class Node:
         kept, replaced = self.mesh.register(session) if not self._closing else (False, None)
         if not kept:
             log.debug("keeping the existing connection to %s", session.peer)
-            self._streams.discard(conn)
+            self._streams.pop(conn, None)
             await conn.close(0.1)
             return None
         self._links[session] = conn
@@ -363,7 +365,7 @@ class Node:
 
     async def _refused(self, conn: Connection, exc: Exception) -> None:
         """Count and log a failed handshake once; tell the peer why if it is worth it."""
-        self._streams.discard(conn)
+        self._streams.pop(conn, None)
         self.handshake_failures += 1
         self.protocol_errors += isinstance(exc, ProtocolError)
         self.auth_failures += isinstance(exc, IdentityError)
@@ -463,7 +465,7 @@ class Node:
     def _drop(self, conn: Connection, reason: str) -> None:
         conn.abort()
         if conn in self._streams:  # counted once, however many paths drop it
-            self._streams.discard(conn)
+            self._streams.pop(conn, None)
             counts = (conn.bytes_sent, conn.bytes_received, conn.frames_sent, conn.frames_received)
             self._closed_counts = [a + b for a, b in zip(self._closed_counts, counts, strict=True)]
         session = conn.session
@@ -620,13 +622,13 @@ class Node:
     # ------------------------------------------------------------- helpers
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
+        self._tasks[task] = None
         task.add_done_callback(self._reap)
         return task
 
     def _reap(self, task: asyncio.Task[Any]) -> None:
         # Every task's outcome is taken here, so none ends as "exception never retrieved".
-        self._tasks.discard(task)
+        self._tasks.pop(task, None)
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("node %s: a task failed", self.node_id, exc_info=exc)
 

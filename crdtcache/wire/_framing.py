@@ -91,7 +91,7 @@ class FrameDecoder:
         buf = self._buffer
         if len(buf) < HEADER.size:
             return HEADER.size - len(buf)
-        (length,) = HEADER.unpack_from(buf)
+        length: int = HEADER.unpack_from(buf)[0]
         return HEADER.size + length - len(buf)
 
     @property
