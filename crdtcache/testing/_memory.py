@@ -35,12 +35,14 @@ Example::
         async with net.cache(node_id="a") as a, net.cache(node_id="b", seeds=[a.address]) as b:
             await b.wait_for_peers(1)
             await a.set("k", 1)
+            await asyncio.sleep(1)            # a second of virtual time: gossip arrives
+            assert await b.get("k") == 1
             net.partition([a], [b])
             await a.set("k", 2)               # b cannot hear of it...
             await asyncio.sleep(5)
             assert await b.get("k") == 1
             net.heal()
-            await asyncio.sleep(5)            # ...until the partition heals
+            await asyncio.sleep(15)           # ...until the nodes redial (backoff)
             assert await b.get("k") == 2
 
     with MemoryNetwork(seed=1) as net:

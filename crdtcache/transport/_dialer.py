@@ -4,8 +4,10 @@ One task per wanted address. Seeds are wanted for as long as the node runs; an a
 learnt from discovery or a peer list is given up after :data:`FORGET_AFTER` seconds of
 failures (it may be reported again). A refused secret or certificate does not fix
 itself in 50 ms, so an :class:`~crdtcache.core._link.IdentityError` backs off to the
-maximum at once. When both ends know each other the mesh decides which one dials
-first (:meth:`~crdtcache.core._link.Mesh.defers_to`).
+maximum at once, and a link that drops within :data:`STABLE_AFTER` seconds counts as a
+failed dial (no redial storm against a peer that drops every link). When both ends know
+each other the mesh decides which one dials first
+(:meth:`~crdtcache.core._link.Mesh.defers_to`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ MAX_BACKOFF: Final = 5.0
 FORGET_AFTER: Final = 120.0
 #: Seconds (before jitter) a node waits for a peer that dials first.
 DEFER_DELAY: Final = 0.1
+#: A link that lived less than this many seconds counts as a failure for the backoff:
+#: a peer that drops every link at once (refused gossip, a bug) is not redialled in a
+#: tight loop.
+STABLE_AFTER: Final = 1.0
 
 
 @dataclass(slots=True)
@@ -91,8 +97,7 @@ class Dialer:
             node_id = wanted.address.node_id
             existing = node.link_to(node_id) if node_id else None
             if existing is not None:
-                await asyncio.shield(existing.closed)
-                backoff = INITIAL_BACKOFF
+                backoff = await self._hold(existing.closed, backoff)
                 continue
             if failing_since is None and node.mesh.defers_to(node_id):
                 await asyncio.sleep(DEFER_DELAY * (1 + self.rng.random()))
@@ -117,11 +122,19 @@ class Dialer:
                 backoff = min(backoff * 2, MAX_BACKOFF)
                 continue
             failing_since = None
-            backoff = INITIAL_BACKOFF
             if node._closing:
                 return
             if conn is not None:
                 if wanted.address.node_id is None and conn.peer is not None:
                     host, port = wanted.address.host, wanted.address.port
                     wanted.address = PeerAddress(host, port, conn.peer)
-                await asyncio.shield(conn.closed)
+                backoff = await self._hold(conn.closed, backoff)
+
+    async def _hold(self, closed: asyncio.Future[None], backoff: float) -> float:
+        """Wait for a link to close; return the backoff for the next dial."""
+        opened = self.node._clock()
+        await asyncio.shield(closed)
+        if self.node._clock() - opened >= STABLE_AFTER:
+            return INITIAL_BACKOFF
+        await asyncio.sleep(backoff * (0.5 + self.rng.random()))
+        return min(backoff * 2, MAX_BACKOFF)

@@ -83,7 +83,7 @@ class MemoryStream:
             if self._closing:
                 raise StreamClosed("closed by this node")
             if pipe.reset:
-                raise StreamError("connection reset by the peer")
+                raise StreamError("connection reset")
             if pipe.ended:
                 partial = bytes(pipe.data)
                 pipe.data.clear()
@@ -130,6 +130,10 @@ class MemoryStream:
     def abort(self) -> None:
         """Reset the stream: unread bytes are lost and the peer's next read fails."""
         self._closing = True
+        self.reset()
+
+    def reset(self) -> None:
+        """Break the stream under both ends (the network failed): reads fail, writes drop."""
         for pipe in (self._out, self._in):
             pipe.reset = True
             pipe.data.clear()
@@ -194,7 +198,7 @@ class MemoryHub:
     def _reset(self, which: Any) -> None:
         for stream in list(self._streams):
             if which(stream):
-                stream.abort()
+                stream.reset()
         self._streams = [s for s in self._streams if not s.is_closing()]
 
     # ------------------------------------------------------------- plumbing

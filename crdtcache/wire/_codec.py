@@ -351,7 +351,7 @@ def _peer_list(obj: list[Any]) -> PeerList:
 def _admin_request(obj: list[Any]) -> AdminRequest:
     _arity(obj, 4, "admin request")
     op = obj[2]
-    if op not in ADMIN_OPS:
+    if type(op) is not str or op not in ADMIN_OPS:  # a list or map would not even hash
         _bad(f"unknown admin operation {op!r}")
     args = _list(obj[3], "admin arguments")
     if len(args) != ADMIN_OPS[op]:
