@@ -66,7 +66,7 @@ async def test_abort_resets_the_peer_and_discards_unread_bytes() -> None:
 
 
 async def test_dials_to_nothing_and_across_a_partition_are_refused() -> None:
-    hub, client, server = await _pair()
+    hub, _, server = await _pair()
     with pytest.raises(StreamError, match="refused"):
         await hub.network("a").connect("127.0.0.1", 1)
     hub.partition(["a"], ["b"])

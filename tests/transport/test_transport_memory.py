@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
 from typing import Any
 
 import pytest
@@ -39,7 +38,6 @@ async def started(net: MemoryNetwork, *names: str) -> list[Node]:
     return nodes
 
 
-
 def test_any_error_while_handling_a_message_drops_only_that_link(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -71,7 +69,9 @@ def test_a_fetch_ends_when_every_peer_answered_not_at_its_timeout() -> None:
         a.engine.set("held", encode_value("held", "v"), net.clock())
         a.engine.set("lost", encode_value("lost", "w"), net.clock())
         a.wake()
-        await until(lambda: "lost" in b.engine.replica.entries and "lost" in c.engine.replica.entries)
+        await until(
+            lambda: "lost" in b.engine.replica.entries and "lost" in c.engine.replica.entries
+        )
         for n in (a, b, c):
             n.engine.replica.evict("lost")  # nobody holds its value any more
         b.engine.replica.evict("held")
