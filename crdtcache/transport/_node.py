@@ -10,10 +10,12 @@ moves their messages over streams from a :class:`~crdtcache.transport._network.N
 into futures.
 
 It listens on ``listen`` and dials every address it learns (discovery, seeds, peer
-lists), redialling with exponential backoff and jitter while the address is wanted.
-Every stream is opened by :func:`~crdtcache.transport._handshake.open_link` (TLS, the
-secret's handshake, hellos) within the handshake timeout, before the engine hears of
-the peer; a refused stream costs one log line and is counted in ``statistics()``.
+lists), redialling with backoff and jitter while the address is wanted
+(:mod:`~crdtcache.transport._dialer`). Its :class:`~crdtcache.transport._links.Links`
+carry every stream through :func:`~crdtcache.transport._handshake.open_link` (TLS,
+the secret's handshake, hellos; before the engine hears of the peer) to its reader
+task and its drop; a refused stream costs one log line and is counted in
+``statistics()``.
 
 The engine is touched only from the event loop: the reader task of each link hands
 messages to the mesh and gossip to ``engine.handle``; a periodic callback calls
@@ -31,7 +33,6 @@ log line; it never escapes into the event loop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import ssl as _ssl
@@ -40,31 +41,21 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
-from crdtcache._errors import CacheError, ConfigError, PeerError, ProtocolError
+from crdtcache._errors import ConfigError, ProtocolError
 from crdtcache.core import GossipEngine, Outgoing
 from crdtcache.core._completion import AckDone
 from crdtcache.core._format import InvalidRecord, check_cluster
 from crdtcache.core._link import (
-    AdminAnswered,
-    AdminAsked,
-    Dial,
-    Gossip,
     Identity,
-    IdentityError,
-    Left,
-    LinkEvent,
-    LinkSession,
     Mesh,
-    SelfDial,
 )
-from crdtcache.core._messages import AdminReply, AdminRequest, Bye, Message
+from crdtcache.core._messages import Message
 from crdtcache.discovery._base import Discovery, PeerAddress
 from crdtcache.runtime._protocol import ChangeListener, PeerListener
 from crdtcache.transport._connection import MAX_SEND_BUFFER, Connection
 from crdtcache.transport._dialer import Dialer
-from crdtcache.transport._handshake import open_link
+from crdtcache.transport._links import Links
 from crdtcache.transport._network import Listener, Network, TcpNetwork
-from crdtcache.transport._stream import Stream, StreamClosed, StreamError
 from crdtcache.transport._tls import check_tls_contexts
 from crdtcache.wire._auth import keyring
 from crdtcache.wire._codec import encode
@@ -172,34 +163,25 @@ class Node:
         self.handshake_timeout = handshake_timeout
         self.tick_interval = tick_interval
         self.incarnation = rng.getrandbits(62) + 1
-        #: A client only asks nodes for cache operations: it follows no gossip, is not
-        #: dialled back and is not announced to other peers.
+        #: A client only asks for cache operations: no gossip, not dialled back or announced.
         self.client_mode = client_mode
         self.mesh = Mesh(Identity(self.node_id, cluster, 0, self.incarnation))
         self._dialer = Dialer(self, rng)
+        self.links = Links(self)
         self._address: str | None = None
         self._listener: Listener | None = None
-        self._links: dict[LinkSession, Connection] = {}
-        # Dicts used as ordered sets: shutdown walks them in a repeatable order, which a
-        # simulated network (crdtcache.testing.MemoryNetwork) needs to repeat a run.
-        self._streams: dict[Connection, None] = {}
+        # An ordered set: shutdown cancels in a repeatable order (MemoryNetwork runs).
         self._tasks: dict[asyncio.Task[Any], None] = {}
         self._tick_handle: asyncio.TimerHandle | None = None
         self._flush_handle: asyncio.TimerHandle | None = None
         # Futures resolved by the engine's completion events, by ack or fetch id.
         self._waiters: dict[tuple[bool, int], asyncio.Future[None]] = {}
-        self._admin_waiters: dict[tuple[LinkSession, int], asyncio.Future[AdminReply]] = {}
         self._on_changes: ChangeListener | None = None
         self._on_peer: PeerListener | None = None
         self._started = False
         self._closing = False
         #: Serves :class:`AdminRequest` (the cache installs it): ``await admin(op, args)``.
         self.admin: Callable[[str, tuple[Any, ...]], Awaitable[Any]] | None = None
-        self.protocol_errors = 0
-        self.refused_connections = 0
-        self.auth_failures = 0
-        self.handshake_failures = 0
-        self._closed_counts = [0, 0, 0, 0]  # bytes and frames of closed connections
 
     # ------------------------------------------------------------ lifecycle
     @property
@@ -218,7 +200,7 @@ class Node:
             return
         host, port = self._listen
         tls = self._ssl_server is not None
-        self._listener = await self._network.listen(host, port, self._accept, tls=tls)
+        self._listener = await self._network.listen(host, port, self.links.accept, tls=tls)
         bound_host, bound_port = self._listener.address
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         self._address = f"{shown}:{bound_port}"
@@ -251,9 +233,6 @@ class Node:
             if handle is not None:
                 handle.cancel()
         self._deliver(self.engine.flush(self._clock())[0])
-        bye = encode(Bye())
-        for conn in self._links.values():
-            conn.send(bye)
         if self._discovery is not None:
             try:
                 await self._discovery.close()
@@ -261,7 +240,7 @@ class Node:
                 log.exception("error while closing discovery")
         if self._listener is not None:
             self._listener.close()
-        await asyncio.gather(*(c.close() for c in list(self._streams)), return_exceptions=True)
+        await self.links.close()
         # Cancel until none is left: a handshake finishing during shutdown may have
         # spawned a task, and on Python < 3.12 wait_for can swallow a cancellation.
         for _ in range(10):
@@ -270,8 +249,7 @@ class Node:
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.wait(list(self._tasks), timeout=1.0)
-        for conn in list(self._streams):
-            conn.abort()
+        self.links.abort()
         for waiter in self._waiters.values():
             if not waiter.done():
                 waiter.set_result(None)
@@ -289,170 +267,21 @@ class Node:
 
     def link_to(self, node_id: str) -> Connection | None:
         """The open connection to ``node_id``, if any."""
-        session = self.mesh.links.get(node_id)
-        return None if session is None else self._links.get(session)
+        return self.links.link_to(node_id)
 
     def connections(self) -> dict[str, Connection]:
         """The open connection to each linked peer, by node id."""
-        return {peer: self._links[s] for peer, s in self.mesh.links.items() if s in self._links}
+        return self.links.connections()
 
+    # ------------------------------------------------------------- links
     async def dial(self, address: PeerAddress) -> Connection | None:
-        """Dial ``address`` once and open the link (see :meth:`_open`)."""
+        """Dial ``address`` once and open the link (None: it lost a duplicate race)."""
         stream = await self._network.connect(address.host, address.port)
-        conn = Connection(
-            stream, dialed=True, max_frame_bytes=self.max_frame_bytes, send_buffer=self.send_buffer
-        )
-        return await self._open(conn)
+        return await self.links.open(self.links.connection(stream, dialed=True))
 
-    # ------------------------------------------------------------ streams
-    async def _accept(self, stream: Stream) -> None:
-        if self._closing:
-            log.debug("refusing a connection from %s: shutting down", stream.extra("peername"))
-            stream.abort()
-            return
-        if len(self._streams) >= self.max_connections:
-            self.refused_connections += 1
-            log.warning(
-                "refusing a connection from %s: %d streams open (limit %d)",
-                stream.extra("peername"),
-                len(self._streams),
-                self.max_connections,
-            )
-            stream.abort()
-            return
-        conn = Connection(
-            stream, dialed=False, max_frame_bytes=self.max_frame_bytes, send_buffer=self.send_buffer
-        )
-        # A failed handshake has been logged once already; letting it escape would make
-        # asyncio log it again ("Unhandled exception in client_connected_cb").
-        with contextlib.suppress(SelfDial, PeerError):
-            await self._open(conn)
-
-    async def _open(self, conn: Connection) -> Connection | None:
-        """Run the handshake and register the link.
-
-        Returns the registered connection, or None if it lost a duplicate race.
-        Raises for a failed handshake (after logging and closing the stream).
-        """
-        session = self.mesh.session(dialed=conn.dialed, remote_host=conn.remote_host)
-        conn.session = session
-        self._streams[conn] = None
-        tls = self._ssl_client if conn.dialed else self._ssl_server
-        try:
-            await open_link(
-                conn, session, tls=tls, keyring=self._keyring, timeout=self.handshake_timeout
-            )
-        except SelfDial:
-            self._streams.pop(conn, None)
-            conn.abort()
-            raise
-        except Exception as exc:
-            await self._refused(conn, exc)
-            raise exc if isinstance(exc, PeerError) else ProtocolError(str(exc)) from exc
-        kept, replaced = self.mesh.register(session) if not self._closing else (False, None)
-        if not kept:
-            log.debug("keeping the existing connection to %s", session.peer)
-            self._streams.pop(conn, None)
-            await conn.close(0.1)
-            return None
-        self._links[session] = conn
-        if replaced is not None and replaced in self._links:
-            log.debug("replacing the connection to %s", session.peer)
-            self._links[replaced].abort()
-        self._spawn(self._read_loop(conn, session))
-        self._joined(conn, session)
-        return conn
-
-    async def _refused(self, conn: Connection, exc: Exception) -> None:
-        """Count and log a failed handshake once; tell the peer why if it is worth it."""
-        self._streams.pop(conn, None)
-        self.handshake_failures += 1
-        self.protocol_errors += isinstance(exc, ProtocolError)
-        self.auth_failures += isinstance(exc, IdentityError)
-        reason = _reason(exc)
-        if conn.tls and isinstance(exc, StreamClosed) and not exc.truncated:
-            # TLS 1.3 reports a refused client certificate only after the handshake.
-            reason = (
-                "the peer closed the stream right after TLS "
-                "(it may have refused this node's certificate)"
-            )
-        log.warning(
-            "dropping connection from %s: %s", conn.label, reason, extra={"node": self.node_id}
-        )
-        if not isinstance(exc, PeerError):  # a bug of ours: show where
-            log.error("unexpected handshake error", exc_info=exc)
-        reply = getattr(exc, "reply", None)
-        if isinstance(reply, bytes):
-            # Tell a peer speaking the other mode why, so its log says so too.
-            conn.send(reply)
-            await conn.close(0.2)
-        else:
-            conn.abort()
-
-    def _joined(self, conn: Connection, session: LinkSession) -> None:
-        assert session.peer is not None
-        if not session.member:
-            # We are a client, or the peer is one (it listens nowhere): no membership,
-            # no gossip, only cache operations.
-            log.debug("connected to %s (client link)", conn.label)
-            return
-        self._deliver(self.engine.peer_reachable(session.peer, self._clock()))
+    def _member_joined(self, peer: str) -> None:
+        self._deliver(self.engine.peer_reachable(peer, self._clock()))
         self._after_engine()
-        announcements, dials = self.mesh.joined(session)
-        for dial in dials:
-            self._dialer.want(PeerAddress(dial.host, dial.port, dial.node), seed=False)
-        for announce in announcements:
-            self._links[announce.link].send(encode(announce.message))
-        log.info("connected to %s%s", conn.label, " (authenticated)" if conn.secured else "")
-
-    async def _read_loop(self, conn: Connection, session: LinkSession) -> None:
-        reason = "closed by peer"
-        try:
-            while True:
-                message = await conn.read_message()
-                for event in self.mesh.receive(session, message):
-                    self._on_event(conn, session, event)
-                if isinstance(message, Bye):
-                    reason = "peer said goodbye"
-                    break
-        except StreamClosed as exc:
-            if exc.truncated:
-                self.protocol_errors += 1
-                log.warning("dropping connection from %s: truncated frame", conn.label)
-        except ProtocolError as exc:
-            self.protocol_errors += 1
-            self.auth_failures += isinstance(exc, IdentityError)
-            log.warning(
-                "dropping connection from %s: %s", conn.label, exc, extra={"node": self.node_id}
-            )
-            reason = str(exc)
-        except StreamError as exc:
-            reason = str(exc)
-        except Exception as exc:  # a bug of ours must cost one link, never the node
-            self.protocol_errors += 1
-            log.exception("dropping connection from %s: unexpected error", conn.label)
-            reason = f"unexpected error: {exc!r}"
-        finally:
-            self._drop(conn, reason)
-
-    def _on_event(self, conn: Connection, session: LinkSession, event: LinkEvent) -> None:
-        peer = session.peer
-        assert peer is not None
-        if isinstance(event, Gossip):
-            self._handle(peer, event.message)
-        elif isinstance(event, Left):
-            # It left on purpose: forget it rather than keep a dead member around (a
-            # restarted node, or a CLI client, is added again).
-            self.engine.remove_peer(peer)
-            self._after_engine()
-        elif isinstance(event, AdminAsked):
-            self._spawn(self._serve_admin(conn, event.request))
-        elif isinstance(event, AdminAnswered):
-            waiter = self._admin_waiters.pop((session, event.reply.request), None)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(event.reply)
-        elif isinstance(event, Dial):
-            self._dialer.want(PeerAddress(event.host, event.port, event.node), seed=False)
 
     def _handle(self, peer: str, message: Message) -> None:
         try:
@@ -462,39 +291,15 @@ class Node:
         self._deliver(out)
         self._after_engine()
 
-    def _drop(self, conn: Connection, reason: str) -> None:
-        conn.abort()
-        if conn in self._streams:  # counted once, however many paths drop it
-            self._streams.pop(conn, None)
-            counts = (conn.bytes_sent, conn.bytes_received, conn.frames_sent, conn.frames_received)
-            self._closed_counts = [a + b for a, b in zip(self._closed_counts, counts, strict=True)]
-        session = conn.session
-        if session is None or self._links.pop(session, None) is None:
-            return
-        for request in session.close():
-            waiter = self._admin_waiters.pop((session, request), None)
-            if waiter is not None and not waiter.done():
-                waiter.set_exception(PeerError(f"lost the link to {session.peer}: {reason}"))
-        if self.mesh.remove(session) and not self._closing:
-            assert session.peer is not None
-            log.info("lost %s: %s", conn.label, reason)
-            self.engine.peer_unreachable(session.peer, self._clock())
-            self._after_engine()
+    def _member_left(self, peer: str) -> None:
+        # It left on purpose: forget it rather than keep a dead member around (a
+        # restarted node, or a CLI client, is added again).
+        self.engine.remove_peer(peer)
+        self._after_engine()
 
-    # ------------------------------------------------------ admin requests
-    async def _serve_admin(self, conn: Connection, request: AdminRequest) -> None:
-        handler = self.admin
-        if handler is None:
-            reply = AdminReply(request.request, False, "this node serves no cache operations")
-        else:
-            try:
-                reply = LinkSession.answer(request, True, await handler(request.op, request.args))
-            except CacheError as exc:
-                reply = LinkSession.answer(request, False, str(exc))
-        try:
-            conn.send(encode(reply))
-        except (TypeError, ValueError, ProtocolError) as exc:
-            conn.send(encode(AdminReply(request.request, False, f"unsendable result: {exc}")))
+    def _member_lost(self, peer: str) -> None:
+        self.engine.peer_unreachable(peer, self._clock())
+        self._after_engine()
 
     async def request(self, peer: str, op: str, *args: Any, timeout: float = 5.0) -> Any:
         """Ask ``peer`` to run the cache operation ``op``; return its result.
@@ -502,24 +307,7 @@ class Node:
         Raises :class:`PeerError` if it is not connected, does not answer within
         ``timeout``, refuses (with its error text), or the link drops first.
         """
-        session = self.mesh.links.get(peer)
-        if session is None or session not in self._links:
-            raise PeerError(f"not connected to {peer}")
-        message = session.ask(op, args)
-        key = (session, message.request)
-        waiter: asyncio.Future[AdminReply] = asyncio.get_running_loop().create_future()
-        self._admin_waiters[key] = waiter
-        self._links[session].send(encode(message))
-        try:
-            reply = await asyncio.wait_for(waiter, timeout)
-        except TimeoutError:
-            raise PeerError(f"{peer} did not answer {op} within {timeout} s") from None
-        finally:
-            self._admin_waiters.pop(key, None)
-            session.forget(message.request)
-        if not reply.ok:
-            raise PeerError(f"{peer} refused {op}: {reply.result}")
-        return reply.result
+        return await self.links.request(peer, op, args, timeout)
 
     # ------------------------------------------------------------- engine
     def _deliver(self, outgoing: Sequence[Outgoing]) -> None:
@@ -556,7 +344,7 @@ class Node:
         try:
             self._deliver(self.engine.tick(now))
             self._after_engine()
-            for conn in list(self._links.values()):
+            for conn in list(self.links.by_session.values()):
                 if conn.stalled_since is None:
                     continue
                 if conn.buffered() <= conn.send_buffer:
@@ -564,7 +352,7 @@ class Node:
                 elif now - conn.stalled_since > STALL_TIMEOUT:
                     stuck = now - conn.stalled_since
                     log.warning("dropping connection to %s: stuck for %.0f s", conn.label, stuck)
-                    self._drop(conn, "send buffer stuck")
+                    self.links.drop(conn, "send buffer stuck")
         finally:
             delay = min(self.tick_interval, max(0.0, self.engine.next_deadline() - now))
             self._tick_handle = asyncio.get_running_loop().call_later(delay, self._tick)
@@ -636,10 +424,31 @@ class Node:
         """Connected peers: node id -> the address they listen on."""
         return {peer: conn.listen_address for peer, conn in self.connections().items()}
 
+    @property
+    def protocol_errors(self) -> int:
+        """Links dropped (or refused) for junk from the peer."""
+        return self.links.protocol_errors
+
+    @property
+    def auth_failures(self) -> int:
+        """Links refused because the peer could not prove its identity."""
+        return self.links.auth_failures
+
+    @property
+    def handshake_failures(self) -> int:
+        """Streams whose handshake failed."""
+        return self.links.handshake_failures
+
+    @property
+    def refused_connections(self) -> int:
+        """Streams refused because ``max_connections`` were open."""
+        return self.links.refused_connections
+
     def statistics(self) -> TransportStatistics:
         """Transport counters: bytes and frames sent/received, connections, errors."""
-        conns = list(self._streams)
-        closed = self._closed_counts
+        links = self.links
+        conns = list(links.streams)
+        closed = links.closed_counts
         return TransportStatistics(
             bytes_sent=closed[0] + sum(c.bytes_sent for c in conns),
             bytes_received=closed[1] + sum(c.bytes_received for c in conns),
@@ -647,17 +456,11 @@ class Node:
             frames_received=closed[3] + sum(c.frames_received for c in conns),
             frames_dropped=sum(c.dropped for c in conns),
             connections=len(self.mesh.links),
-            protocol_errors=self.protocol_errors,
-            auth_failures=self.auth_failures,
-            handshake_failures=self.handshake_failures,
-            refused_connections=self.refused_connections,
+            protocol_errors=links.protocol_errors,
+            auth_failures=links.auth_failures,
+            handshake_failures=links.handshake_failures,
+            refused_connections=links.refused_connections,
             authenticated=bool(self._keyring),
             tls=self._ssl_server is not None,
             peer_addresses=self.connected_peers(),
         )
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, StreamClosed):
-        return "truncated frame" if exc.truncated else "closed before the handshake finished"
-    return str(exc) or type(exc).__name__

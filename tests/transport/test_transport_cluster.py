@@ -66,7 +66,7 @@ async def test_a_crashed_peer_is_suspected_then_dead_and_caught_up_on_return() -
         b._closing = True
         if b._listener is not None:
             b._listener.close()
-        for conn in list(b._streams):
+        for conn in list(b.links.streams):
             conn.abort()
         await wait_for(lambda: any(e.state == DEAD for e in events), 5)
         # While b is away, a writes; b comes back (same replica, new runtime).
