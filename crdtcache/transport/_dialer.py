@@ -108,7 +108,7 @@ class Dialer:
             except SelfDial:
                 self.wanted.pop(key, None)
                 return
-            except (PeerError, TimeoutError) as exc:
+            except PeerError as exc:
                 now = node._clock()
                 failing_since = failing_since or now
                 if not wanted.seed and now - failing_since > FORGET_AFTER:

@@ -57,7 +57,7 @@ class Network(Protocol):
         ...
 
     async def connect(self, host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> Stream:
-        """Dial ``host:port``; raises :class:`StreamError` (``TimeoutError`` past ``timeout``)."""
+        """Dial ``host:port``; raises :class:`StreamError` (also past ``timeout``)."""
         ...
 
     def random(self) -> random.Random:
@@ -134,10 +134,13 @@ class TcpNetwork:
 
     async def connect(self, host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> Stream:
         """Open a TCP stream to ``host:port``."""
-        with stream_errors():
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port, limit=_READ_LIMIT), timeout
-            )
+        try:
+            with stream_errors():
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(host, port, limit=_READ_LIMIT), timeout
+                )
+        except TimeoutError:
+            raise StreamError(f"no answer from {host}:{port} within {timeout} s") from None
         return AsyncioStream(reader, writer)
 
     def random(self) -> random.Random:
