@@ -43,9 +43,11 @@ def choose_node_id(options: CacheOptions) -> str:
     one id would also take each other's invalidations for their own and ignore them.
     """
     stable = options.persist_path is not None or options.backend == "memory"
+    network = options._network  # a simulated network draws ids from its seed
+    token = uuid.uuid4().hex if network is None else network.random().randbytes(16).hex()
     if options.node_id is not None and not stable:
-        return f"{options.node_id}~{uuid.uuid4().hex[:6]}"
-    return options.node_id or uuid.uuid4().hex[:12]
+        return f"{options.node_id}~{token[:6]}"
+    return options.node_id or token[:12]
 
 
 def assemble(
@@ -73,7 +75,7 @@ def assemble(
     tier.attach(replica)
     engine = GossipEngine(
         replica,
-        random.Random(),
+        random.Random() if options._network is None else options._network.random(),
         GossipConfig(
             sync_interval=options.sync_interval,
             on_demand=options.sync_strategy == "on-demand",
@@ -123,4 +125,5 @@ def _runtime(
         seeds=options.seeds,
         secret=options.secret,
         ssl=options.ssl,
+        network=options._network,
     )

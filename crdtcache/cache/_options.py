@@ -27,7 +27,7 @@ from crdtcache.cache._events import ChangeEvent, EventBus, InvalidationRule
 from crdtcache.core import Version
 from crdtcache.core._format import MAX_CLUSTER_CHARS, MAX_NODE_ID_CHARS
 from crdtcache.metrics import Metrics, check_metrics
-from crdtcache.transport import parse_address, tls_option
+from crdtcache.transport import Network, parse_address, tls_option
 from crdtcache.wire._auth import keyring
 
 __all__ = [
@@ -135,7 +135,9 @@ class CacheOptions:
     """Every option of a cache, validated on construction (see :class:`~crdtcache.Cache`).
 
     Raises :class:`ConfigError` for the first invalid option. ``_clock`` is a testing
-    hook: the wall clock the node stamps writes and expiries with.
+    hook: the wall clock the node stamps writes and expiries with. ``_network`` is
+    another (p2p only): where the node's streams and randomness come from, as
+    :class:`crdtcache.testing.MemoryNetwork` sets it.
     """
 
     #: ``"memory"`` (one process), ``"p2p"`` (peers over TCP) or ``"redis"``.
@@ -191,6 +193,7 @@ class CacheOptions:
     #: ``host:port`` of the live dashboard (the ``dashboard`` extra).
     dashboard: str | None = None
     _clock: Callable[[], float] = time.time
+    _network: Network | None = None
 
     def __post_init__(self) -> None:
         _choice("backend", self.backend, BACKENDS)
@@ -259,6 +262,8 @@ class CacheOptions:
         if (self.refresh_interval is None) != (self.refresh is None):
             raise ConfigError("refresh_interval and refresh go together: give both or neither")
         check_metrics(self.metrics)
+        if self._network is not None and self.backend != "p2p":
+            raise ConfigError("_network applies to backend='p2p' only")
 
     def _check_backend(self) -> None:
         defaults = _DEFAULTS

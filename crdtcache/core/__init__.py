@@ -6,19 +6,15 @@ same :class:`GossipEngine`.
 """
 
 from crdtcache.core._engine import (
-    ALIVE,
-    DEAD,
-    SUSPECT,
     EngineStatistics,
     GossipConfig,
     GossipEngine,
     Outgoing,
-    PeerEvent,
-    PeerInfo,
     RandomSource,
 )
 from crdtcache.core._entry import NOT_HELD, TOMBSTONE, Change, Entry, PatternTombstone
 from crdtcache.core._hlc import MAX_DRIFT, MAX_NODE_ID_CHARS, HybridClock, Stamp, pack_ts
+from crdtcache.core._membership import ALIVE, DEAD, SUSPECT, PeerEvent, PeerInfo
 from crdtcache.core._messages import (
     PROTOCOL_VERSION,
     Ack,

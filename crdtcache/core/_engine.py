@@ -11,56 +11,73 @@ or the TCP transport) calls
 * :meth:`handle` for every message a peer sent, and :meth:`tick` regularly;
 
 and sends each returned :class:`Outgoing` to its peer. Both return only messages;
-visible changes and peer state changes are taken with :meth:`drain_changes` and
-:meth:`drain_peer_events`.
+visible changes, peer state changes and finished waits are taken with
+:meth:`drain_changes`, :meth:`drain_peer_events` and :meth:`drain_completions`.
 
 Four mechanisms, each enough for one job:
 
 1. *Delta push.* Queued deltas are flushed every ``sync_interval`` as a
    :class:`Push` to every live peer (``fanout=None``), or to ``fanout`` random peers
-   who relay what was new to them (epidemic mode, for large clusters). A node's own
-   push to a peer that saw all its earlier pushes claims a gap-free range of its
-   stamps, which lets the receiver raise its mark for the node without anti-entropy.
+   who relay what was new to them (epidemic mode, for large clusters; see
+   :mod:`~crdtcache.core._batches`). A node's own push to a peer that saw all its
+   earlier pushes claims a gap-free range of its stamps, which lets the receiver raise
+   its mark for the node without anti-entropy. A write-through flush asks for acks;
+   an :class:`~crdtcache.core._completion.AckDone` says when every peer applied it.
 2. *Anti-entropy.* Every ``anti_entropy_interval`` the engine sends its marks to a
    random live peer, which answers with what lies above them (split into parts); the
    receiver adopts the answerer's marks once all parts have merged. A receiver that
    sees the requester ahead asks back (push-pull). A peer that comes back up is
    synced with at once: catch-up, not flush.
 3. *Membership.* Every message is a sign of life; quiet links carry :class:`Ping`.
-   A peer silent for ``suspect_after`` is suspect, for ``dead_after`` dead.
+   A peer silent for ``suspect_after`` is suspect, for ``dead_after`` dead (the
+   transition table of :mod:`~crdtcache.core._membership`). Nobody waits for a lost
+   peer: the acks and fetches it owed complete without it.
 4. *Collection.* Every ``gc_interval`` the replica drops expired tombstones.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Final, NamedTuple, Protocol
+from typing import Final
 
 from crdtcache._errors import ClockDriftError
+from crdtcache.core._batches import Chunk, RelayQueue, chunk, retransmits_for
+from crdtcache.core._completion import AckDone, Completion, FetchDone, Waits
+from crdtcache.core._config import EngineStatistics, GossipConfig, RandomSource
 from crdtcache.core._entry import NOT_HELD, Change, Entry, PatternTombstone
+from crdtcache.core._membership import (
+    ALIVE,
+    DEAD,
+    SUSPECT,
+    Membership,
+    PeerEvent,
+    PeerInfo,
+)
 from crdtcache.core._messages import (
     Ack,
     Fetch,
     FetchReply,
     Message,
+    Outgoing,
     Ping,
     Push,
     SyncRequest,
     SyncResponse,
 )
 from crdtcache.core._replica import Replica
-from crdtcache.core._values import stored_size
 
 __all__ = [
     "ALIVE",
     "DEAD",
     "MAX_PENDING_EVENTS",
     "SUSPECT",
+    "AckDone",
+    "Completion",
     "EngineStatistics",
+    "FetchDone",
     "GossipConfig",
     "GossipEngine",
     "Outgoing",
@@ -71,103 +88,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ALIVE: Final = "alive"
-SUSPECT: Final = "suspect"
-DEAD: Final = "dead"
-
 #: Undrained changes and peer events kept before the oldest are dropped (and counted).
 MAX_PENDING_EVENTS: Final = 100_000
-#: Per-entry overhead assumed when budgeting a message, on top of key and value.
-_ENTRY_OVERHEAD: Final = 40
-
-
-class RandomSource(Protocol):
-    """Where the engine's randomness comes from (e.g. a seeded ``random.Random``)."""
-
-    def random(self) -> float:
-        """A float in [0, 1)."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class GossipConfig:
-    """Timings and limits of a :class:`GossipEngine` (seconds, counts, bytes)."""
-
-    sync_interval: float = 0.005
-    fanout: int | None = None
-    max_hops: int = 16
-    anti_entropy_interval: float = 1.0
-    heartbeat_interval: float = 0.5
-    suspect_after: float = 2.0
-    dead_after: float = 6.0
-    gc_interval: float = 5.0
-    exchange_timeout: float = 10.0
-    max_message_entries: int = 4096
-    max_message_bytes: int = 1 << 20
-    on_demand: bool = False
-    #: Epidemic mode: how many flushes relay each new item; None = ceil(log2(N + 1) / 2).
-    retransmits: int | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("sync_interval", "anti_entropy_interval", "heartbeat_interval", "gc_interval"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive")
-        if not 0 < self.suspect_after <= self.dead_after:
-            raise ValueError("need 0 < suspect_after <= dead_after")
-        if self.fanout is not None and self.fanout < 1:
-            raise ValueError("fanout must be None (every peer) or at least 1")
-        if self.max_message_entries < 1 or self.max_message_bytes < 1024:
-            raise ValueError("message limits too small")
-
-
-class Outgoing(NamedTuple):
-    """A message for the driver to deliver to ``peer``."""
-
-    peer: str
-    message: Message
-
-
-@dataclass(frozen=True, slots=True)
-class PeerEvent:
-    """A peer changed state (``alive``, ``suspect`` or ``dead``)."""
-
-    peer: str
-    state: str
-    previous: str | None
-
-
-@dataclass(slots=True)
-class PeerInfo:
-    """What the engine knows of one peer."""
-
-    id: str
-    state: str = ALIVE
-    last_heard: float = 0.0
-    last_sent: float = 0.0
-    #: Exchange id of our anti-entropy request in flight to this peer, if any.
-    pulling: int | None = None
-    #: When that request was sent or last answered in part (to expire a lost one).
-    pull_activity: float = 0.0
-    #: False while the driver reports no link to the peer: it gets no pushes.
-    linked: bool = True
-
-
-@dataclass(slots=True)
-class EngineStatistics:
-    """Counters of a :class:`GossipEngine` (monotonic since start)."""
-
-    pushes_sent: int = 0
-    entries_pushed: int = 0
-    relays_sent: int = 0
-    entries_received: int = 0
-    entries_applied: int = 0
-    sync_requests_sent: int = 0
-    sync_entries_sent: int = 0
-    full_syncs_sent: int = 0
-    syncs_completed: int = 0
-    refused_drift: int = 0
-    events_dropped: int = 0
-    collected: int = 0
 
 
 @dataclass(slots=True)
@@ -190,7 +112,7 @@ class GossipEngine:
         self.node = replica.node
         self.rng = rng
         self.config = config or GossipConfig()
-        self.peers: dict[str, PeerInfo] = {}
+        self.membership = Membership(self.node)
         self.stats = EngineStatistics()
         self._pending: dict[str, Entry] = {}
         self._pending_patterns: list[PatternTombstone] = []
@@ -202,70 +124,59 @@ class GossipEngine:
         self._next_gc = 0.0
         self._next_membership = 0.0
         # Epidemic mode: items to relay on the next flushes, with the sends left.
-        self._relay: dict[str, tuple[Entry, int]] = {}
-        self._relay_patterns: dict[str, tuple[PatternTombstone, int]] = {}
+        self._relay = RelayQueue()
         self._exchange_seq = 0
         self._inbound: dict[tuple[str, int], _Inbound] = {}
-        self._ack_seq = 0
-        self._awaiting: dict[int, set[str]] = {}
-        self._fetch_seq = 0
+        self._waits = Waits()
         self._changes: deque[Change] = deque(maxlen=MAX_PENDING_EVENTS)
         self._peer_events: deque[PeerEvent] = deque(maxlen=MAX_PENDING_EVENTS)
+        self._completions: deque[Completion] = deque(maxlen=MAX_PENDING_EVENTS)
 
     # ------------------------------------------------------------------ peers
+    @property
+    def peers(self) -> dict[str, PeerInfo]:
+        """Every known peer by id (the :class:`Membership` table)."""
+        return self.membership.peers
+
     def add_peer(self, peer: str, now: float) -> list[Outgoing]:
         """Start gossiping with ``peer`` (idempotent); returns a catch-up request."""
-        if peer == self.node:
-            raise ValueError("a node is not its own peer")
-        info = self.peers.get(peer)
-        if info is not None:
+        event = self.membership.add(peer, now)
+        if event is None:
             return []
-        self.peers[peer] = PeerInfo(peer, ALIVE, last_heard=now, last_sent=now)
-        self._peer_event(PeerEvent(peer, ALIVE, None))
+        self._peer_event(event)
         return self._pull(peer, now)
 
     def remove_peer(self, peer: str) -> None:
         """Forget ``peer`` (it left the cluster for good)."""
-        info = self.peers.pop(peer, None)
-        if info is not None:
-            self._peer_event(PeerEvent(peer, DEAD, info.state))
-            self._drop_acks(peer)
+        event = self.membership.remove(peer)
+        if event is not None:
+            self._peer_event(event)
+            self._peer_gone(peer)
 
     def peer_reachable(self, peer: str, now: float) -> list[Outgoing]:
         """The driver has a (new) link to ``peer``: catch up with it now."""
-        info = self.peers.get(peer)
+        info = self.membership.get(peer)
         if info is None:
             return self.add_peer(peer, now)
-        self._revive(info, now)
+        self._peer_event(self.membership.heard(info, now))
         return self._pull(peer, now)
-
-    def _revive(self, info: PeerInfo, now: float) -> bool:
-        """The peer showed life: linked and alive again; True if it was not alive."""
-        info.last_heard = now
-        info.linked = True
-        if info.state == ALIVE:
-            return False
-        self._set_state(info, ALIVE)
-        return True
 
     def peer_unreachable(self, peer: str, now: float) -> None:
         """The driver lost its link to ``peer``: suspect it now rather than wait.
 
         Until :meth:`peer_reachable` or a message from it, it is sent no pushes, and
-        write-through waits stop waiting for it.
+        write-through waits and fetches stop waiting for it.
         """
-        info = self.peers.get(peer)
+        info = self.membership.get(peer)
         if info is None:
             return
-        info.linked = False
         info.pulling = None
-        self._drop_acks(peer)
-        if info.state == ALIVE:
-            self._set_state(info, SUSPECT)
+        self._peer_gone(peer)
+        self._peer_event(self.membership.unlinked(info))
 
     def live_peers(self) -> list[str]:
         """Ids of peers not considered dead and not known to be unreachable."""
-        return [p.id for p in self.peers.values() if p.state != DEAD and p.linked]
+        return self.membership.live()
 
     # ---------------------------------------------------------- local writes
     def set(self, key: str, stored: object, now: float, expires: float | None = None) -> Entry:
@@ -354,9 +265,7 @@ class GossipEngine:
         targets = self._targets(exclude=())
         ack_id = 0
         if ack and targets:
-            self._ack_seq += 1
-            ack_id = self._ack_seq
-            self._awaiting[ack_id] = set(targets)
+            ack_id = self._waits.expect_acks(targets)
         out: list[Outgoing] = []
         since = self._stream_upto
         for chunk_entries, chunk_patterns in chunks:
@@ -380,14 +289,6 @@ class GossipEngine:
             out += self._retransmit(now)
         return out, ack_id
 
-    def _retransmits(self) -> int:
-        if self.config.retransmits is not None:
-            return self.config.retransmits
-        # Each node relays an item to ``fanout`` peers on this many flushes: the share
-        # of nodes an "infect once" epidemic misses (about e^-fanout) drops to about
-        # e^-(fanout * retransmits), while rounds stay logarithmic in N.
-        return max(1, math.ceil(math.log2(len(self.peers) + 1) / 2))
-
     def _queue_relay(
         self,
         entries: Sequence[tuple[str, Entry]],
@@ -395,24 +296,16 @@ class GossipEngine:
         *,
         already_sent: bool,
     ) -> None:
-        sends = self._retransmits() - already_sent
-        if sends <= 0:
-            return
-        for key, entry in entries:
-            self._relay[key] = (entry, sends)
-        for tomb in patterns:
-            self._relay_patterns[tomb.pattern] = (tomb, sends)
+        sends = self.config.retransmits
+        if sends is None:
+            sends = retransmits_for(len(self.peers))
+        self._relay.queue(entries, patterns, sends - already_sent)
 
     def _retransmit(self, now: float) -> list[Outgoing]:
         """Epidemic mode: send queued relays to ``fanout`` random peers, once per flush."""
-        if not self._relay and not self._relay_patterns:
+        if not self._relay:
             return []
-        entries = [(k, e) for k, (e, _) in self._relay.items()]
-        patterns = [t for t, _ in self._relay_patterns.values()]
-        self._relay = {k: (e, n - 1) for k, (e, n) in self._relay.items() if n > 1}
-        self._relay_patterns = {
-            p: (t, n - 1) for p, (t, n) in self._relay_patterns.items() if n > 1
-        }
+        entries, patterns = self._relay.take()
         out: list[Outgoing] = []
         for chunk_entries, chunk_patterns in self._chunk(entries, patterns):
             relay = Push(tuple(chunk_entries), tuple(chunk_patterns), None, -1, -1, 1, 0)
@@ -426,50 +319,30 @@ class GossipEngine:
         targets = self._targets(exclude=())
         if not targets:
             return None
-        self._ack_seq += 1
-        self._awaiting[self._ack_seq] = set(targets)
-        push = Push((), (), None, -1, -1, 0, self._ack_seq)
+        ack_id = self._waits.expect_acks(targets)
+        push = Push((), (), None, -1, -1, 0, ack_id)
         for peer in targets:
             self.peers[peer].last_sent = now
-        return [Outgoing(peer, push) for peer in targets], self._ack_seq
+        return [Outgoing(peer, push) for peer in targets], ack_id
 
     def unacked(self, ack_id: int) -> frozenset[str]:
         """Peers that have not yet acknowledged push ``ack_id`` (empty when done)."""
-        return frozenset(self._awaiting.get(ack_id, ()))
+        return self._waits.unacked(ack_id)
 
     def forget_ack(self, ack_id: int) -> None:
         """Stop tracking push ``ack_id`` (the waiter gave up or finished)."""
-        self._awaiting.pop(ack_id, None)
+        self._waits.forget_ack(ack_id)
 
-    def _drop_acks(self, peer: str) -> None:
-        for waiting in self._awaiting.values():
-            waiting.discard(peer)
+    def _peer_gone(self, peer: str) -> None:
+        """Nobody waits for a lost peer: acks and fetches it owed may complete now."""
+        for done in self._waits.peer_lost(peer):
+            self._complete(done)
 
     def _chunk(
         self, entries: Sequence[tuple[str, Entry]], patterns: Sequence[PatternTombstone]
-    ) -> list[tuple[list[tuple[str, Entry]], list[PatternTombstone]]]:
-        """Split into message-sized chunks in stamp order, so that stream claims chain."""
+    ) -> list[Chunk]:
         cfg = self.config
-        items: list[tuple[int, str, Entry | PatternTombstone]] = [(e.ts, k, e) for k, e in entries]
-        if patterns:
-            items += [(p.ts, p.pattern, p) for p in patterns]
-            items.sort(key=lambda item: item[0])
-        chunks: list[tuple[list[tuple[str, Entry]], list[PatternTombstone]]] = [([], [])]
-        count = size = 0
-        for _, key, item in items:
-            cost = len(key) + _ENTRY_OVERHEAD
-            if isinstance(item, Entry):
-                cost += stored_size(item.value)
-            if count and (count >= cfg.max_message_entries or size + cost > cfg.max_message_bytes):
-                chunks.append(([], []))
-                count = size = 0
-            if isinstance(item, Entry):
-                chunks[-1][0].append((key, item))
-            else:
-                chunks[-1][1].append(item)
-            count += 1
-            size += cost
-        return chunks
+        return chunk(entries, patterns, cfg.max_message_entries, cfg.max_message_bytes)
 
     def _targets(self, exclude: Sequence[str]) -> list[str]:
         live = [
@@ -500,22 +373,25 @@ class GossipEngine:
         elif isinstance(message, SyncResponse):
             out += self._on_sync_response(sender, message, now)
         elif isinstance(message, Ack):
-            waiting = self._awaiting.get(message.ack)
-            if waiting is not None:
-                waiting.discard(sender)
+            self._complete(self._waits.acked(message.ack, sender))
         elif isinstance(message, Fetch):
             out.append(Outgoing(sender, self._on_fetch(message, now)))
         elif isinstance(message, FetchReply):
             self._merge(sender, message.entries, (), now)
+            wanted = self._waits.fetch_keys(message.request)
+            missing = [k for k in wanted if self._stub(k, now)]
+            self._complete(self._waits.answered(message.request, sender, missing))
         elif not isinstance(message, Ping):
             raise TypeError(f"not a gossip message: {type(message).__name__}")
         return out
 
     def _heard(self, sender: str, now: float) -> list[Outgoing]:
-        info = self.peers.get(sender)
+        info = self.membership.get(sender)
         if info is None:
             return self.add_peer(sender, now)
-        if self._revive(info, now):
+        event = self.membership.heard(info, now)
+        if event is not None:
+            self._peer_event(event)
             # It was away: catch it (and us) up now rather than at the next round.
             return self._pull(sender, now)
         return []
@@ -683,10 +559,31 @@ class GossipEngine:
 
     # ---------------------------------------------------------------- fetch
     def fetch(self, keys: Sequence[str], now: float) -> list[Outgoing]:
-        """Ask live peers for values of ``keys`` (on-demand mode or after eviction)."""
-        self._fetch_seq += 1
-        msg = Fetch(self._fetch_seq, tuple(keys))
-        return [Outgoing(peer, msg) for peer in self._targets(exclude=())]
+        """Ask live peers for values of ``keys``; the messages of :meth:`start_fetch`."""
+        return self.start_fetch(keys, now)[1]
+
+    def start_fetch(self, keys: Sequence[str], now: float) -> tuple[int, list[Outgoing]]:
+        """Ask live peers for values of ``keys`` (on-demand mode or after eviction).
+
+        Returns the request id and the messages; a :class:`FetchDone` for that id
+        follows once every key arrived or every asked peer answered or was lost. The
+        id is 0 (and nothing is sent or tracked) when there is no live peer to ask.
+        """
+        targets = self._targets(exclude=())
+        if not targets:
+            return 0, []
+        request = self._waits.expect_fetch(targets, keys)
+        msg = Fetch(request, tuple(keys))
+        return request, [Outgoing(peer, msg) for peer in targets]
+
+    def forget_fetch(self, request: int) -> None:
+        """Stop tracking fetch ``request`` (the waiter gave up or finished)."""
+        self._waits.forget_fetch(request)
+
+    def _stub(self, key: str, now: float) -> bool:
+        """Whether ``key`` is known here only by its stamp (a fetch would fill it)."""
+        e = self.replica.lookup(key, now)
+        return e is not None and not e.held
 
     def _on_fetch(self, m: Fetch, now: float) -> FetchReply:
         found = []
@@ -736,43 +633,41 @@ class GossipEngine:
 
     def _check_membership(self, now: float) -> list[Outgoing]:
         cfg = self.config
-        out: list[Outgoing] = []
-        for info in self.peers.values():
-            silent = now - info.last_heard
-            if info.state == ALIVE and silent > cfg.suspect_after:
-                self._set_state(info, SUSPECT)
-            if info.state == SUSPECT and silent > cfg.dead_after:
-                self._set_state(info, DEAD)
-                self._drop_acks(info.id)
-            interval = cfg.heartbeat_interval * (4 if info.state == DEAD else 1)
-            if now - info.last_sent >= interval:
-                info.last_sent = now
-                out.append(Outgoing(info.id, Ping(0)))
-        return out
+        for event in self.membership.check(now, cfg.suspect_after, cfg.dead_after):
+            self._peer_event(event)
+            if event.state == DEAD:
+                self._peer_gone(event.peer)
+        due = self.membership.due_pings(now, cfg.heartbeat_interval)
+        return [Outgoing(peer, Ping(0)) for peer in due]
 
     def next_deadline(self) -> float:
         """The earliest time :meth:`tick` has work to do (for drivers that sleep)."""
         soon = min(self._next_gc, self._next_membership)
         if self._next_sync is not None:
             soon = min(soon, self._next_sync)
-        if self._pending or self._pending_patterns or self._relay or self._relay_patterns:
+        if self._pending or self._pending_patterns or self._relay:
             soon = min(soon, self._next_flush)
         return soon
 
     # ---------------------------------------------------------------- events
-    def _set_state(self, info: PeerInfo, state: str) -> None:
-        previous, info.state = info.state, state
-        self._peer_event(PeerEvent(info.id, state, previous))
-
     def _change(self, change: Change) -> None:
         if len(self._changes) == MAX_PENDING_EVENTS:
             self.stats.events_dropped += 1
         self._changes.append(change)
 
-    def _peer_event(self, event: PeerEvent) -> None:
+    def _peer_event(self, event: PeerEvent | None) -> None:
+        if event is None:
+            return
         if len(self._peer_events) == MAX_PENDING_EVENTS:
             self.stats.events_dropped += 1
         self._peer_events.append(event)
+
+    def _complete(self, done: Completion | None) -> None:
+        if done is None:
+            return
+        if len(self._completions) == MAX_PENDING_EVENTS:
+            self.stats.events_dropped += 1
+        self._completions.append(done)
 
     def drain_changes(self) -> list[Change]:
         """Visible changes applied since the last call (local and remote)."""
@@ -784,4 +679,13 @@ class GossipEngine:
         """Peer state changes since the last call."""
         out = list(self._peer_events)
         self._peer_events.clear()
+        return out
+
+    def drain_completions(self) -> list[Completion]:
+        """Write-through acks and fetches finished since the last call.
+
+        See :class:`~crdtcache.core._completion.AckDone` and ``FetchDone``.
+        """
+        out = list(self._completions)
+        self._completions.clear()
         return out

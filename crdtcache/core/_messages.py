@@ -1,19 +1,32 @@
-"""The messages gossip engines exchange. Frozen, slotted, validated by the codec."""
+"""The messages peers exchange: gossip between engines, and the link's own messages.
+
+Frozen and slotted; the wire codec (:mod:`crdtcache.wire._codec`) encodes them and
+validates every field of a decoded one. Gossip messages (:data:`Message`) go to the
+:class:`~crdtcache.core.GossipEngine`; link messages (:data:`LinkMessage`: hello, bye,
+peer list, admin request and reply) to the link session of :mod:`crdtcache.core._link`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final, NamedTuple
 
 from crdtcache.core._entry import Entry, PatternTombstone
 
 __all__ = [
     "PROTOCOL_VERSION",
     "Ack",
+    "AdminReply",
+    "AdminRequest",
+    "Bye",
     "Fetch",
     "FetchReply",
+    "Hello",
+    "LinkMessage",
     "Message",
+    "Outgoing",
+    "PeerList",
     "Ping",
     "Push",
     "SyncRequest",
@@ -103,3 +116,63 @@ class FetchReply:
 
 
 Message = Push | Ack | SyncRequest | SyncResponse | Ping | Fetch | FetchReply
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """The first message each side of a link sends: who it is and what it speaks.
+
+    ``incarnation`` changes every time a node starts, so a peer can tell a restarted
+    node's new link from a stale one. ``port`` is where the node listens (0: a client,
+    which is not dialled back or announced).
+    """
+
+    version: int
+    cluster: str
+    node: str
+    port: int
+    incarnation: int
+
+
+@dataclass(frozen=True, slots=True)
+class Bye:
+    """A clean goodbye: the sender is shutting down, not failing."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerList:
+    """Peers the sender is linked to, ``(node id, host, port)``: a full mesh forms
+    from a single seed. Addresses are hints; each still has to pass the handshake."""
+
+    peers: tuple[tuple[str, str, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AdminRequest:
+    """A client (``crdtcache get/set/stats``) asks a node to run one cache operation.
+
+    Only peers that passed the handshake (and so the secret or TLS, when set) can ask.
+    """
+
+    request: int
+    op: str
+    args: tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AdminReply:
+    """The answer to :class:`AdminRequest`: the result, or the error text if not ``ok``."""
+
+    request: int
+    ok: bool
+    result: Any
+
+
+LinkMessage = Hello | Bye | PeerList | AdminRequest | AdminReply
+
+
+class Outgoing(NamedTuple):
+    """A message for the driver to deliver to ``peer``."""
+
+    peer: str
+    message: Message

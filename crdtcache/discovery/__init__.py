@@ -12,9 +12,19 @@ from typing import Final
 
 from crdtcache._errors import ConfigError
 from crdtcache.discovery._base import REPORT_INTERVAL, Discovery, PeerAddress
-from crdtcache.discovery._mdns import PROTOCOL_VERSION, SERVICE_TYPE, MDNSDiscovery
+from crdtcache.discovery._mdns import (
+    PROTOCOL_VERSION,
+    SERVICE_TYPE,
+    MDNSDiscovery,
+    MDNSStatistics,  # noqa: F401  # typed statistics; __all__ is pinned by a test
+)
 from crdtcache.discovery._none import CombinedDiscovery, NoDiscovery
-from crdtcache.discovery._static import StaticSeeds, parse_seed, parse_seeds
+from crdtcache.discovery._static import (
+    StaticSeeds,
+    StaticSeedsStatistics,  # noqa: F401  # typed statistics; __all__ is pinned by a test
+    parse_seed,
+    parse_seeds,
+)
 
 __all__ = [
     "DISCOVERY_KINDS",

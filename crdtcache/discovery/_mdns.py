@@ -35,6 +35,7 @@ Theory of operation
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import ipaddress
 import logging
@@ -68,6 +69,7 @@ __all__ = [
     "SERVICE_TYPE",
     "Announcement",
     "MDNSDiscovery",
+    "MDNSStatistics",
     "instance_label",
     "plan_announcement",
     "read_announcement",
@@ -224,6 +226,42 @@ def _check_txt(key: str, value: str, what: str) -> None:
         )
 
 
+@dataclass(slots=True)
+class _Counts:
+    resolved: int = 0
+    resolve_failures: int = 0
+    found_reports: int = 0
+    lost_reports: int = 0
+    ignored_cluster: int = 0
+    ignored_proto: int = 0
+    ignored_self: int = 0
+    ignored_invalid: int = 0
+    dropped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MDNSStatistics:
+    """Counters of an :class:`MDNSDiscovery` (monotonic, except the first two).
+
+    ``ignored_*`` count resolutions that were not reported (another cluster or protocol
+    version, our own node id, a malformed announcement); ``dropped`` counts instances
+    refused because a bound was reached.
+    """
+
+    #: Peers reported now, and announced instances tracked now.
+    peers: int
+    tracked: int
+    resolved: int
+    resolve_failures: int
+    found_reports: int
+    lost_reports: int
+    ignored_cluster: int
+    ignored_proto: int
+    ignored_self: int
+    ignored_invalid: int
+    dropped: int
+
+
 class MDNSDiscovery:
     """Finds the nodes of ``cluster`` on the local network over mDNS / DNS-SD.
 
@@ -276,20 +314,7 @@ class MDNSDiscovery:
         self._tasks: list[asyncio.Future[Any]] = []
         self._queue: asyncio.Queue[str] = asyncio.Queue(MAX_PENDING_RESOLUTIONS)
         self._services: dict[str, _Service] = {}
-        self._counts = dict.fromkeys(
-            (
-                "resolved",
-                "resolve_failures",
-                "found_reports",
-                "lost_reports",
-                "ignored_cluster",
-                "ignored_proto",
-                "ignored_self",
-                "ignored_invalid",
-                "dropped",
-            ),
-            0,
-        )
+        self._counts = _Counts()
         self._warned: set[str] = set()
 
     def __repr__(self) -> str:
@@ -388,15 +413,10 @@ class MDNSDiscovery:
             log.warning("mDNS: error while closing: %s", exc)
         self._services.clear()
 
-    def statistics(self) -> dict[str, int]:
-        """Counters: ``peers`` reported now, ``tracked`` instances, resolutions and skips.
-
-        ``ignored_*`` count resolutions that were not reported (another cluster or
-        protocol version, our own node id, a malformed announcement); ``dropped``
-        counts instances refused because a bound was reached.
-        """
+    def statistics(self) -> MDNSStatistics:
+        """Counters: peers reported now, instances tracked, resolutions and skips."""
         peers = sum(1 for s in self._services.values() if s.peer is not None)
-        return {"peers": peers, "tracked": len(self._services), **self._counts}
+        return MDNSStatistics(peers, len(self._services), **dataclasses.asdict(self._counts))
 
     # ------------------------------------------------------------------ startup
     async def _bound_ip(self, host: str) -> IPAddress:
@@ -472,7 +492,7 @@ class MDNSDiscovery:
         service = self._services.get(key)
         if service is None:
             if len(self._services) >= MAX_TRACKED_SERVICES:
-                self._counts["dropped"] += 1
+                self._counts.dropped += 1
                 self._warn_once(
                     "tracked", "mDNS: %d instances tracked, ignoring more", MAX_TRACKED_SERVICES
                 )
@@ -489,7 +509,7 @@ class MDNSDiscovery:
         except asyncio.QueueFull:
             # Left as failed: the report tick queues it again once there is room.
             service.state = _FAILED
-            self._counts["dropped"] += 1
+            self._counts.dropped += 1
             self._warn_once("queue", "mDNS: resolution queue full, %s waits", key)
             return
         service.state = _QUEUED
@@ -541,15 +561,15 @@ class MDNSDiscovery:
     def _settle(self, service: _Service, found: Announcement | str | None) -> None:
         """Apply the outcome of one resolution to ``service`` and report what changed."""
         if found is None:
-            self._counts["resolve_failures"] += 1
+            self._counts.resolve_failures += 1
             # A known peer that did not answer this time is kept until its goodbye or
             # TTL expiry says otherwise; an unknown one is retried on the report tick.
             service.state = _FOUND if service.peer is not None else _FAILED
             log.debug("mDNS: %s did not resolve within %.1f s", service.name, self.resolve_timeout)
             return
-        self._counts["resolved"] += 1
+        self._counts.resolved += 1
         if isinstance(found, Announcement) and found.node_id == self._node_id:
-            self._counts["ignored_self"] += 1
+            self._counts.ignored_self += 1
             self._warn_once(
                 f"self:{service.name}",
                 "mDNS: another node announces our node id %r (ignored); node ids must be unique",
@@ -559,9 +579,13 @@ class MDNSDiscovery:
         previous = service.peer
         if isinstance(found, str):
             reason = found.split(" ", 1)[0]
-            if reason != "self":
-                key = f"ignored_{reason}" if reason in ("cluster", "proto") else "ignored_invalid"
-                self._counts[key] += 1
+            counts = self._counts
+            if reason == "cluster":
+                counts.ignored_cluster += 1
+            elif reason == "proto":
+                counts.ignored_proto += 1
+            elif reason != "self":
+                counts.ignored_invalid += 1
             if reason == "proto":
                 name = service.name
                 self._warn_once(f"proto:{name}", "mDNS: ignoring %s: %s", name, found)
@@ -590,7 +614,7 @@ class MDNSDiscovery:
     # ---------------------------------------------------------------- reporting
     def _report_found(self, peer: Announcement) -> None:
         assert self._on_found is not None
-        self._counts["found_reports"] += 1
+        self._counts.found_reports += 1
         for address in peer.addresses():
             try:
                 self._on_found(address)
@@ -599,7 +623,7 @@ class MDNSDiscovery:
 
     def _report_lost(self, node_id: str) -> None:
         assert self._on_lost is not None
-        self._counts["lost_reports"] += 1
+        self._counts.lost_reports += 1
         log.info("mDNS: node %s left", node_id)
         try:
             self._on_lost(node_id)

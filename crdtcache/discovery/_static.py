@@ -13,13 +13,14 @@ import contextlib
 import logging
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Final
 
 from crdtcache._errors import CacheError, ConfigError
 from crdtcache.discovery._addresses import host_ip, local_addresses, names_same_socket
 from crdtcache.discovery._base import REPORT_INTERVAL, PeerAddress
 
-__all__ = ["MAX_SEEDS", "StaticSeeds", "parse_seed", "parse_seeds"]
+__all__ = ["MAX_SEEDS", "StaticSeeds", "StaticSeedsStatistics", "parse_seed", "parse_seeds"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,17 @@ def parse_seeds(seeds: Sequence[str]) -> tuple[PeerAddress, ...]:
     return parsed
 
 
+@dataclass(frozen=True, slots=True)
+class StaticSeedsStatistics:
+    """Counters of a :class:`StaticSeeds`."""
+
+    #: Seeds configured, and those reported (this node's own address left out).
+    seeds: int
+    targets: int
+    #: Rounds of reports made (one at start, then one every ``report_interval``).
+    reports: int
+
+
 class StaticSeeds:
     """Reports a fixed list of seeds; implements :class:`~crdtcache.discovery.Discovery`.
 
@@ -149,9 +161,9 @@ class StaticSeeds:
                 await self._reporter
             self._reporter = None
 
-    def statistics(self) -> dict[str, int]:
-        """``seeds`` configured, ``targets`` reported (own address excluded), ``reports`` made."""
-        return {"seeds": len(self.seeds), "targets": len(self._targets), "reports": self._reports}
+    def statistics(self) -> StaticSeedsStatistics:
+        """Seeds configured, targets reported (own address excluded), reports made."""
+        return StaticSeedsStatistics(len(self.seeds), len(self._targets), self._reports)
 
     async def _report_forever(self) -> None:
         while True:

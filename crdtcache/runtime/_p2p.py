@@ -1,4 +1,4 @@
-"""The runtime of ``backend="p2p"``: the TCP node, and the key space from the replica."""
+"""The runtime of ``backend="p2p"``: the node, and the key space from the replica."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from crdtcache.runtime._protocol import (
     RuntimeStatistics,
     engine_peers,
 )
-from crdtcache.transport import Node, make_node
+from crdtcache.transport import Network, Node, make_node
 
 __all__ = ["P2PRuntime"]
 
@@ -46,8 +46,12 @@ class P2PRuntime(ReplicaKeySpace):
         seeds: Sequence[str],
         secret: bytes | Sequence[bytes] | None,
         ssl: _ssl.SSLContext | tuple[_ssl.SSLContext, _ssl.SSLContext] | None,
+        network: Network | None = None,
     ) -> P2PRuntime:
-        """A node for ``engine`` from the cache's p2p options (see ``transport.make_node``)."""
+        """A node for ``engine`` from the cache's p2p options (see ``transport.make_node``).
+
+        ``network`` replaces TCP (a :class:`crdtcache.testing.MemoryNetwork` passes its own).
+        """
         node = make_node(
             engine,
             listen=listen,
@@ -56,6 +60,8 @@ class P2PRuntime(ReplicaKeySpace):
             seeds=seeds,
             secret=secret,
             ssl=ssl,
+            clock=clock,
+            network=network,
         )
         return cls(node, clock)
 

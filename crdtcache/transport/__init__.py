@@ -1,4 +1,9 @@
-"""Peers over a real network: framing, the wire codec, connections and the p2p node.
+"""Peers over a network: streams (TCP or in memory), connections and the p2p node.
+
+The node drives the sans-IO gossip engine and link sessions of :mod:`crdtcache.core`
+over the stream seam of :mod:`~crdtcache.transport._stream`; a
+:class:`~crdtcache.transport._network.Network` gives it streams (:class:`TcpNetwork`,
+or a :class:`~crdtcache.transport._memory.MemoryHub` in tests).
 
 Security: ``secret=`` authenticates peers and frames with a shared cluster secret (see
 :mod:`crdtcache.wire._auth` for what it does and does not guarantee); ``ssl=``
@@ -9,12 +14,20 @@ runs mutual TLS 1.3 with each node's id in its certificate (:func:`tls_contexts`
 from __future__ import annotations
 
 import ssl as _ssl
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 from crdtcache.core import GossipEngine
 from crdtcache.transport._client import NodeClient
 from crdtcache.transport._connection import MAX_SEND_BUFFER, Connection
-from crdtcache.transport._node import HANDSHAKE_TIMEOUT, MAX_CONNECTIONS, Node, parse_address
+from crdtcache.transport._network import Network, TcpNetwork
+from crdtcache.transport._node import (
+    HANDSHAKE_TIMEOUT,
+    MAX_CONNECTIONS,
+    Node,
+    TransportStatistics,
+    parse_address,
+)
 from crdtcache.transport._tls import (
     NODE_URI_PREFIX,
     certificate_node_ids,
@@ -61,9 +74,12 @@ __all__ = [
     "FrameTooLarge",
     "Handshake",
     "Hello",
+    "Network",
     "Node",
     "NodeClient",
     "SessionKeys",
+    "TcpNetwork",
+    "TransportStatistics",
     "certificate_node_ids",
     "decode",
     "encode",
@@ -86,6 +102,8 @@ def make_node(
     seeds: Sequence[str] = (),
     secret: bytes | Sequence[bytes] | None = None,
     ssl: _ssl.SSLContext | tuple[_ssl.SSLContext, _ssl.SSLContext] | None = None,
+    clock: Callable[[], float] = time.time,
+    network: Network | None = None,
 ) -> Node:
     """Build the p2p runtime for ``engine`` from the cache's options.
 
@@ -94,7 +112,9 @@ def make_node(
     bytes), or a list of up to ``MAX_SECRETS`` during a rotation: the first signs,
     all are accepted. ``ssl`` is a (server, client) pair such as :func:`tls_contexts`
     returns, or one context used both ways; it must require the peer's certificate
-    and TLS 1.3. Raises :class:`ConfigError` for invalid options.
+    and TLS 1.3. ``clock`` is the wall clock the engine runs on and ``network`` where
+    streams come from (TCP unless given). Raises :class:`ConfigError` for invalid
+    options.
     """
     from crdtcache.discovery import make_discovery
 
@@ -110,6 +130,8 @@ def make_node(
         ssl_server=server_ctx,
         ssl_client=client_ctx,
         secret=ring,
+        clock=clock,
+        network=network,
     )
     for seed in seeds:
         node.add_seed(seed)

@@ -1,81 +1,87 @@
-"""One TCP (or TLS) stream to a peer: frame reading, bounded buffered writing, counters.
+"""One stream to a peer: framing, sealing, bounded writing, counters.
 
-After an authenticated handshake (``secret=``) the connection is :meth:`secured
-<Connection.secure>`: every body written is sealed and every body read is opened
-(see :mod:`crdtcache.wire._auth`) before the codec sees it.
+A :class:`Connection` reads whole frames with the one framer,
+:class:`~crdtcache.wire._framing.FrameDecoder`, asking its :class:`Stream` for exactly
+the bytes the decoder needs (so a frame's length is checked before its body is read),
+and writes frames with a bounded send buffer. After an authenticated handshake
+(``secret=``) it is :meth:`secured <Connection.secure>`: every body written is sealed
+and every body read is opened (see :mod:`crdtcache.wire._auth`) before the codec sees
+it. The protocol of the link lives in its :class:`~crdtcache.core._link.LinkSession`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 from typing import Any, Final
 
 from crdtcache._errors import ProtocolError
+from crdtcache.core._link import LinkSession
+from crdtcache.transport._stream import Stream, StreamClosed
 from crdtcache.wire._auth import SEALED_OVERHEAD, FrameOpener, FrameSealer, SessionKeys
 from crdtcache.wire._codec import WireMessage, decode
-from crdtcache.wire._framing import HEADER, MAX_FRAME_BYTES, check_length, encode_frame
+from crdtcache.wire._framing import MAX_FRAME_BYTES, FrameDecoder, FrameTooLarge, encode_frame
 
 __all__ = ["MAX_SEND_BUFFER", "Connection"]
 
 #: Bytes a connection may have waiting in its send buffer; beyond, frames are dropped
 #: (gossip tolerates loss: anti-entropy repairs it) rather than memory growing.
 MAX_SEND_BUFFER: Final = 32 << 20
+#: A TLS record header (handshake, version 3.x), as a frame length it is far too large.
+_TLS_RECORD: Final = b"\x16\x03"
 
 
 class Connection:
     """A framed message stream to one peer.
 
-    Writes go straight to the asyncio transport, whose buffer is bounded by
-    ``send_buffer`` bytes: a slow or stuck peer makes :meth:`send` return False (the
-    frame is dropped and counted) instead of growing memory.
+    Writes go straight to the stream, whose buffer is bounded by ``send_buffer`` bytes:
+    a slow or stuck peer makes :meth:`send` return False (the frame is dropped and
+    counted) instead of growing memory.
     """
 
     def __init__(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        stream: Stream,
         *,
         dialed: bool,
         max_frame_bytes: int = MAX_FRAME_BYTES,
         send_buffer: int = MAX_SEND_BUFFER,
     ) -> None:
-        self.reader = reader
-        self.writer = writer
+        self.stream = stream
         self.dialed = dialed
         self.max_frame_bytes = max_frame_bytes
         self.send_buffer = send_buffer
-        peer = writer.get_extra_info("peername")
-        self.remote_host: str = peer[0] if isinstance(peer, tuple) else "?"
-        self.remote_port: int = peer[1] if isinstance(peer, tuple) else 0
-        #: Set after the handshake.
-        self.peer: str | None = None
-        self.peer_port = 0
-        self.incarnation = 0
+        peer = stream.extra("peername")
+        self.remote_host: str = str(peer[0]) if isinstance(peer, tuple) else "?"
+        self.remote_port: int = int(peer[1]) if isinstance(peer, tuple) else 0
+        #: The link's protocol state (the node sets it before the handshake).
+        self.session: LinkSession | None = None
         self.bytes_sent = self.bytes_received = 0
         self.frames_sent = self.frames_received = 0
         self.dropped = 0
         self.stalled_since: float | None = None
-        self.closed = asyncio.get_running_loop().create_future()
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         #: Whether the stream runs over TLS (set by :meth:`start_tls`).
         self.tls = False
+        self._decoder = FrameDecoder(max_frame_bytes)
         self._sealer: FrameSealer | None = None
         self._opener: FrameOpener | None = None
 
     @property
+    def peer(self) -> str | None:
+        """The peer's node id, once its hello was accepted."""
+        return None if self.session is None else self.session.peer
+
+    @property
     def label(self) -> str:
         """How log lines name this connection."""
-        who = self.peer or "unidentified peer"
-        return f"{who} at {self.remote_host}:{self.remote_port}"
+        return f"{self.peer or 'unidentified peer'} at {self.remote_host}:{self.remote_port}"
 
     @property
     def listen_address(self) -> str:
         """Where the peer listens (its host as seen here, its announced port)."""
-        host = self.remote_host
-        if ":" in host:
-            host = f"[{host}]"
-        return f"{host}:{self.peer_port}"
+        host = f"[{self.remote_host}]" if ":" in self.remote_host else self.remote_host
+        return f"{host}:{0 if self.session is None else self.session.peer_port}"
 
     @property
     def secured(self) -> bool:
@@ -88,46 +94,56 @@ class Connection:
         self._opener = FrameOpener(keys.receive)
 
     async def start_tls(self, context: ssl.SSLContext, server_hostname: str | None) -> None:
-        """Upgrade the stream to TLS (the side is the one this stream was opened on).
+        """Upgrade the stream to TLS (as the side that dialled or accepted it).
 
-        Raises ``ssl.SSLError`` if the TLS handshake fails.
+        Raises :class:`~crdtcache.transport._stream.TLSFailed` if the handshake fails.
         """
-        await self.writer.start_tls(context, server_hostname=server_hostname)
+        await self.stream.start_tls(
+            context, server_side=not self.dialed, server_hostname=server_hostname
+        )
         self.tls = True
 
     def peer_certificate(self) -> dict[str, Any] | None:
         """The peer's verified certificate (``getpeercert()``), or None without TLS."""
-        ssl_object = self.writer.get_extra_info("ssl_object")
-        if ssl_object is None:
-            return None
-        cert: dict[str, Any] | None = ssl_object.getpeercert()
-        return cert or {}
+        cert: dict[str, Any] | None = self.stream.extra("peercert")
+        return cert
 
     async def read_body(self, max_bytes: int | None = None) -> bytes:
-        """Read one raw frame body; the length is checked before the body is read.
+        """Read one raw frame body; its length is checked before the body is read.
 
-        ``max_bytes`` lowers the limit (the handshake reads small frames only).
-        Raises :class:`ProtocolError` for an oversized header and
-        ``asyncio.IncompleteReadError`` when the stream ends.
+        ``max_bytes`` lowers the limit (the handshake reads small frames only). Raises
+        :class:`~crdtcache.wire._framing.FrameTooLarge` for an oversized header and
+        :class:`~crdtcache.transport._stream.StreamClosed` when the stream ends
+        (``truncated`` if inside a frame).
         """
-        header = await self.reader.readexactly(HEADER.size)
-        (length,) = HEADER.unpack(header)
-        limit = self.max_frame_bytes if max_bytes is None else min(max_bytes, self.max_frame_bytes)
-        if length > limit and self.frames_received == 0 and header[:2] == b"\x16\x03":
-            # A TLS record header (handshake, version 3.x) read as a frame length.
-            raise ProtocolError("the peer opened with TLS (ssl=) and this node has no ssl context")
-        check_length(length, limit)
-        body = await self.reader.readexactly(length)
-        self.bytes_received += HEADER.size + length
+        decoder = self._decoder
+        limit = self.max_frame_bytes
+        decoder.max_bytes = limit if max_bytes is None else min(max_bytes, limit)
+        frames: list[bytes] = []
+        while not frames:
+            try:
+                data = await self.stream.read_exactly(decoder.needed())
+            except StreamClosed as exc:
+                if decoder.buffered or exc.partial:
+                    raise StreamClosed("truncated frame", exc.partial, truncated=True) from None
+                raise
+            try:
+                frames = decoder.feed(data)
+            except FrameTooLarge as exc:
+                if decoder.frames == 0 and exc.header.startswith(_TLS_RECORD):
+                    raise ProtocolError(
+                        "the peer opened with TLS (ssl=) and this node has no ssl context"
+                    ) from None
+                raise
+            self.bytes_received += len(data)
         self.frames_received += 1
-        return body
+        return frames[0]
 
     async def read_message(self) -> WireMessage:
         """Read, open (if secured) and decode one frame.
 
-        Raises :class:`ProtocolError` for junk (:class:`~crdtcache.transport.AuthError`
-        for a frame that is not authentic), ``asyncio.IncompleteReadError`` when the
-        stream ends (``partial`` non-empty means a truncated frame).
+        Raises :class:`ProtocolError` for junk (:class:`~crdtcache.wire._auth.AuthError`
+        for a frame that is not authentic), ``StreamClosed`` when the stream ends.
         """
         body = await self.read_body()
         if self._opener is not None:
@@ -135,11 +151,15 @@ class Connection:
         return decode(body, self.max_frame_bytes)
 
     def send(self, body: bytes) -> bool:
-        """Queue one encoded message; False if dropped (buffer full or closing)."""
-        transport = self.writer.transport
-        if transport.is_closing():
+        """Queue one encoded message; False if dropped (buffer full or closing).
+
+        Raises :class:`ProtocolError` for a body over the frame limit (a local refusal:
+        nothing is sent).
+        """
+        stream = self.stream
+        if stream.is_closing():
             return False
-        if transport.get_write_buffer_size() > self.send_buffer:
+        if stream.buffered() > self.send_buffer:
             self.dropped += 1
             return False
         sealer = self._sealer
@@ -156,33 +176,23 @@ class Connection:
             frame = encode_frame(body, self.max_frame_bytes)
         except ValueError as exc:
             raise ProtocolError(f"refusing to send: {exc}") from exc
-        self.writer.write(frame)
+        stream.write(frame)
         self.bytes_sent += len(frame)
         self.frames_sent += 1
         return True
 
     def buffered(self) -> int:
         """Bytes waiting in the send buffer."""
-        return self.writer.transport.get_write_buffer_size()
-
-    async def drain(self, timeout: float) -> None:
-        """Wait (at most ``timeout``) until the send buffer is flushed to the OS."""
-        with contextlib.suppress(TimeoutError, ConnectionError, OSError):
-            await asyncio.wait_for(self.writer.drain(), timeout)
+        return self.stream.buffered()
 
     def abort(self) -> None:
         """Close now, discarding anything unsent."""
-        self.writer.transport.abort()
+        self.stream.abort()
         if not self.closed.done():
             self.closed.set_result(None)
 
     async def close(self, timeout: float = 1.0) -> None:
         """Close after trying to flush what is queued (for at most ``timeout``)."""
-        await self.drain(timeout)
-        self.writer.close()
-        try:
-            await asyncio.wait_for(self.writer.wait_closed(), timeout)
-        except (TimeoutError, ConnectionError, OSError):
-            self.writer.transport.abort()
+        await self.stream.close(timeout)
         if not self.closed.done():
             self.closed.set_result(None)

@@ -72,6 +72,7 @@ from dataclasses import dataclass
 from typing import Final, NoReturn
 
 from crdtcache._errors import ConfigError, ProtocolError
+from crdtcache.core._link import IdentityError
 from crdtcache.wire._codec import (
     AUTH_VERSION,
     MAX_HELLO_BYTES,
@@ -105,6 +106,7 @@ __all__ = [
     "Handshake",
     "SessionKeys",
     "keyring",
+    "refuse_secret_mismatch",
 ]
 
 #: Shortest secret accepted (bytes): shorter ones are open to offline guessing.
@@ -144,7 +146,7 @@ _EXPECTED: Final[dict[tuple[bool, str], type]] = {
 }
 
 
-class AuthError(ProtocolError):
+class AuthError(IdentityError):
     """The peer failed authentication, or sent a frame that is not authentic.
 
     ``reply`` is a frame body worth sending before closing (it tells a peer that
@@ -154,6 +156,20 @@ class AuthError(ProtocolError):
     def __init__(self, message: str, reply: bytes | None = None) -> None:
         super().__init__(message)
         self.reply = reply
+
+
+def refuse_secret_mismatch(message: WireMessage, hello: Hello | None) -> None:
+    """A node without a secret got ``message`` first: refuse an authenticated opening.
+
+    Raises :class:`AuthError` for an :class:`AuthHello` (the peer requires a secret),
+    carrying our plain ``hello`` as the reply (when given) so that the peer's log says
+    why too. Anything else is left to the plain handshake.
+    """
+    if isinstance(message, AuthHello):
+        raise AuthError(
+            "the peer requires a cluster secret (secret=) and this node has none",
+            None if hello is None else encode(hello),
+        )
 
 
 def keyring(secret: bytes | Sequence[bytes]) -> tuple[bytes, ...]:

@@ -17,7 +17,7 @@ its first frame, so a node that does not speak it refuses the stream at once.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn
 
@@ -48,6 +48,7 @@ from crdtcache.core._format import (
     record_of,
 )
 from crdtcache.core._hlc import MAX_TS
+from crdtcache.core._messages import AdminReply, AdminRequest, Bye, Hello, LinkMessage, PeerList
 from crdtcache.wire._framing import MAX_FRAME_BYTES
 
 __all__ = [
@@ -94,55 +95,6 @@ ADMIN_OPS: Final = {"get": 1, "set": 3, "delete": 1, "stats": 0}
 
 
 @dataclass(frozen=True, slots=True)
-class Hello:
-    """The first frame each side sends: who it is and what it speaks.
-
-    ``incarnation`` changes every time a node starts, so a peer can tell a restarted
-    node's new connection from a stale one. ``port`` is where the node listens.
-    """
-
-    version: int
-    cluster: str
-    node: str
-    port: int
-    incarnation: int
-
-
-@dataclass(frozen=True, slots=True)
-class Bye:
-    """A clean goodbye: the sender is shutting down, not failing."""
-
-
-@dataclass(frozen=True, slots=True)
-class AdminRequest:
-    """A client (``crdtcache get/set/stats``) asks a node to run one cache operation.
-
-    Only peers that passed the handshake (and so the secret or TLS, when set) can ask.
-    """
-
-    request: int
-    op: str
-    args: tuple[Any, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class AdminReply:
-    """The answer to :class:`AdminRequest`: the result, or the error text if not ``ok``."""
-
-    request: int
-    ok: bool
-    result: Any
-
-
-@dataclass(frozen=True, slots=True)
-class PeerList:
-    """Peers the sender is connected to, ``(node id, host, port)``: a full mesh forms
-    from a single seed. Addresses are hints; each still has to pass the handshake."""
-
-    peers: tuple[tuple[str, str, int], ...]
-
-
-@dataclass(frozen=True, slots=True)
 class AuthHello:
     """First frame of the authenticated handshake (initiator to responder).
 
@@ -184,7 +136,7 @@ class AuthAccept:
 
 
 AuthMessage = AuthHello | AuthChallenge | AuthProof | AuthAccept
-WireMessage = Message | Hello | Bye | PeerList | AdminRequest | AdminReply | AuthMessage
+WireMessage = Message | LinkMessage | AuthMessage
 
 
 # ------------------------------------------------------------------ encoding
@@ -196,47 +148,47 @@ def _patterns(patterns: tuple[PatternTombstone, ...]) -> list[list[Any]]:
     return [[p.pattern, p.ts, p.origin] for p in patterns]
 
 
+def _encode_push(m: Push) -> list[Any]:
+    entries, patterns = _entries(m.entries), _patterns(m.patterns)
+    return [_PUSH, entries, patterns, m.origin, m.since, m.upto, m.hops, m.ack]
+
+
+def _encode_sync_response(m: SyncResponse) -> list[Any]:
+    entries, patterns = _entries(m.entries), _patterns(m.patterns)
+    return [_SYNC_RESP, m.exchange, m.part, m.parts, entries, patterns, dict(m.marks), m.full]
+
+
+#: How each message type becomes the fields after its type code (one line per type).
+_ENCODERS: Final[dict[type, Any]] = {
+    Push: _encode_push,
+    SyncResponse: _encode_sync_response,
+    SyncRequest: lambda m: [_SYNC_REQ, m.exchange, dict(m.marks)],
+    Ack: lambda m: [_ACK, m.ack],
+    Ping: lambda m: [_PING, m.seq],
+    Fetch: lambda m: [_FETCH, m.request, list(m.keys)],
+    FetchReply: lambda m: [_FETCH_REPLY, m.request, _entries(m.entries)],
+    Hello: lambda m: [_HELLO, m.version, m.cluster, m.node, m.port, m.incarnation],
+    Bye: lambda m: [_BYE],
+    PeerList: lambda m: [_PEERS, [list(p) for p in m.peers]],
+    AdminRequest: lambda m: [_ADMIN, m.request, m.op, list(m.args)],
+    AdminReply: lambda m: [_ADMIN_REPLY, m.request, m.ok, m.result],
+    AuthHello: lambda m: [_AUTH_HELLO, m.version, m.nonce],
+    AuthChallenge: lambda m: [_AUTH_CHALLENGE, m.nonce, list(m.tags)],
+    AuthProof: lambda m: [_AUTH_PROOF, m.hello, m.tag],
+    AuthAccept: lambda m: [_AUTH_ACCEPT, m.hello, m.tag],
+}
+
+
 def encode(message: WireMessage) -> bytes:
-    """Encode one message as a frame body (without the length prefix)."""
-    m = message
-    body: list[Any]
-    if isinstance(m, Push):
-        body = [_PUSH, _entries(m.entries), _patterns(m.patterns), m.origin, m.since, m.upto]
-        body += [m.hops, m.ack]
-    elif isinstance(m, SyncResponse):
-        body = [_SYNC_RESP, m.exchange, m.part, m.parts, _entries(m.entries)]
-        body += [_patterns(m.patterns), dict(m.marks), m.full]
-    elif isinstance(m, SyncRequest):
-        body = [_SYNC_REQ, m.exchange, dict(m.marks)]
-    elif isinstance(m, Ack):
-        body = [_ACK, m.ack]
-    elif isinstance(m, Ping):
-        body = [_PING, m.seq]
-    elif isinstance(m, Fetch):
-        body = [_FETCH, m.request, list(m.keys)]
-    elif isinstance(m, FetchReply):
-        body = [_FETCH_REPLY, m.request, _entries(m.entries)]
-    elif isinstance(m, Hello):
-        body = [_HELLO, m.version, m.cluster, m.node, m.port, m.incarnation]
-    elif isinstance(m, Bye):
-        body = [_BYE]
-    elif isinstance(m, PeerList):
-        body = [_PEERS, [list(p) for p in m.peers]]
-    elif isinstance(m, AdminRequest):
-        body = [_ADMIN, m.request, m.op, list(m.args)]
-    elif isinstance(m, AdminReply):
-        body = [_ADMIN_REPLY, m.request, m.ok, m.result]
-    elif isinstance(m, AuthHello):
-        body = [_AUTH_HELLO, m.version, m.nonce]
-    elif isinstance(m, AuthChallenge):
-        body = [_AUTH_CHALLENGE, m.nonce, list(m.tags)]
-    elif isinstance(m, AuthProof):
-        body = [_AUTH_PROOF, m.hello, m.tag]
-    elif isinstance(m, AuthAccept):
-        body = [_AUTH_ACCEPT, m.hello, m.tag]
-    else:
-        raise TypeError(f"cannot encode {type(m).__name__}")
-    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    """Encode one message as a frame body (without the length prefix).
+
+    Raises ``TypeError`` for an object that is not a message, and ``TypeError`` or
+    ``ValueError`` (from msgpack) for an admin result that msgpack cannot carry.
+    """
+    encoder = _ENCODERS.get(type(message))
+    if encoder is None:
+        raise TypeError(f"cannot encode {type(message).__name__}")
+    packed: bytes = msgpack.packb(encoder(message), use_bin_type=True)
     return packed
 
 
@@ -313,12 +265,164 @@ def _arity(body: list[Any], n: int, name: str) -> None:
         _bad(f"{name} must have {n - 1} fields")
 
 
-def decode(body: bytes, max_bytes: int = MAX_FRAME_BYTES) -> WireMessage:
-    """Decode and validate one frame body; raise :class:`ProtocolError` on anything wrong."""
-    if len(body) > max_bytes:
-        _bad("frame over the size limit")
+def _push(obj: list[Any]) -> Push:
+    _arity(obj, 8, "push")
+    origin = None if obj[3] is None else _str(obj[3], "push origin")
+    return Push(
+        _dec_entries(obj[1]),
+        _dec_patterns(obj[2]),
+        origin,
+        _int(obj[4], "since", -1),
+        _int(obj[5], "upto", -1),
+        _int(obj[6], "hops", 0, 255),
+        _int(obj[7], "ack"),
+    )
+
+
+def _sync_response(obj: list[Any]) -> SyncResponse:
+    _arity(obj, 8, "sync response")
+    parts = _int(obj[3], "parts", 1, MAX_ITEMS)
+    if type(obj[7]) is not bool:
+        _bad("full must be a bool")
+    return SyncResponse(
+        _int(obj[1], "exchange"),
+        _int(obj[2], "part", 0, parts - 1),
+        parts,
+        _dec_entries(obj[4]),
+        _dec_patterns(obj[5]),
+        _dec_marks(obj[6]),
+        obj[7],
+    )
+
+
+def _sync_request(obj: list[Any]) -> SyncRequest:
+    _arity(obj, 3, "sync request")
+    return SyncRequest(_int(obj[1], "exchange"), _dec_marks(obj[2]))
+
+
+def _ack(obj: list[Any]) -> Ack:
+    _arity(obj, 2, "ack")
+    return Ack(_int(obj[1], "ack"))
+
+
+def _ping(obj: list[Any]) -> Ping:
+    _arity(obj, 2, "ping")
+    return Ping(_int(obj[1], "seq"))
+
+
+def _fetch(obj: list[Any]) -> Fetch:
+    _arity(obj, 3, "fetch")
+    keys = tuple(_key(k) for k in _list(obj[2], "keys"))
+    return Fetch(_int(obj[1], "request"), keys)
+
+
+def _fetch_reply(obj: list[Any]) -> FetchReply:
+    _arity(obj, 3, "fetch reply")
+    return FetchReply(_int(obj[1], "request"), _dec_entries(obj[2]))
+
+
+def _hello(obj: list[Any]) -> Hello:
+    _arity(obj, 6, "hello")
+    return Hello(
+        _int(obj[1], "version", 0, 1 << 16),
+        _str(obj[2], "cluster", MAX_CLUSTER_CHARS),
+        _str(obj[3], "node id"),
+        _int(obj[4], "port", 0, 65535),
+        _int(obj[5], "incarnation"),
+    )
+
+
+def _bye(obj: list[Any]) -> Bye:
+    _arity(obj, 1, "bye")
+    return Bye()
+
+
+def _peer(p: object) -> tuple[str, str, int]:
+    if type(p) is not list or len(p) != 3:
+        _bad("a peer must be [node, host, port]")
+    return _str(p[0], "node id"), _str(p[1], "host"), _int(p[2], "port", 1, 65535)
+
+
+def _peer_list(obj: list[Any]) -> PeerList:
+    _arity(obj, 2, "peer list")
+    return PeerList(tuple(_peer(p) for p in _list(obj[1], "peers")))
+
+
+def _admin_request(obj: list[Any]) -> AdminRequest:
+    _arity(obj, 4, "admin request")
+    op = obj[2]
+    if type(op) is not str or op not in ADMIN_OPS:  # a list or map would not even hash
+        _bad(f"unknown admin operation {op!r}")
+    args = _list(obj[3], "admin arguments")
+    if len(args) != ADMIN_OPS[op]:
+        _bad(f"admin {op} takes {ADMIN_OPS[op]} arguments")
+    if op in ("get", "set", "delete"):
+        _key(args[0])
+    if op == "set" and args[2] is not None and type(args[2]) not in (int, float):
+        _bad("admin set ttl must be a number or nil")
+    return AdminRequest(_int(obj[1], "request"), op, tuple(args))
+
+
+def _admin_reply(obj: list[Any]) -> AdminReply:
+    _arity(obj, 4, "admin reply")
+    if type(obj[2]) is not bool:
+        _bad("admin reply ok must be a bool")
+    return AdminReply(_int(obj[1], "request"), obj[2], obj[3])
+
+
+def _auth_hello(obj: list[Any]) -> AuthHello:
+    _arity(obj, 3, "auth hello")
+    return AuthHello(
+        _int(obj[1], "auth version", 0, 1 << 16),
+        _bin(obj[2], "nonce", NONCE_BYTES, NONCE_BYTES),
+    )
+
+
+def _auth_challenge(obj: list[Any]) -> AuthChallenge:
+    _arity(obj, 3, "auth challenge")
+    raw_tags = obj[2]
+    if type(raw_tags) is not list or len(raw_tags) != MAX_SECRETS:
+        _bad(f"an auth challenge carries exactly {MAX_SECRETS} tags")
+    tags = tuple(_bin(t, "tag", TAG_BYTES, TAG_BYTES) for t in raw_tags)
+    return AuthChallenge(_bin(obj[1], "nonce", NONCE_BYTES, NONCE_BYTES), tags)
+
+
+def _auth_proof(obj: list[Any]) -> AuthProof:
+    _arity(obj, 3, "auth proof or accept")
+    return AuthProof(
+        _bin(obj[1], "hello", 1, MAX_HELLO_BYTES), _bin(obj[2], "tag", TAG_BYTES, TAG_BYTES)
+    )
+
+
+def _auth_accept(obj: list[Any]) -> AuthAccept:
+    proof = _auth_proof(obj)
+    return AuthAccept(proof.hello, proof.tag)
+
+
+#: The decoder of each message type code: checks the arity and every field.
+_DECODERS: Final[dict[int, Callable[[list[Any]], WireMessage]]] = {
+    _PUSH: _push,
+    _SYNC_RESP: _sync_response,
+    _SYNC_REQ: _sync_request,
+    _ACK: _ack,
+    _PING: _ping,
+    _FETCH: _fetch,
+    _FETCH_REPLY: _fetch_reply,
+    _HELLO: _hello,
+    _BYE: _bye,
+    _PEERS: _peer_list,
+    _ADMIN: _admin_request,
+    _ADMIN_REPLY: _admin_reply,
+    _AUTH_HELLO: _auth_hello,
+    _AUTH_CHALLENGE: _auth_challenge,
+    _AUTH_PROOF: _auth_proof,
+    _AUTH_ACCEPT: _auth_accept,
+}
+
+
+def _unpack(body: bytes, max_bytes: int) -> object:
     try:
-        obj = msgpack.unpackb(
+        return msgpack.unpackb(
             body,
             raw=False,
             strict_map_key=True,
@@ -334,105 +438,16 @@ def decode(body: bytes, max_bytes: int = MAX_FRAME_BYTES) -> WireMessage:
         raise
     except Exception as exc:  # msgpack's errors (and UnicodeDecodeError): all junk
         raise ProtocolError(f"undecodable frame: {type(exc).__name__}: {exc}") from exc
+
+
+def decode(body: bytes, max_bytes: int = MAX_FRAME_BYTES) -> WireMessage:
+    """Decode and validate one frame body; raise :class:`ProtocolError` on anything wrong."""
+    if len(body) > max_bytes:
+        _bad("frame over the size limit")
+    obj = _unpack(body, max_bytes)
     if type(obj) is not list or not obj or type(obj[0]) is not int:
         _bad("a frame must be a list starting with a message type")
-    kind = obj[0]
-    if kind == _PUSH:
-        _arity(obj, 8, "push")
-        origin = None if obj[3] is None else _str(obj[3], "push origin")
-        return Push(
-            _dec_entries(obj[1]),
-            _dec_patterns(obj[2]),
-            origin,
-            _int(obj[4], "since", -1),
-            _int(obj[5], "upto", -1),
-            _int(obj[6], "hops", 0, 255),
-            _int(obj[7], "ack"),
-        )
-    if kind == _SYNC_RESP:
-        _arity(obj, 8, "sync response")
-        parts = _int(obj[3], "parts", 1, MAX_ITEMS)
-        if type(obj[7]) is not bool:
-            _bad("full must be a bool")
-        return SyncResponse(
-            _int(obj[1], "exchange"),
-            _int(obj[2], "part", 0, parts - 1),
-            parts,
-            _dec_entries(obj[4]),
-            _dec_patterns(obj[5]),
-            _dec_marks(obj[6]),
-            obj[7],
-        )
-    if kind == _SYNC_REQ:
-        _arity(obj, 3, "sync request")
-        return SyncRequest(_int(obj[1], "exchange"), _dec_marks(obj[2]))
-    if kind == _ACK:
-        _arity(obj, 2, "ack")
-        return Ack(_int(obj[1], "ack"))
-    if kind == _PING:
-        _arity(obj, 2, "ping")
-        return Ping(_int(obj[1], "seq"))
-    if kind == _FETCH:
-        _arity(obj, 3, "fetch")
-        keys = tuple(_key(k) for k in _list(obj[2], "keys"))
-        return Fetch(_int(obj[1], "request"), keys)
-    if kind == _FETCH_REPLY:
-        _arity(obj, 3, "fetch reply")
-        return FetchReply(_int(obj[1], "request"), _dec_entries(obj[2]))
-    if kind == _HELLO:
-        _arity(obj, 6, "hello")
-        return Hello(
-            _int(obj[1], "version", 0, 1 << 16),
-            _str(obj[2], "cluster", MAX_CLUSTER_CHARS),
-            _str(obj[3], "node id"),
-            _int(obj[4], "port", 0, 65535),
-            _int(obj[5], "incarnation"),
-        )
-    if kind == _BYE:
-        _arity(obj, 1, "bye")
-        return Bye()
-    if kind == _PEERS:
-        _arity(obj, 2, "peer list")
-        peers = []
-        for p in _list(obj[1], "peers"):
-            if type(p) is not list or len(p) != 3:
-                _bad("a peer must be [node, host, port]")
-            peers.append((_str(p[0], "node id"), _str(p[1], "host"), _int(p[2], "port", 1, 65535)))
-        return PeerList(tuple(peers))
-    if kind == _ADMIN:
-        _arity(obj, 4, "admin request")
-        op = obj[2]
-        if op not in ADMIN_OPS:
-            _bad(f"unknown admin operation {op!r}")
-        args = _list(obj[3], "admin arguments")
-        if len(args) != ADMIN_OPS[op]:
-            _bad(f"admin {op} takes {ADMIN_OPS[op]} arguments")
-        if op in ("get", "set", "delete"):
-            _key(args[0])
-        if op == "set" and args[2] is not None and type(args[2]) not in (int, float):
-            _bad("admin set ttl must be a number or nil")
-        return AdminRequest(_int(obj[1], "request"), op, tuple(args))
-    if kind == _ADMIN_REPLY:
-        _arity(obj, 4, "admin reply")
-        if type(obj[2]) is not bool:
-            _bad("admin reply ok must be a bool")
-        return AdminReply(_int(obj[1], "request"), obj[2], obj[3])
-    if kind == _AUTH_HELLO:
-        _arity(obj, 3, "auth hello")
-        return AuthHello(
-            _int(obj[1], "auth version", 0, 1 << 16),
-            _bin(obj[2], "nonce", NONCE_BYTES, NONCE_BYTES),
-        )
-    if kind == _AUTH_CHALLENGE:
-        _arity(obj, 3, "auth challenge")
-        raw_tags = obj[2]
-        if type(raw_tags) is not list or len(raw_tags) != MAX_SECRETS:
-            _bad(f"an auth challenge carries exactly {MAX_SECRETS} tags")
-        tags = tuple(_bin(t, "tag", TAG_BYTES, TAG_BYTES) for t in raw_tags)
-        return AuthChallenge(_bin(obj[1], "nonce", NONCE_BYTES, NONCE_BYTES), tags)
-    if kind in (_AUTH_PROOF, _AUTH_ACCEPT):
-        _arity(obj, 3, "auth proof or accept")
-        hello = _bin(obj[1], "hello", 1, MAX_HELLO_BYTES)
-        tag = _bin(obj[2], "tag", TAG_BYTES, TAG_BYTES)
-        return AuthProof(hello, tag) if kind == _AUTH_PROOF else AuthAccept(hello, tag)
-    _bad(f"unknown message type {kind}")
+    decoder = _DECODERS.get(obj[0])
+    if decoder is None:
+        _bad(f"unknown message type {obj[0]}")
+    return decoder(obj)

@@ -1,8 +1,10 @@
 """Length-prefixed frames: a 4-byte big-endian length, then that many bytes of body.
 
-:class:`FrameDecoder` is sans-IO (bytes in, frames out) so it can be fuzzed without
-sockets; the connection code reads the header first and refuses an oversized length
-before reading the body.
+:class:`FrameDecoder` is the one framer, sans-IO (bytes in, frame bodies out), so it is
+fuzzed without sockets and the connection uses it for real. :meth:`FrameDecoder.needed`
+says how many bytes complete the header or body in progress, so a reader that asks its
+stream for exactly that many never buffers beyond one frame, and an oversized length is
+refused from the header alone, before any of the body is read.
 """
 
 from __future__ import annotations
@@ -27,7 +29,14 @@ HEADER: Final = struct.Struct(">I")
 
 
 class FrameTooLarge(ProtocolError):
-    """A frame header announced more bytes than the limit allows."""
+    """A frame header announced more bytes than the limit allows.
+
+    ``header`` holds the offending header bytes (a TLS record read as a frame, say).
+    """
+
+    def __init__(self, message: str, header: bytes = b"") -> None:
+        super().__init__(message)
+        self.header = header
 
 
 def encode_frame(body: bytes, max_bytes: int = MAX_FRAME_BYTES) -> bytes:
@@ -37,20 +46,26 @@ def encode_frame(body: bytes, max_bytes: int = MAX_FRAME_BYTES) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
-def check_length(length: int, max_bytes: int) -> None:
+def check_length(length: int, max_bytes: int, header: bytes = b"") -> None:
     """Raise :class:`FrameTooLarge` if a header's ``length`` is over the limit."""
     if length > max_bytes:
-        raise FrameTooLarge(f"frame of {length} bytes announced, limit is {max_bytes}")
+        raise FrameTooLarge(f"frame of {length} bytes announced, limit is {max_bytes}", header)
 
 
 class FrameDecoder:
-    """Feed bytes with :meth:`feed`, take complete frame bodies with :meth:`frames`."""
+    """Feed bytes with :meth:`feed`, take complete frame bodies from its result.
 
-    __slots__ = ("_buffer", "max_bytes")
+    ``max_bytes`` may be lowered and raised between frames (a handshake reads small
+    frames only).
+    """
+
+    __slots__ = ("_buffer", "frames", "max_bytes")
 
     def __init__(self, max_bytes: int = MAX_FRAME_BYTES) -> None:
         self.max_bytes = max_bytes
         self._buffer = bytearray()
+        #: Complete frames taken so far.
+        self.frames = 0
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add received bytes; return every frame body now complete.
@@ -62,13 +77,22 @@ class FrameDecoder:
         buf = self._buffer
         while len(buf) >= HEADER.size:
             (length,) = HEADER.unpack_from(buf)
-            check_length(length, self.max_bytes)
+            check_length(length, self.max_bytes, bytes(buf[: HEADER.size]))
             end = HEADER.size + length
             if len(buf) < end:
                 break
             out.append(bytes(buf[HEADER.size : end]))
             del buf[:end]
+        self.frames += len(out)
         return out
+
+    def needed(self) -> int:
+        """Bytes that complete the header, or the body, of the frame in progress (> 0)."""
+        buf = self._buffer
+        if len(buf) < HEADER.size:
+            return HEADER.size - len(buf)
+        length: int = HEADER.unpack_from(buf)[0]
+        return HEADER.size + length - len(buf)
 
     @property
     def buffered(self) -> int:

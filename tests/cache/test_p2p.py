@@ -1,17 +1,71 @@
-"""Several p2p caches on 127.0.0.1, over the real TCP transport."""
+"""Several p2p caches, over the real TCP transport on 127.0.0.1 and on a MemoryNetwork.
+
+Each scenario runs twice (``[tcp]`` and ``[memory]``): the same caches, engines and
+nodes, once on loopback sockets in real time, once on in-memory streams in virtual time.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 import pytest
 
 from crdtcache import Cache, CacheEvent, EventBus, InvalidationRule, PeerError, SyncCache
 from crdtcache.core import NOT_HELD, Push
+from crdtcache.testing import MemoryNetwork
+
+TRANSPORTS = ["tcp", "memory"]
+#: The MemoryNetwork of the scenario running now (None: loopback TCP).
+_NETWORK: ContextVar[MemoryNetwork | None] = ContextVar("network", default=None)
+
+
+def p2p_cache(**options: Any) -> Cache:
+    """A p2p cache on the transport of the running scenario (discovery off)."""
+    net = _NETWORK.get()
+    if net is None:
+        return Cache(backend="p2p", discovery="none", **options)
+    return net.cache(**options)
+
+
+def on_both_transports(*, pair: bool = False) -> Callable[[Any], Any]:
+    """Run an async scenario on loopback TCP and on a MemoryNetwork (parametrized).
+
+    With ``pair``, the scenario gets two meshed caches (closed afterwards).
+    """
+
+    def decorate(scenario: Callable[..., Awaitable[None]]) -> Any:
+        async def main() -> None:
+            if not pair:
+                await scenario()
+                return
+            caches = await cluster(2)
+            try:
+                await scenario(caches)
+            finally:
+                for cache in caches:
+                    await cache.close()
+
+        def run(transport: str) -> None:
+            if transport == "tcp":
+                asyncio.run(main())
+                return
+            with MemoryNetwork(seed=1) as net:
+                token = _NETWORK.set(net)
+                try:
+                    net.run(main(), timeout=600)
+                finally:
+                    _NETWORK.reset(token)
+
+        run.__name__ = run.__qualname__ = scenario.__name__
+        run.__doc__ = scenario.__doc__
+        return pytest.mark.parametrize("transport", TRANSPORTS)(run)
+
+    return decorate
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -46,7 +100,7 @@ async def cluster(count: int, **options: Any) -> list[Cache]:
         per_node = {
             k: v[i] if isinstance(v, list) and k != "seeds" else v for k, v in options.items()
         }
-        cache = Cache(backend="p2p", discovery="none", node_id=f"n{i}", seeds=seeds, **per_node)
+        cache = p2p_cache(node_id=f"n{i}", seeds=seeds, **per_node)
         await cache.start()
         fast(cache)
         caches.append(cache)
@@ -54,14 +108,7 @@ async def cluster(count: int, **options: Any) -> list[Cache]:
     return caches
 
 
-@pytest.fixture
-async def pair() -> AsyncIterator[list[Cache]]:
-    caches = await cluster(2)
-    yield caches
-    for cache in caches:
-        await cache.close()
-
-
+@on_both_transports(pair=True)
 async def test_writes_replicate(pair: list[Cache]) -> None:
     a, b = pair
     assert a.address is not None and a.address.startswith("127.0.0.1:")
@@ -73,6 +120,7 @@ async def test_writes_replicate(pair: list[Cache]) -> None:
     await eventually(lambda: a.get("user:1"), None)
 
 
+@on_both_transports(pair=True)
 async def test_pattern_invalidation_and_clear_replicate(pair: list[Cache]) -> None:
     a, b = pair
     for i in range(5):
@@ -85,6 +133,7 @@ async def test_pattern_invalidation_and_clear_replicate(pair: list[Cache]) -> No
     await eventually(lambda: b.keys(), [])
 
 
+@on_both_transports(pair=True)
 async def test_remote_events_and_statistics(pair: list[Cache]) -> None:
     a, b = pair
     seen: list[CacheEvent] = []
@@ -103,6 +152,7 @@ async def test_remote_events_and_statistics(pair: list[Cache]) -> None:
     assert stats.traffic.frames_received > 0 and stats.traffic.bytes_sent > 0
 
 
+@on_both_transports()
 async def test_write_through_waits_for_acks() -> None:
     caches = await cluster(3, sync_strategy="write-through")
     try:
@@ -117,6 +167,7 @@ async def test_write_through_waits_for_acks() -> None:
             await cache.close()
 
 
+@on_both_transports()
 async def test_write_through_names_peers_that_did_not_ack() -> None:
     caches = await cluster(2, sync_strategy="write-through")
     a, b = caches
@@ -144,6 +195,7 @@ async def test_write_through_names_peers_that_did_not_ack() -> None:
             await cache.close()
 
 
+@on_both_transports()
 async def test_on_demand_replicates_stamps_and_fetches_values() -> None:
     caches = await cluster(2, sync_strategy="on-demand")
     a, b = caches
@@ -164,6 +216,7 @@ async def test_on_demand_replicates_stamps_and_fetches_values() -> None:
             await cache.close()
 
 
+@on_both_transports()
 async def test_evicted_value_is_fetched_back_from_a_peer() -> None:
     caches = await cluster(2, max_size=[10_000, 2])
     a, b = caches
@@ -186,6 +239,7 @@ async def test_evicted_value_is_fetched_back_from_a_peer() -> None:
             await cache.close()
 
 
+@on_both_transports()
 async def test_a_fetched_value_is_not_evicted_before_it_is_read() -> None:
     # The held keys were just read (recently used), so a fill from a peer makes the
     # tier overflow; the eviction it triggers must spare the key being fetched.
@@ -207,6 +261,7 @@ async def test_a_fetched_value_is_not_evicted_before_it_is_read() -> None:
             await cache.close()
 
 
+@on_both_transports()
 async def test_remote_value_refused_by_the_schema() -> None:
     caches = await cluster(2, schema=[None, lambda v: isinstance(v, int)])
     a, b = caches
@@ -222,12 +277,13 @@ async def test_remote_value_refused_by_the_schema() -> None:
             await cache.close()
 
 
+@on_both_transports()
 async def test_event_on_one_node_invalidates_every_node() -> None:
     bus = EventBus()
     rules = [InvalidationRule(event="user:updated", pattern="user:{id}")]
-    a = Cache(backend="p2p", discovery="none", node_id="a", event_bus=bus, invalidation_rules=rules)
+    a = p2p_cache(node_id="a", event_bus=bus, invalidation_rules=rules)
     await a.start()
-    b = Cache(backend="p2p", discovery="none", node_id="b", seeds=[a.address or ""])
+    b = p2p_cache(node_id="b", seeds=[a.address or ""])
     await b.start()
     try:
         await wait_for(lambda: bool(a._engine and a._engine.live_peers()))
@@ -240,15 +296,16 @@ async def test_event_on_one_node_invalidates_every_node() -> None:
         await b.close()
 
 
+@on_both_transports()
 async def test_peer_up_and_down_events() -> None:
-    a = Cache(backend="p2p", discovery="none", node_id="a")
+    a = p2p_cache(node_id="a")
     await a.start()
     fast(a)
     ups: list[CacheEvent] = []
     downs: list[CacheEvent] = []
     a.on("peer_up", ups.append)
     a.on("peer_down", downs.append)
-    b = Cache(backend="p2p", discovery="none", node_id="b", seeds=[a.address or ""])
+    b = p2p_cache(node_id="b", seeds=[a.address or ""])
     await b.start()
     await wait_for(lambda: bool(ups))
     assert ups[0].peer == b.node_id
@@ -262,6 +319,8 @@ async def test_peer_up_and_down_events() -> None:
 
 
 def test_sync_caches_replicate() -> None:
+    # TCP only: a SyncCache runs its own event loop in a thread, which cannot join the
+    # virtual-time loop of a MemoryNetwork.
     with SyncCache(backend="p2p", discovery="none", node_id="s0") as s0:
         assert s0.address is not None
         with SyncCache(backend="p2p", discovery="none", node_id="s1", seeds=[s0.address]) as s1:
@@ -272,13 +331,14 @@ def test_sync_caches_replicate() -> None:
             assert s1.get("k") == [1, 2]
 
 
+@on_both_transports()
 async def test_wait_for_peers_returns_the_count_or_raises() -> None:
-    a = Cache(backend="p2p", discovery="none")
+    a = p2p_cache()
     await a.start()
     try:
         with pytest.raises(PeerError, match="0 of 1 peers"):
             await a.wait_for_peers(1, timeout=0.05)
-        b = Cache(backend="p2p", discovery="none", seeds=[a.address or ""])
+        b = p2p_cache(seeds=[a.address or ""])
         await b.start()
         try:
             assert await a.wait_for_peers(1) == 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import sys
@@ -62,12 +63,16 @@ async def main() -> None:
             emit("lifetime")
             break
         if command == "stats":
-            emit("stats", stats=discovery.statistics())
+            emit("stats", stats=dataclasses.asdict(discovery.statistics()))
         else:  # "close", or "" when stdin closed
             break
     start = time.monotonic()
     await discovery.close()
-    emit("closed", took=round(time.monotonic() - start, 4), stats=discovery.statistics())
+    emit(
+        "closed",
+        took=round(time.monotonic() - start, 4),
+        stats=dataclasses.asdict(discovery.statistics()),
+    )
 
 
 if __name__ == "__main__":

@@ -101,9 +101,9 @@ async def test_pair_finds_each_other_is_reported_again_and_lost(cluster: str) ->
         await b.close()
         await wait_until(lambda: seen_a.lost == ["node-b"])
         stats = a.statistics()
-        assert stats["peers"] == 0
-        assert stats["lost_reports"] == 1
-        assert stats["ignored_self"] == 0
+        assert stats.peers == 0
+        assert stats.lost_reports == 1
+        assert stats.ignored_self == 0
         reports = len(seen_a.found)
         await asyncio.sleep(0.3)
         assert len(seen_a.found) == reports  # a lost peer is not reported again
@@ -134,19 +134,19 @@ async def test_foreign_and_malformed_announcements_are_ignored(
         for info in infos:
             await raw_zeroconf.async_register_service(info, cooperating_responders=True)
 
-        await wait_until(lambda: a.statistics()["resolved"] >= len(infos))
+        await wait_until(lambda: a.statistics().resolved >= len(infos))
         stats = a.statistics()
-        assert stats["ignored_cluster"] == 1
-        assert stats["ignored_proto"] == 1
-        assert stats["ignored_self"] == 1
-        assert stats["ignored_invalid"] == 2  # no node id; no usable address
-        assert stats["peers"] == 1
+        assert stats.ignored_cluster == 1
+        assert stats.ignored_proto == 1
+        assert stats.ignored_self == 1
+        assert stats.ignored_invalid == 2  # no node id; no usable address
+        assert stats.peers == 1
         assert set(seen.found) == {PeerAddress("127.0.0.1", 7206, "node-g")}
 
         # Their goodbyes: only the peer that was reported is reported lost.
         for info in infos:
             await raw_zeroconf.async_unregister_service(info)
-        await wait_until(lambda: a.statistics()["tracked"] == 0)
+        await wait_until(lambda: a.statistics().tracked == 0)
         assert seen.lost == ["node-g"]
     finally:
         await a.close()
@@ -188,10 +188,10 @@ async def test_unresolvable_instance_is_retried_then_forgotten(cluster: str) -> 
         # As the browser would call it for a PTR record whose owner never answers.
         a._on_service_state_change(zc, SERVICE_TYPE, ghost, ServiceStateChange.Added)
         a._on_service_state_change(zc, SERVICE_TYPE, ghost, ServiceStateChange.Added)  # dedup
-        await wait_until(lambda: a.statistics()["resolve_failures"] >= 3)
-        assert a.statistics()["tracked"] == 1
+        await wait_until(lambda: a.statistics().resolve_failures >= 3)
+        assert a.statistics().tracked == 1
         a._on_service_state_change(zc, SERVICE_TYPE, ghost, ServiceStateChange.Removed)
-        assert a.statistics()["tracked"] == 0
+        assert a.statistics().tracked == 0
         assert seen.found == [] and seen.lost == []
     finally:
         await a.close()
@@ -215,8 +215,8 @@ async def test_tables_and_queue_are_bounded(
                 await asyncio.sleep(0)  # let the single worker take the first one
         stats = a.statistics()
         # 6 tracked: 1 resolving + 2 queued + 3 refused by the full queue; 2 refused outright.
-        assert stats["tracked"] == 6
-        assert stats["dropped"] == 3 + 2
+        assert stats.tracked == 6
+        assert stats.dropped == 3 + 2
         assert "resolution queue full" in caplog.text
         assert "instances tracked" in caplog.text
     finally:

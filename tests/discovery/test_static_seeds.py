@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 
@@ -109,7 +110,7 @@ async def test_seeds_are_reported_at_start_then_periodically() -> None:
         await asyncio.sleep(0.23)
         assert 4 <= len(reports.found) // 2 <= 6  # once at start, then every 0.05 s
         assert set(reports.found) == set(seeds.seeds)
-        assert seeds.statistics() == {
+        assert dataclasses.asdict(seeds.statistics()) == {
             "seeds": 2,
             "targets": 2,
             "reports": len(reports.found) // 2,
@@ -153,7 +154,7 @@ async def test_only_own_address_means_no_reports() -> None:
     await asyncio.sleep(0.05)
     await seeds.close()
     assert reports.found == []
-    assert seeds.statistics()["targets"] == 0
+    assert seeds.statistics().targets == 0
 
 
 async def test_empty_seed_list_waits_for_peers() -> None:

@@ -324,7 +324,7 @@ async def test_a_secret_cluster_replicates_over_sealed_frames(secure3: list[Node
     await wait_for(lambda: all(len(view(n)) == 30 for n in secure3))
     assert view(secure3[0]) == view(secure3[1]) == view(secure3[2])
     for node in secure3:
-        assert all(c.secured for c in node._conns.values())
+        assert all(c.secured for c in node.connections().values())
         stats = node.statistics()
         assert stats.authenticated and stats.auth_failures == 0
 

@@ -64,9 +64,9 @@ async def test_a_crashed_peer_is_suspected_then_dead_and_caught_up_on_return() -
     try:
         # Crash b without a goodbye: abort its sockets and stop it processing.
         b._closing = True
-        if b._server is not None:
-            b._server.close()
-        for conn in list(b._streams):
+        if b._listener is not None:
+            b._listener.close()
+        for conn in list(b.links.streams):
             conn.abort()
         await wait_for(lambda: any(e.state == DEAD for e in events), 5)
         # While b is away, a writes; b comes back (same replica, new runtime).

@@ -190,7 +190,7 @@ async def test_a_peer_that_never_reads_cannot_grow_memory() -> None:
         for i in range(400):  # ~40 MB offered to a peer that reads nothing
             node.engine.set(f"big{i}", b"x" * 100_000, time.time())
             await node.flush(ack=False, timeout=0)
-        conn = node._conns["sluggish"]
+        conn = node.connections()["sluggish"]
         assert conn.dropped > 0
         assert conn.buffered() < (64 << 10) + 4 * 100_200  # the limit plus in-flight frames
         writer.close()

@@ -67,9 +67,9 @@ async def test_a_tls_cluster_replicates(tls3: list[Node]) -> None:
     await wait_for(lambda: all(len(view(n)) == 20 for n in tls3))
     for node in tls3:
         assert node.statistics().tls is True
-        for peer, conn in node._conns.items():
+        for peer, conn in node.connections().items():
             assert peer in certificate_node_ids(conn.peer_certificate())
-            assert conn.writer.get_extra_info("ssl_object").version() == "TLSv1.3"
+            assert conn.stream.extra("ssl_object").version() == "TLSv1.3"
 
 
 async def test_tls_and_a_secret_combine(pki: TestPKI) -> None:
@@ -77,7 +77,7 @@ async def test_tls_and_a_secret_combine(pki: TestPKI) -> None:
     try:
         write(nodes[0], "k", "over TLS and sealed")
         await wait_for(lambda: "k" in view(nodes[1]))
-        assert all(c.secured for c in nodes[1]._conns.values())
+        assert all(c.secured for c in nodes[1].connections().values())
     finally:
         await asyncio.gather(*(n.close() for n in nodes))
 

@@ -181,3 +181,24 @@ def test_encode_refuses_foreign_objects() -> None:
 def test_decoder_never_raises_anything_but_protocol_error(body: bytes) -> None:
     with contextlib.suppress(ProtocolError):
         decode(body)
+
+
+def test_an_admin_operation_that_is_not_a_str_is_a_protocol_error() -> None:
+    # A list as the operation name used to escape as TypeError (unhashable).
+    from crdtcache import ProtocolError
+    from crdtcache.wire._codec import decode
+
+    with pytest.raises(ProtocolError, match="unknown admin operation"):
+        decode(msgpack.packb([15, 1, ["get"], ["k"]]))
+
+
+def test_the_decoder_says_how_many_bytes_complete_the_frame() -> None:
+    decoder = FrameDecoder(max_bytes=16)
+    assert decoder.needed() == 4
+    assert decoder.feed(b"\x00\x00") == [] and decoder.needed() == 2
+    assert decoder.feed(b"\x00\x03") == [] and decoder.needed() == 3
+    assert decoder.feed(b"abc") == [b"abc"] and decoder.needed() == 4
+    assert decoder.frames == 1
+    with pytest.raises(FrameTooLarge) as refused:
+        decoder.feed(b"\x16\x03\x01\x00")
+    assert refused.value.header == b"\x16\x03\x01\x00"

@@ -1,0 +1,65 @@
+"""The settings and counters of a gossip engine, and where its randomness comes from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ["EngineStatistics", "GossipConfig", "RandomSource"]
+
+
+class RandomSource(Protocol):
+    """Where the engine's randomness comes from (e.g. a seeded ``random.Random``)."""
+
+    def random(self) -> float:
+        """A float in [0, 1)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class GossipConfig:
+    """Timings and limits of a :class:`~crdtcache.core.GossipEngine` (seconds, counts, bytes)."""
+
+    sync_interval: float = 0.005
+    fanout: int | None = None
+    max_hops: int = 16
+    anti_entropy_interval: float = 1.0
+    heartbeat_interval: float = 0.5
+    suspect_after: float = 2.0
+    dead_after: float = 6.0
+    gc_interval: float = 5.0
+    exchange_timeout: float = 10.0
+    max_message_entries: int = 4096
+    max_message_bytes: int = 1 << 20
+    on_demand: bool = False
+    #: Epidemic mode: how many flushes relay each new item; None = ceil(log2(N + 1) / 2).
+    retransmits: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("sync_interval", "anti_entropy_interval", "heartbeat_interval", "gc_interval"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if not 0 < self.suspect_after <= self.dead_after:
+            raise ValueError("need 0 < suspect_after <= dead_after")
+        if self.fanout is not None and self.fanout < 1:
+            raise ValueError("fanout must be None (every peer) or at least 1")
+        if self.max_message_entries < 1 or self.max_message_bytes < 1024:
+            raise ValueError("message limits too small")
+
+
+@dataclass(slots=True)
+class EngineStatistics:
+    """Counters of a :class:`~crdtcache.core.GossipEngine` (monotonic since start)."""
+
+    pushes_sent: int = 0
+    entries_pushed: int = 0
+    relays_sent: int = 0
+    entries_received: int = 0
+    entries_applied: int = 0
+    sync_requests_sent: int = 0
+    sync_entries_sent: int = 0
+    full_syncs_sent: int = 0
+    syncs_completed: int = 0
+    refused_drift: int = 0
+    events_dropped: int = 0
+    collected: int = 0

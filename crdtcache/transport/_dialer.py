@@ -1,0 +1,140 @@
+"""Keeping links to the addresses a node wants: dial, wait for the drop, back off, redial.
+
+One task per wanted address. Seeds are wanted for as long as the node runs; an address
+learnt from discovery or a peer list is given up after :data:`FORGET_AFTER` seconds of
+failures (it may be reported again). A refused secret or certificate does not fix
+itself in 50 ms, so an :class:`~crdtcache.core._link.IdentityError` backs off to the
+maximum at once, and a link that drops within :data:`STABLE_AFTER` seconds counts as a
+failed dial (no redial storm against a peer that drops every link). When both ends know
+each other the mesh decides which one dials first
+(:meth:`~crdtcache.core._link.Mesh.defers_to`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from crdtcache._errors import PeerError
+from crdtcache.core._link import IdentityError, SelfDial
+from crdtcache.discovery._base import PeerAddress
+
+if TYPE_CHECKING:
+    from crdtcache.transport._node import Node
+
+__all__ = ["FORGET_AFTER", "INITIAL_BACKOFF", "MAX_BACKOFF", "Dialer"]
+
+log = logging.getLogger(__name__)
+
+#: Redial backoff bounds, seconds.
+INITIAL_BACKOFF: Final = 0.05
+MAX_BACKOFF: Final = 5.0
+#: Seconds to keep redialling an address that never answered (not a seed).
+FORGET_AFTER: Final = 120.0
+#: Seconds (before jitter) a node waits for a peer that dials first.
+DEFER_DELAY: Final = 0.1
+#: A link that lived less than this many seconds counts as a failure for the backoff:
+#: a peer that drops every link at once (refused gossip, a bug) is not redialled in a
+#: tight loop.
+STABLE_AFTER: Final = 1.0
+
+
+@dataclass(slots=True)
+class _Wanted:
+    address: PeerAddress
+    seed: bool
+    task: asyncio.Task[None] | None = None
+
+
+class Dialer:
+    """The addresses a :class:`~crdtcache.transport._node.Node` keeps links to."""
+
+    def __init__(self, node: Node, rng: random.Random) -> None:
+        self.node = node
+        self.rng = rng
+        #: Set once the node listens: a hello sent before would announce port 0.
+        self.bound = asyncio.Event()
+        self.wanted: dict[str, _Wanted] = {}
+
+    def found(self, address: PeerAddress) -> None:
+        """Discovery reported ``address`` (our own is ignored)."""
+        if address.node_id != self.node.node_id:
+            self.want(address, seed=False)
+
+    def lost(self, node_id: str) -> None:
+        """Discovery says ``node_id`` left: stop dialling it (seeds excepted)."""
+        for key, wanted in list(self.wanted.items()):
+            if wanted.address.node_id == node_id and not wanted.seed:
+                self.wanted.pop(key, None)
+                if wanted.task is not None:
+                    wanted.task.cancel()
+
+    def want(self, address: PeerAddress, *, seed: bool) -> None:
+        """Keep a link to ``address`` (idempotent; learns its node id if now known)."""
+        if self.node._closing:
+            return
+        key = str(address)
+        if key == self.node.address:
+            return
+        current = self.wanted.get(key)
+        if current is not None:
+            if address.node_id and not current.address.node_id:
+                current.address = address
+            return
+        wanted = _Wanted(address, seed)
+        self.wanted[key] = wanted
+        wanted.task = self.node._spawn(self._maintain(key, wanted))
+
+    async def _maintain(self, key: str, wanted: _Wanted) -> None:
+        node = self.node
+        backoff = INITIAL_BACKOFF
+        failing_since: float | None = None
+        await self.bound.wait()
+        while not node._closing:
+            node_id = wanted.address.node_id
+            existing = node.link_to(node_id) if node_id else None
+            if existing is not None:
+                backoff = await self._hold(existing.closed, backoff)
+                continue
+            if failing_since is None and node.mesh.defers_to(node_id):
+                await asyncio.sleep(DEFER_DELAY * (1 + self.rng.random()))
+                if node_id in node.mesh.links:
+                    continue
+            try:
+                conn = await node.dial(wanted.address)
+            except SelfDial:
+                self.wanted.pop(key, None)
+                return
+            except PeerError as exc:
+                now = node._clock()
+                failing_since = failing_since or now
+                if not wanted.seed and now - failing_since > FORGET_AFTER:
+                    log.info("giving up on %s after %.0f s of failures", key, now - failing_since)
+                    self.wanted.pop(key, None)
+                    return
+                if isinstance(exc, IdentityError):
+                    backoff = MAX_BACKOFF  # the operator may be rotating: retry slowly
+                log.debug("dial %s failed: %s; retrying in %.2f s", key, exc, backoff)
+                await asyncio.sleep(backoff * (0.5 + self.rng.random()))
+                backoff = min(backoff * 2, MAX_BACKOFF)
+                continue
+            failing_since = None
+            if node._closing:
+                return
+            if conn is not None:
+                if wanted.address.node_id is None and conn.peer is not None:
+                    host, port = wanted.address.host, wanted.address.port
+                    wanted.address = PeerAddress(host, port, conn.peer)
+                backoff = await self._hold(conn.closed, backoff)
+
+    async def _hold(self, closed: asyncio.Future[None], backoff: float) -> float:
+        """Wait for a link to close; return the backoff for the next dial."""
+        opened = self.node._clock()
+        await asyncio.shield(closed)
+        if self.node._clock() - opened >= STABLE_AFTER:
+            return INITIAL_BACKOFF
+        await asyncio.sleep(backoff * (0.5 + self.rng.random()))
+        return min(backoff * 2, MAX_BACKOFF)
