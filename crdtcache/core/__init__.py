@@ -39,6 +39,7 @@ from crdtcache.core._resolver import (
     last_writer_wins,
 )
 from crdtcache.core._values import (
+    DEFAULT_MAX_VALUE_BYTES,
     MAX_KEY_CHARS,
     MAX_VALUE_BYTES,
     Packed,
@@ -51,6 +52,7 @@ from crdtcache.core._values import (
 __all__ = [
     "ALIVE",
     "DEAD",
+    "DEFAULT_MAX_VALUE_BYTES",
     "MAX_DRIFT",
     "MAX_KEY_CHARS",
     "MAX_NODE_ID_CHARS",
