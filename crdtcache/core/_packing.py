@@ -42,7 +42,10 @@ by sorting its items' packed bytes). :func:`unpack_checked`, which reads bytes f
 outside (a peer, a file, Redis), accepts a blob only if packing what it decodes to
 gives back the very same bytes. So a reader accepts exactly what :func:`pack` can
 produce, every reader that uses it gives the same verdict, and there is no second
-description of the format to drift from the first.
+description of the format to drift from the first. (Most values hold no extension
+type and only str keys; for them msgpack alone decodes and re-packs at C speed, and
+the blob is accepted when the bytes match within the depth bound. Anything else goes
+the general way, which alone refuses; a test holds the two to the same verdicts.)
 
 *Bounds on what bytes from outside can cost.*
 
@@ -222,19 +225,25 @@ def _unsupported(kind: type) -> str:
     )
 
 
+# Leaves are tested inline (``type(v) in _LEAVES``) before calling _lower: most items
+# of most values are leaves, and a call per item would double the cost of a write.
 def _lower_items(items: list[Any], depth: int) -> list[Any]:
     if _LEAVES.issuperset(map(type, items)):
         return items
-    return [_lower(v, depth) for v in items]
+    return [v if type(v) in _LEAVES else _lower(v, depth) for v in items]
 
 
 def _lower_map(mapping: dict[Any, Any], depth: int) -> dict[Any, Any]:
     key_types = set(map(type, mapping))
     if not key_types <= _RANDOM_HASH:
         _check_hashes(mapping)
-    if key_types <= _LEAVES and _LEAVES.issuperset(map(type, mapping.values())):
-        return mapping
-    lowered = {_lower(k, depth): _lower(v, depth) for k, v in mapping.items()}
+    if key_types <= _LEAVES:
+        if _LEAVES.issuperset(map(type, mapping.values())):
+            return mapping
+        return {k: v if type(v) in _LEAVES else _lower(v, depth) for k, v in mapping.items()}
+    lowered = {
+        _lower(k, depth): v if type(v) in _LEAVES else _lower(v, depth) for k, v in mapping.items()
+    }
     if len(lowered) != len(mapping):
         # Two distinct keys with the same packed form (tuples holding distinct NaNs):
         # they would come back as one.
@@ -433,12 +442,13 @@ def _chain(checked: bool) -> _Reader:
 
 _TRUSTED: Final = _chain(checked=False)
 _CHECKED: Final = _chain(checked=True)
-_TRUSTED_HOOK: Final = _TRUSTED.ext
+#: msgpack's ``ext_hook`` for bytes packed by this process or already checked.
+TRUSTED_EXT_HOOK: Final = _TRUSTED.ext
 
 
 def unpack(blob: bytes) -> Any:
     """The value :func:`pack` packed in ``blob`` (bytes this process packed or checked)."""
-    return msgpack.unpackb(blob, raw=False, strict_map_key=False, ext_hook=_TRUSTED_HOOK)
+    return msgpack.unpackb(blob, raw=False, strict_map_key=False, ext_hook=TRUSTED_EXT_HOOK)
 
 
 def unpack_checked(blob: bytes) -> Any:
@@ -447,6 +457,49 @@ def unpack_checked(blob: bytes) -> Any:
     Raises ``ValueError`` saying what is wrong: not msgpack, an unknown or malformed
     extension type, a bound exceeded, or bytes other than ``pack(value)``.
     """
+    # Most values hold no extension type and only str keys: msgpack alone can decode
+    # and re-pack them (pack would convert nothing), at C speed. Anything else takes
+    # the general path, which alone refuses: this one only accepts.
+    try:
+        value = msgpack.unpackb(blob, raw=False, strict_map_key=True, ext_hook=_no_ext, timestamp=3)
+        # strict_types, no conversion: a msgpack timestamp (a datetime, by timestamp=3)
+        # cannot be packed back, so it goes to the general path like pack refuses it.
+        again = msgpack.packb(value, strict_types=True, use_bin_type=True)
+    except Exception:  # an extension type, a non-str key, junk
+        return _unpack_checked(blob)
+    if again == blob and (
+        type(value) not in (list, dict)
+        # Fewer bytes that could start a container than MAX_DEPTH: cannot nest deeper.
+        or len(blob.translate(None, _NOT_CONTAINER_BYTES)) <= MAX_DEPTH
+        or _within_depth(value, MAX_DEPTH)
+    ):
+        return value
+    return _unpack_checked(blob)
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    raise Refused("an extension type")
+
+
+def _within_depth(container: list[Any] | dict[Any, Any], room: int) -> bool:
+    """Whether a decoded list or dict nests at most ``room`` containers deep."""
+    items = container.values() if type(container) is dict else container
+    if _NATIVE.isdisjoint(map(type, items)):
+        return True
+    return room > 1 and all(
+        _within_depth(v, room - 1) for v in items if type(v) is list or type(v) is dict
+    )
+
+
+_NATIVE: Final = frozenset({list, dict})
+# Every byte but those that start a msgpack array or map (bytes.translate deletes them).
+_NOT_CONTAINER_BYTES: Final = bytes(
+    b for b in range(256) if not (0x80 <= b <= 0x9F or 0xDC <= b <= 0xDF)
+)
+
+
+def _unpack_checked(blob: bytes) -> Any:
+    """:func:`unpack_checked` for any blob: the one rule, ``pack(value) == blob``."""
     try:
         value = _CHECKED.unpack(blob)
     except Refused:

@@ -23,6 +23,7 @@ from crdtcache.core._packing import (
     INT_MIN,
     MAX_DEPTH,
     MAX_HASH_COLLISIONS,
+    _unpack_checked,
     pack,
     unpack_checked,
 )
@@ -316,3 +317,55 @@ def test_arbitrary_bytes_are_refused_or_are_a_canonical_packing(blob: bytes) -> 
     except ValueError:
         return
     assert pack(value) == blob
+
+
+# -------------------------------------------- the fast path takes no shortcut
+def verdict(check: Any, blob: bytes) -> Any:
+    try:
+        return ("accepted", typed(check(blob)))
+    except ValueError:
+        return "refused"
+
+
+def packb_loosely(value: Any) -> bytes:
+    """msgpack as another packer might write it: str as raw, floats of 32 bits."""
+    try:
+        return msgpack.packb(value, use_bin_type=False, use_single_float=True)
+    except OverflowError:  # a float too large for 32 bits
+        return b"\xc1"
+
+
+json_like = st.recursive(
+    st.none() | st.booleans() | st.integers(-(1 << 63), (1 << 64) - 1) | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
+    max_leaves=10,
+)
+
+
+@given(
+    st.one_of(
+        st.binary(max_size=40),
+        values.map(pack),
+        json_like.map(lambda v: msgpack.packb(v, use_bin_type=True)),
+        json_like.map(packb_loosely),
+        st.tuples(values.map(pack), st.integers(0, 200), st.integers(0, 255)).map(
+            lambda t: (
+                t[0][: t[1] % (len(t[0]) or 1)]
+                + bytes((t[2],))
+                + t[0][t[1] % (len(t[0]) or 1) + 1 :]
+            )
+        ),
+    )
+)
+def test_the_fast_check_agrees_with_the_rule(blob: bytes) -> None:
+    # unpack_checked decodes plain msgpack at C speed; _unpack_checked is the rule.
+    assert verdict(unpack_checked, blob) == verdict(_unpack_checked, blob)
+
+
+def test_deep_plain_nesting_from_outside_is_refused_by_the_fast_check() -> None:
+    deep = b"\x91" * MAX_DEPTH + b"\x00"
+    assert unpack_checked(deep) is not None
+    with pytest.raises(ValueError, match=f"deeper than {MAX_DEPTH}"):
+        unpack_checked(b"\x91" * (MAX_DEPTH + 1) + b"\x00")
+    with pytest.raises(ValueError, match=f"deeper than {MAX_DEPTH}"):
+        unpack_checked(b"\x81\xa1k" * (MAX_DEPTH + 1) + b"\x00")
