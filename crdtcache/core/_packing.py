@@ -94,9 +94,9 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_HASH_COLLISIONS",
     "SUPPORTED",
+    "TRUSTED_EXT_HOOK",
     "is_plain",
     "pack",
-    "unpack",
     "unpack_checked",
 ]
 
@@ -442,13 +442,9 @@ def _chain(checked: bool) -> _Reader:
 
 _TRUSTED: Final = _chain(checked=False)
 _CHECKED: Final = _chain(checked=True)
-#: msgpack's ``ext_hook`` for bytes packed by this process or already checked.
+#: msgpack's ``ext_hook`` for bytes packed by this process or already checked (with
+#: ``raw=False, strict_map_key=False``: see ``core._values.decode_value``).
 TRUSTED_EXT_HOOK: Final = _TRUSTED.ext
-
-
-def unpack(blob: bytes) -> Any:
-    """The value :func:`pack` packed in ``blob`` (bytes this process packed or checked)."""
-    return msgpack.unpackb(blob, raw=False, strict_map_key=False, ext_hook=TRUSTED_EXT_HOOK)
 
 
 def unpack_checked(blob: bytes) -> Any:

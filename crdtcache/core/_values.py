@@ -123,7 +123,7 @@ def encode_value(key: str, value: object, max_bytes: int = DEFAULT_MAX_VALUE_BYT
 def decode_value(stored: object) -> Any:
     """Return a value safe to hand to a caller (a fresh copy of a packed value)."""
     if type(stored) is Packed:
-        # _packing.unpack, inlined: this is every read of a packed value.
+        # Bytes this process packed or checked: no check needed, only the hook.
         return msgpack.unpackb(stored, raw=False, strict_map_key=False, ext_hook=TRUSTED_EXT_HOOK)
     return stored
 

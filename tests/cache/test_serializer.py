@@ -159,6 +159,18 @@ async def test_values_from_peers_must_be_bytes_under_a_serializer(clock: FakeClo
         assert cache._replica.entries["bad"].value is NOT_HELD
 
 
+async def test_a_validator_sees_the_loaded_value_from_peers(clock: FakeClock) -> None:
+    def positive(value: object) -> bool:
+        return isinstance(value, int) and value > 0
+
+    async with memory_cache(clock, schema=positive, serializer="pickle") as cache:
+        remote_push(cache, {"good": pickle.dumps(1), "bad": pickle.dumps(-1), "junk": b"x"})
+        assert await cache.get("good") == 1
+        assert cache._replica is not None
+        assert cache._replica.entries["bad"].value is NOT_HELD
+        assert cache._replica.entries["junk"].value is NOT_HELD
+
+
 def test_the_codec_does_not_check_peers_without_a_reason() -> None:
     # Each remote value pays a call when the codec checks them: only when needed.
     assert not ValueCodec().checks_remote

@@ -261,6 +261,11 @@ def test_every_reader_refuses_junk_packed_values(
     assert verdicts["wire"] is None
 
 
+def test_a_str_that_is_not_valid_unicode_is_refused() -> None:
+    # Only reachable from Python (msgpack never decodes one), but refused all the same.
+    assert _format_verdict(("k", PLAIN, "\ud800", 1 << 40, "a", None)) is None
+
+
 @pytest.mark.parametrize("expires", [math.inf, -math.inf, math.nan])
 def test_a_non_finite_expiry_is_refused_everywhere(expires: float) -> None:
     record = ("k", PLAIN, "v", 1 << 40, "a", expires)

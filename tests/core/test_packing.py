@@ -369,3 +369,21 @@ def test_deep_plain_nesting_from_outside_is_refused_by_the_fast_check() -> None:
         unpack_checked(b"\x91" * (MAX_DEPTH + 1) + b"\x00")
     with pytest.raises(ValueError, match=f"deeper than {MAX_DEPTH}"):
         unpack_checked(b"\x81\xa1k" * (MAX_DEPTH + 1) + b"\x00")
+
+
+@pytest.mark.parametrize("count", [15, 16, 65_535, 65_536])
+def test_large_sets_and_tuples_round_trip_and_are_accepted(count: int) -> None:
+    # The array header of a set is written by hand: it must be the one msgpack writes.
+    for value in (set(range(count)), frozenset(map(str, range(count))), tuple(range(count))):
+        stored = encode_value("k", value, max_bytes=1 << 22)
+        assert typed(decode_value(unpack_stored(bytes(stored), 1 << 22))) == typed(value)
+
+
+def test_distinct_keys_that_pack_alike_are_refused() -> None:
+    # Tuples holding two distinct NaN objects are distinct keys but pack to one form:
+    # they would come back as one key.
+    first, second = (float("nan"),), (float("nan"),)
+    with pytest.raises(SerializationError, match="pack to the same bytes"):
+        encode_value("k", {first: 1, second: 2})
+    with pytest.raises(SerializationError, match="pack to the same bytes"):
+        encode_value("k", {first, second})
