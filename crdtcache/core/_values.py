@@ -97,9 +97,20 @@ def encode_value(key: str, value: object, max_bytes: int = DEFAULT_MAX_VALUE_BYT
     Plain scalars are returned as they are, anything else as :class:`Packed` bytes.
     The error names the key, the offending type and the ways out.
     """
-    kind = type(value)
-    if kind is str or kind is bytes or is_plain(value):
-        stored = value
+    # str and bytes first, and sized inline: they are most writes.
+    if type(value) is str:
+        if value.isascii():
+            size = len(value)
+        else:
+            try:
+                size = len(value.encode())
+            except UnicodeEncodeError as exc:
+                raise SerializationError(f"value for {key!r} cannot be carried: {exc}") from exc
+        stored: object = value
+    elif type(value) is bytes:
+        size, stored = len(value), value
+    elif is_plain(value):
+        return value
     else:
         try:
             stored = Packed(pack(value))
@@ -109,10 +120,7 @@ def encode_value(key: str, value: object, max_bytes: int = DEFAULT_MAX_VALUE_BYT
             ) from exc
         except ValueError as exc:
             raise SerializationError(f"value for {key!r} cannot be carried: {exc}") from exc
-    try:
-        size = value_bytes(stored)
-    except UnicodeEncodeError as exc:
-        raise SerializationError(f"value for {key!r} cannot be carried: {exc}") from exc
+        size = len(stored)
     if size > max_bytes:
         raise SerializationError(
             f"value for {key!r} exceeds {max_bytes} bytes (max_value_bytes): it takes {size}"
