@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 __all__ = [
     "CacheError",
     "ClockDriftError",
@@ -27,8 +29,13 @@ class ValidationError(CacheError, ValueError):
     """A value failed the cache's schema; raised before anything is written."""
 
 
-class SerializationError(CacheError, TypeError):
-    """A key or value cannot be carried (wrong type, too large, not msgpack-able)."""
+class SerializationError(CacheError, TypeError, pickle.PicklingError):
+    """A key or value cannot be carried (wrong type, too large, not serializable).
+
+    Also a ``pickle.PicklingError``: code written for pickle-based caches (Django's
+    cache framework expects ``pickle.PickleError`` for a value it cannot store)
+    handles it unchanged, while ``except CacheError`` still catches it.
+    """
 
 
 class PeerError(CacheError):

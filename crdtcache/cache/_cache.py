@@ -107,6 +107,17 @@ class Cache:
       be deterministic and order-independent (see ``crdtcache.core.check_resolver``).
     * ``schema``: pydantic model, dataclass or TypeAdapter (values come back as
       models), or a callable that raises or returns False to reject a value.
+    * ``serializer``: ``"msgpack"`` (default: None, bool, int of any size, float,
+      str, bytes, bytearray, list, tuple, dict, set, frozenset, datetime, date, time,
+      timedelta, UUID and Decimal round-trip as themselves), a ``(dumps, loads)`` pair
+      for other types (applied after ``schema``; the bytes travel as an opaque
+      value), or ``"pickle"``, refused unless ``secret`` or ``ssl`` is set (redis:
+      a password or rediss:// in ``redis_url``): loading a pickle runs its writer's
+      code, so any peer that can write could run code on every node.
+    * ``max_value_bytes`` (default 1 MiB; up to 32 MiB with ``backend="memory"``)
+      and ``max_key_chars`` (default and most 1024): the largest value (a str in
+      UTF-8 bytes, others as encoded) and the longest key, refused on write with
+      :class:`SerializationError`; a value from a peer over them is not held here.
     * ``event_bus`` + ``invalidation_rules``: invalidate keys on application events.
     * ``on_change(ChangeEvent)``: every visible change, local or remote.
     * ``warm_up(cache)``: run at start. ``refresh(key)`` every ``refresh_interval``
@@ -135,7 +146,12 @@ class Cache:
     def __init__(self, **options: Any) -> None:
         config = CacheOptions(**options)
         self._config = config
-        self._codec = ValueCodec(config.schema)
+        self._codec = ValueCodec(
+            config.schema,
+            config.serializer,
+            max_value_bytes=config.max_value_bytes,
+            max_key_chars=config.max_key_chars,
+        )
         self._clock = config._clock
         self._services = prepare_services(config)
         self._node_id = choose_node_id(config)
@@ -143,7 +159,7 @@ class Cache:
             node=self._node_id,
             max_size=config.local_max_size or config.max_size,
             max_memory=config.max_memory,
-            admit=self._admit if self._codec.adapter or self._codec.validator else None,
+            admit=self._admit if self._codec.checks_remote else None,
             on_over=self._schedule_enforce,
         )
         self._counters = Counters()
@@ -355,7 +371,7 @@ class Cache:
     async def _get_slow(self, key: str, default: Any) -> Any:
         parts = self._running()
         replica = parts.replica
-        check_key(key)
+        check_key(key, self._codec.max_key_chars)
         e = replica.lookup(key, self._clock())
         if e is not None and e.value is not NOT_HELD:
             try:
@@ -488,7 +504,7 @@ class Cache:
         ``write_timeout`` (the value stays applied here).
         """
         self._running()
-        check_key(key)
+        check_key(key, self._codec.max_key_chars)
         check_ttl(ttl)
         self._apply_set(key, self._codec.dump(key, value), ttl)
         await self._replicate(f"set {key!r}")
@@ -509,7 +525,7 @@ class Cache:
 
     async def _delete(self, key: str, *, as_invalidate: bool) -> bool:
         parts = self._running()
-        check_key(key)
+        check_key(key, self._codec.max_key_chars)
         runtime = parts.runtime
         runtime.check_writable()
         existed = False

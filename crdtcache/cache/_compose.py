@@ -61,7 +61,7 @@ def assemble(
     persistence: Persistence | None = None
     if options.persist_path is not None:
         assert isinstance(options.persist_path, str)  # normalised by CacheOptions
-        persistence = Persistence(options.persist_path)
+        persistence = Persistence(options.persist_path, max_value_bytes=options.max_value_bytes)
         replica = persistence.open(
             node_id=options.node_id,
             new_id=node_id,
@@ -79,6 +79,7 @@ def assemble(
         GossipConfig(
             sync_interval=options.sync_interval,
             on_demand=options.sync_strategy == "on-demand",
+            max_value_bytes=options.max_value_bytes,
         ),
     )
     try:

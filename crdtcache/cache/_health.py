@@ -52,7 +52,7 @@ def assess(
     if refused_drift:
         take(15, f"{refused_drift} stamps refused for clock drift")
     if refused_values:
-        take(10, f"{refused_values} values from peers refused by the schema")
+        take(10, f"{refused_values} values from peers refused (schema or size limits)")
     if counters.ack_failures:
         take(20, f"{counters.ack_failures} write-through writes not acknowledged in time")
     if engine.events_dropped:

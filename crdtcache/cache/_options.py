@@ -21,10 +21,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Concatenate, Final, Literal, ParamSpec, TypeVar, get_args
+from urllib.parse import parse_qs, urlsplit
 
 from crdtcache._errors import ConfigError
 from crdtcache.cache._events import ChangeEvent, EventBus, InvalidationRule
-from crdtcache.core import Version
+from crdtcache.core import DEFAULT_MAX_VALUE_BYTES, MAX_KEY_CHARS, MAX_VALUE_BYTES, Version
 from crdtcache.core._format import MAX_CLUSTER_CHARS, MAX_NODE_ID_CHARS
 from crdtcache.metrics import Metrics, check_metrics
 from crdtcache.transport import Network, parse_address, tls_option
@@ -34,10 +35,14 @@ __all__ = [
     "BACKENDS",
     "DEFAULT_REDIS_URL",
     "DISCOVERY",
+    "PICKLE_RISK",
+    "SERIALIZERS",
     "STRATEGIES",
     "Backend",
     "CacheOptions",
     "DiscoveryMode",
+    "Serializer",
+    "SerializerName",
     "SyncStrategy",
     "check_ttl",
     "takes_options",
@@ -46,7 +51,11 @@ __all__ = [
 Backend = Literal["memory", "p2p", "redis"]
 SyncStrategy = Literal["write-through", "write-behind", "on-demand"]
 DiscoveryMode = Literal["mdns", "static", "none"]
+SerializerName = Literal["msgpack", "pickle"]
+#: ``serializer=``: a name, or a ``(dumps, loads)`` pair turning a value into bytes and back.
+Serializer = SerializerName | tuple[Callable[[Any], bytes], Callable[[bytes], Any]]
 BACKENDS: Final = get_args(Backend)
+SERIALIZERS: Final = get_args(SerializerName)
 STRATEGIES: Final = get_args(SyncStrategy)
 DISCOVERY: Final = get_args(DiscoveryMode)
 #: Where ``backend="redis"`` connects when ``redis_url`` is not given.
@@ -79,6 +88,20 @@ _NOT_FOR: Final[dict[str, tuple[tuple[str, str], ...]]] = {
     ),
     "p2p": (),
 }
+# The largest max_value_bytes each backend carries. A p2p node reads its peers' frames,
+# and a redis instance the records of Redis, with the default limit until the wire
+# codec and the Redis reader are given the node's own (GossipConfig.max_value_bytes):
+# a larger value would be written here and refused by every other node.
+_MOST_VALUE_BYTES: Final = {
+    "memory": MAX_VALUE_BYTES,
+    "p2p": DEFAULT_MAX_VALUE_BYTES,
+    "redis": DEFAULT_MAX_VALUE_BYTES,
+}
+#: Why ``serializer="pickle"`` needs a cluster secret or TLS (said by the refusal).
+PICKLE_RISK: Final = (
+    "loading a pickle runs code chosen by whoever wrote it, so any peer that can write "
+    "to this cache could run code on every node that reads the value"
+)
 _BACKEND_ONLY: Final = (
     ("redis_url", "redis"),
     ("local_max_size", "redis"),
@@ -118,6 +141,21 @@ def _address(option: str, value: object) -> str:
     except ConfigError as exc:
         raise ConfigError(f"{option}: {exc}") from None
     return value
+
+
+def _limit(option: str, value: object, most: int, why: str = "") -> None:
+    if type(value) is not int or not 1 <= value <= most:
+        raise ConfigError(f"{option} must be an int from 1 to {most}{why}, not {value!r:.40}")
+
+
+def _redis_authenticated(url: str | None) -> bool:
+    """Whether a Redis URL authenticates the client (a password) or uses TLS."""
+    if url is None:
+        return False
+    parts = urlsplit(url)
+    return parts.scheme.lower() == "rediss" or bool(
+        parts.password or parse_qs(parts.query).get("password")
+    )
 
 
 def _callable(option: str, value: object) -> None:
@@ -174,6 +212,13 @@ class CacheOptions:
     conflict_resolver: Callable[[Version, Version], Version] | None = None
     #: A pydantic model, dataclass or TypeAdapter, or a callable validator.
     schema: Any = None
+    #: How values become bytes: ``"msgpack"`` (the built-in value types), ``"pickle"``
+    #: (only with ``secret`` or ``ssl``), or a ``(dumps, loads)`` pair; after ``schema``.
+    serializer: Serializer = "msgpack"
+    #: Largest value, in bytes of its encoding (str: UTF-8; others: packed or serialized).
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+    #: Longest key, in characters (at most 1024).
+    max_key_chars: int = MAX_KEY_CHARS
     #: An :class:`~crdtcache.EventBus` whose events the ``invalidation_rules`` follow.
     event_bus: EventBus | None = None
     invalidation_rules: Sequence[InvalidationRule] = ()
@@ -205,6 +250,7 @@ class CacheOptions:
         self._check_storage()
         self._check_callbacks()
         self._check_events()
+        self._check_values()
 
     def _set(self, option: str, value: object) -> None:
         # Normalising a frozen dataclass in its own __post_init__.
@@ -298,6 +344,44 @@ class CacheOptions:
             raise ConfigError("invalidation_rules need an event_bus to listen to")
         if bus is not None and not callable(getattr(bus, "on", None)):
             raise ConfigError("event_bus must be an EventBus (with .on(event, handler))")
+
+    def _check_values(self) -> None:
+        most = _MOST_VALUE_BYTES[self.backend]
+        why = f" on backend={self.backend!r}" if most < MAX_VALUE_BYTES else ""
+        _limit("max_value_bytes", self.max_value_bytes, most, why)
+        _limit("max_key_chars", self.max_key_chars, MAX_KEY_CHARS)
+        serializer = self.serializer
+        if isinstance(serializer, str) and serializer in SERIALIZERS:
+            if serializer == "pickle":
+                self._check_pickle()
+        elif (
+            isinstance(serializer, (tuple, list))
+            and len(serializer) == 2
+            and all(callable(f) for f in serializer)
+        ):
+            self._set("serializer", tuple(serializer))
+        else:
+            raise ConfigError(
+                "serializer must be 'msgpack', 'pickle' or a (dumps, loads) pair of "
+                f"callables; got {serializer!r:.60}"
+            )
+
+    def _check_pickle(self) -> None:
+        # Pickle is safe only where nobody untrusted can write: p2p with a cluster
+        # secret or mutual TLS; Redis behind a password or TLS (the redis equivalent:
+        # secret= and ssl= do not apply there); memory has no one else who writes.
+        if self.backend == "p2p" and self.secret is None and self.ssl is None:
+            raise ConfigError(
+                f"serializer='pickle' needs secret= or ssl= on backend='p2p': {PICKLE_RISK}. "
+                "A cluster secret or mutual TLS lets only trusted nodes write. Without "
+                "them, keep the default serializer (schema= or a (dumps, loads) pair "
+                "carry other types)"
+            )
+        if self.backend == "redis" and not _redis_authenticated(self.redis_url):
+            raise ConfigError(
+                "serializer='pickle' needs a password in redis_url "
+                f"(redis://:password@host) or a rediss:// URL on backend='redis': {PICKLE_RISK}"
+            )
 
     @property
     def shared_store(self) -> bool:

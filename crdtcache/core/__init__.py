@@ -35,6 +35,7 @@ from crdtcache.core._resolver import (
     last_writer_wins,
 )
 from crdtcache.core._values import (
+    DEFAULT_MAX_VALUE_BYTES,
     MAX_KEY_CHARS,
     MAX_VALUE_BYTES,
     Packed,
@@ -47,6 +48,7 @@ from crdtcache.core._values import (
 __all__ = [
     "ALIVE",
     "DEAD",
+    "DEFAULT_MAX_VALUE_BYTES",
     "MAX_DRIFT",
     "MAX_KEY_CHARS",
     "MAX_NODE_ID_CHARS",

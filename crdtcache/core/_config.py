@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from crdtcache.core._values import DEFAULT_MAX_VALUE_BYTES, MAX_VALUE_BYTES
+
 __all__ = ["EngineStatistics", "GossipConfig", "RandomSource"]
 
 
@@ -34,6 +36,9 @@ class GossipConfig:
     on_demand: bool = False
     #: Epidemic mode: how many flushes relay each new item; None = ceil(log2(N + 1) / 2).
     retransmits: int | None = None
+    #: This node's ``max_value_bytes``: the limit every reader of records applies here
+    #: (wire, snapshot, store, Redis), so a runtime finds it on the engine it drives.
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
 
     def __post_init__(self) -> None:
         for name in ("sync_interval", "anti_entropy_interval", "heartbeat_interval", "gc_interval"):
@@ -45,6 +50,8 @@ class GossipConfig:
             raise ValueError("fanout must be None (every peer) or at least 1")
         if self.max_message_entries < 1 or self.max_message_bytes < 1024:
             raise ValueError("message limits too small")
+        if not 1 <= self.max_value_bytes <= MAX_VALUE_BYTES:
+            raise ValueError(f"max_value_bytes must be in [1, {MAX_VALUE_BYTES}]")
 
 
 @dataclass(slots=True)

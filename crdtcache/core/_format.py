@@ -8,7 +8,7 @@ SQLite store and a Redis record. All four carry the same *record*::
     (key, kind, payload, ts, origin, expires)
 
 ``kind`` says how to read ``payload``: :data:`PLAIN` (an immutable scalar), :data:`PACKED`
-(the msgpack bytes of a list or dict), :data:`TOMB` (deleted: no payload) or
+(the packed bytes of any other value), :data:`TOMB` (deleted: no payload) or
 :data:`STUB` (the stamp is known, the value is not held: no payload). ``ts`` is a packed
 HLC stamp (:mod:`~crdtcache.core._hlc`), ``origin`` the node that wrote it, ``expires``
 an absolute expiry in seconds since the epoch or None.
@@ -28,8 +28,16 @@ rules, each a named limit:
 * an expiry is None or a *finite* number: ``inf`` and ``NaN`` would make every
   computation of a due time fail later, far from where they came in;
 * a plain payload is None, bool, float, an int in the 64-bit range, or a str or
-  bytes of at most :data:`MAX_VALUE_BYTES`; a packed payload is validated by
-  :func:`~crdtcache.core._values.unpack_stored` (str map keys, no extension types).
+  bytes of at most ``max_value_bytes`` (a str counted in UTF-8 bytes);
+* a packed payload is the packed bytes of any other value (a list, dict, tuple, set,
+  big int, datetime...: see :mod:`~crdtcache.core._packing` for the extension types),
+  of at most ``max_value_bytes``, and exactly what packing its value produces
+  (:func:`~crdtcache.core._values.unpack_stored`).
+
+``max_value_bytes`` is a keyword of every reader: the limit of the node that reads
+(``Cache(max_value_bytes=...)``, reaching the readers through
+``GossipConfig.max_value_bytes``); its default is the option's,
+:data:`~crdtcache.core._values.DEFAULT_MAX_VALUE_BYTES`.
 """
 
 from __future__ import annotations
@@ -42,12 +50,13 @@ import msgpack
 from crdtcache.core._entry import NOT_HELD, TOMBSTONE, Entry, PatternTombstone
 from crdtcache.core._hlc import MAX_NODE_ID_CHARS, MAX_TS
 from crdtcache.core._values import (
+    DEFAULT_MAX_VALUE_BYTES,
     INT_MAX,
     INT_MIN,
     MAX_KEY_CHARS,
-    MAX_VALUE_BYTES,
     Packed,
     unpack_stored,
+    value_bytes,
 )
 
 __all__ = [
@@ -87,8 +96,11 @@ KINDS: Final = (PLAIN, PACKED, TOMB, STUB)
 MAX_CLUSTER_CHARS: Final = MAX_NODE_ID_CHARS
 
 _SCALARS: Final = (type(None), bool, int, float, str, bytes)
-# First byte of a msgpack array or map: a blob starting so holds a list or dict.
-_CONTAINER_BYTES: Final = frozenset([*range(0x80, 0xA0), 0xDC, 0xDD, 0xDE, 0xDF])
+# First byte of a msgpack array, map or extension type: a blob starting so holds a
+# packed value; a plain scalar's msgpack never starts so.
+_PACKED_BYTES: Final = frozenset(
+    [*range(0x80, 0xA0), 0xDC, 0xDD, 0xDE, 0xDF, 0xC7, 0xC8, 0xC9, *range(0xD4, 0xD9)]
+)
 
 
 class InvalidRecord(ValueError):
@@ -168,16 +180,24 @@ def check_expires(expires: object) -> float | None:
     raise InvalidRecord(f"expiry must be a finite number or nil, not {_show(expires)}")
 
 
-def check_stored(kind: object, payload: object) -> object:
+def check_stored(
+    kind: object, payload: object, *, max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+) -> object:
     """The replica's stored value for a record's ``(kind, payload)``, or raise."""
     if kind == PLAIN and type(kind) is int:
         vt = type(payload)
         if vt is str or vt is bytes:
-            if len(payload) > MAX_VALUE_BYTES:  # type: ignore[arg-type]  # str/bytes checked
-                raise InvalidRecord(f"value exceeds MAX_VALUE_BYTES ({MAX_VALUE_BYTES})")
+            try:
+                size = value_bytes(payload)
+            except UnicodeEncodeError:
+                raise InvalidRecord("str value is not valid Unicode") from None
+            if size > max_value_bytes:
+                raise InvalidRecord(
+                    f"value of {size} bytes exceeds max_value_bytes ({max_value_bytes})"
+                )
         elif vt is int:
             if not INT_MIN <= payload <= INT_MAX:  # type: ignore[operator]  # int checked
-                raise InvalidRecord("int value does not fit in 64 bits")
+                raise InvalidRecord("plain int value does not fit in 64 bits")
         elif vt not in _SCALARS:
             raise InvalidRecord(
                 f"plain value of a wrong type: must be a scalar, not {_show(payload)}"
@@ -187,7 +207,7 @@ def check_stored(kind: object, payload: object) -> object:
         if type(payload) is not bytes:
             raise InvalidRecord(f"packed value must be bytes, not {_show(payload)}")
         try:
-            return unpack_stored(payload)
+            return unpack_stored(payload, max_value_bytes)
         except ValueError as exc:
             raise InvalidRecord(f"packed value is invalid: {exc}") from None
     if type(kind) is int and kind in (TOMB, STUB):
@@ -210,12 +230,19 @@ def stored_kind(value: object) -> int:
 
 # ----------------------------------------------------------------- records
 def entry_from_record(
-    key: object, kind: object, payload: object, ts: object, origin: object, expires: object
+    key: object,
+    kind: object,
+    payload: object,
+    ts: object,
+    origin: object,
+    expires: object,
+    *,
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
 ) -> tuple[str, Entry]:
     """Validate one record and build its entry, or raise :class:`InvalidRecord`."""
     key = check_key(key)
     try:
-        stored = check_stored(kind, payload)
+        stored = check_stored(kind, payload, max_value_bytes=max_value_bytes)
         entry = Entry(
             stored, check_ts(ts), check_node(origin, "origin node id"), check_expires(expires)
         )
@@ -225,7 +252,14 @@ def entry_from_record(
 
 
 def entry_from_blob(
-    key: object, kind: object, blob: object, ts: object, origin: object, expires: object
+    key: object,
+    kind: object,
+    blob: object,
+    ts: object,
+    origin: object,
+    expires: object,
+    *,
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
 ) -> tuple[str, Entry]:
     """Like :func:`entry_from_record` for a medium that keeps values as bytes.
 
@@ -240,7 +274,7 @@ def entry_from_blob(
         elif type(kind) is int and kind in (TOMB, STUB):
             stored = check_stored(kind, blob)
         else:
-            stored = blob_stored(blob, kind)
+            stored = blob_stored(blob, kind, max_value_bytes=max_value_bytes)
         entry = Entry(
             stored, check_ts(ts), check_node(origin, "origin node id"), check_expires(expires)
         )
@@ -286,34 +320,36 @@ def stored_blob(stored: object) -> bytes:
     return blob
 
 
-def blob_stored(blob: object, kind: object = None) -> object:
+def blob_stored(
+    blob: object, kind: object = None, *, max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+) -> object:
     """The stored value kept as ``blob`` (see :func:`stored_blob`), or raise.
 
     ``kind`` is checked against the blob when the medium records it (SQLite); without
-    it (Redis) the blob's first byte tells a packed container from a scalar.
+    it (Redis) the blob's first byte tells a packed value from a plain scalar.
     """
     if type(blob) is not bytes or not blob:
         raise InvalidRecord(f"value must be a non-empty blob, not {_show(blob)}")
-    packed = blob[0] in _CONTAINER_BYTES
+    packed = blob[0] in _PACKED_BYTES
     if kind is not None and kind != (PACKED if packed else PLAIN):
         if kind == PLAIN and type(kind) is int:
-            raise InvalidRecord("plain value is not a msgpack scalar (a container)")
+            raise InvalidRecord("plain value is not a msgpack scalar (a packed value)")
         if kind == PACKED and type(kind) is int:
-            raise InvalidRecord("packed value is invalid: not a msgpack list or map")
+            raise InvalidRecord("packed value is invalid: not a msgpack array, map or ext")
         raise InvalidRecord(f"unknown value kind {_show(kind)}")
     if packed:
-        return check_stored(PACKED, blob)
+        return check_stored(PACKED, blob, max_value_bytes=max_value_bytes)
     try:
         value = msgpack.unpackb(
             blob,
             raw=False,
             strict_map_key=True,
-            max_str_len=4 * MAX_VALUE_BYTES,
-            max_bin_len=MAX_VALUE_BYTES,
+            max_str_len=max_value_bytes,
+            max_bin_len=max_value_bytes,
             max_array_len=0,  # a plain value is a scalar: no container at all
             max_map_len=0,
             max_ext_len=0,
         )
     except Exception as exc:  # msgpack raises a wide family; all mean junk
         raise InvalidRecord(f"value is not a msgpack scalar ({exc})") from None
-    return check_stored(PLAIN, value)
+    return check_stored(PLAIN, value, max_value_bytes=max_value_bytes)

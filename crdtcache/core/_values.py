@@ -1,9 +1,21 @@
-"""What a cache value may be, and how it is held so that reads never alias the replica.
+"""What a cache value may be, how large, and how it is held so reads never alias the replica.
 
-Immutable scalars (None, bool, int, float, str, bytes) are stored as they are: handing
-them out is safe and costs nothing. Lists and dicts are stored as their msgpack
-encoding wrapped in :class:`Packed`; every read decodes a fresh copy, so a caller who
-mutates what ``get`` returned cannot change this node's replica behind its peers' back.
+*Plain* scalars (None, bool, float, str, bytes, and ints of 64 bits) are stored as they
+are: handing them out is safe and costs nothing. Every other value -- list, dict,
+tuple, set, frozenset, bytearray, a larger int, datetime, date, time, timedelta, UUID,
+Decimal -- is stored as its packed bytes (:mod:`crdtcache.core._packing`: msgpack
+with fixed extension codes) wrapped in :class:`Packed`; every read decodes a fresh
+copy, so a caller who mutates what ``get`` returned cannot change this node's replica
+behind its peers' back, and a tuple comes back a tuple.
+
+*Limits.* A key is a str of at most ``max_key_chars`` characters (default and most:
+:data:`MAX_KEY_CHARS`). A value's size is the bytes it travels as -- a str's UTF-8
+encoding, bytes as they are, anything else its packed bytes -- and may be at most
+``max_value_bytes`` (default :data:`DEFAULT_MAX_VALUE_BYTES`, 1 MiB; configurable up
+to :data:`MAX_VALUE_BYTES`, 32 MiB). None, bool, int and float are small and fixed,
+and have no size to limit. The same limits apply when a value is written
+(:func:`encode_value`) and when a record is read from outside
+(:func:`unpack_stored`, :mod:`crdtcache.core._format`).
 """
 
 from __future__ import annotations
@@ -13,8 +25,18 @@ from typing import Any, Final
 import msgpack
 
 from crdtcache._errors import SerializationError
+from crdtcache.core._packing import (
+    INT_MAX,
+    INT_MIN,
+    SUPPORTED,
+    TRUSTED_EXT_HOOK,
+    is_plain,
+    pack,
+    unpack_checked,
+)
 
 __all__ = [
+    "DEFAULT_MAX_VALUE_BYTES",
     "INT_MAX",
     "INT_MIN",
     "MAX_KEY_CHARS",
@@ -25,113 +47,105 @@ __all__ = [
     "encode_value",
     "stored_size",
     "unpack_stored",
+    "value_bytes",
 ]
 
-#: Longest key accepted, in characters (on the API and on the wire).
+#: Longest key, in characters: the default of ``max_key_chars`` and the most it may be.
 MAX_KEY_CHARS: Final = 1024
-#: Largest value accepted, in bytes of its encoding (on the API and on the wire).
-MAX_VALUE_BYTES: Final = 1 << 20
-
-#: The int range a value may hold (msgpack's: int64 and uint64).
-INT_MIN: Final = -(1 << 63)
-INT_MAX: Final = (1 << 64) - 1
-_SCALARS: Final = (str, bytes, bool, float, type(None))
+#: Default largest value (``max_value_bytes``), in bytes of its encoding.
+DEFAULT_MAX_VALUE_BYTES: Final = 1 << 20
+#: The most ``max_value_bytes`` may be set to.
+MAX_VALUE_BYTES: Final = 32 << 20
+#: What to do about a value of another type (said by every refusal).
+WAYS_OUT: Final = (
+    f"values may hold {SUPPORTED}; for other types pass schema= (a pydantic model, "
+    "dataclass or TypeAdapter) or serializer= (a (dumps, loads) pair)"
+)
 
 
 class Packed(bytes):
-    """The msgpack encoding of a list or dict value, as held in a replica."""
+    """The packed bytes of a value that is not a plain scalar, as held in a replica."""
 
     __slots__ = ()
 
 
-def _str_keys(pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
-    for k, _ in pairs:
-        if type(k) is not str:
-            raise ValueError(f"map keys must be str, not {type(k).__name__}")
-    return dict(pairs)
-
-
-def _no_ext(code: int, data: bytes) -> Any:
-    raise ValueError(f"msgpack extension type {code} is not a cache value")
-
-
-def _validate(blob: bytes) -> Any:
-    """Unpack ``blob`` as a cache value: str map keys only, no extension types."""
-    value = msgpack.unpackb(
-        blob, raw=False, strict_map_key=True, object_pairs_hook=_str_keys, ext_hook=_no_ext
-    )
-    # msgpack decodes its timestamp extension (type -1, whose header holds a 0xff byte)
-    # itself, without asking ext_hook: refuse it with a second, ext-less pass, paid
-    # only by blobs that hold a 0xff byte at all.
-    if b"\xff" in blob:
-        try:
-            msgpack.unpackb(blob, raw=False, strict_map_key=True, max_ext_len=0)
-        except ValueError:
-            raise ValueError("msgpack extension type -1 is not a cache value") from None
-    return value
-
-
-def check_key(key: object) -> str:
-    """Return ``key`` if it is a str of acceptable length, else raise ``SerializationError``."""
+def check_key(key: object, max_chars: int = MAX_KEY_CHARS) -> str:
+    """Return ``key`` if it is a str of at most ``max_chars``, else raise ``SerializationError``."""
     if type(key) is not str:
         raise SerializationError(f"cache keys must be str, not {type(key).__name__}")
-    if len(key) > MAX_KEY_CHARS:
-        raise SerializationError(f"key of {len(key)} characters exceeds {MAX_KEY_CHARS}")
+    if len(key) > max_chars:
+        raise SerializationError(f"key of {len(key)} characters exceeds {max_chars}")
     return key
 
 
-def encode_value(key: str, value: object) -> object:
+def value_bytes(stored: object) -> int:
+    """The size ``max_value_bytes`` limits: UTF-8 bytes of a str, length of bytes, else 0.
+
+    Raises ``UnicodeEncodeError`` for a str that is not valid Unicode (a lone surrogate
+    cannot be sent anywhere).
+    """
+    if isinstance(stored, str):  # exact str only: values and records never hold a subclass
+        return len(stored) if stored.isascii() else len(stored.encode())
+    if isinstance(stored, bytes):  # bytes or Packed
+        return len(stored)
+    return 0
+
+
+def encode_value(key: str, value: object, max_bytes: int = DEFAULT_MAX_VALUE_BYTES) -> object:
     """Turn a user value into its stored form, or raise ``SerializationError``.
 
-    Raises naming the key and the offending type, so the caller knows what to fix.
+    Plain scalars are returned as they are, anything else as :class:`Packed` bytes.
+    The error names the key, the offending type and the ways out.
     """
-    kind = type(value)
-    if kind is str or kind is bytes:
-        if len(value) > MAX_VALUE_BYTES:  # type: ignore[arg-type]  # str/bytes checked above
-            raise SerializationError(f"value for {key!r} exceeds {MAX_VALUE_BYTES} bytes")
+    # str and bytes first, and sized inline: they are most writes.
+    if type(value) is str:
+        if value.isascii():
+            size = len(value)
+        else:
+            try:
+                size = len(value.encode())
+            except UnicodeEncodeError as exc:
+                raise SerializationError(f"value for {key!r} cannot be carried: {exc}") from exc
+        stored: object = value
+    elif type(value) is bytes:
+        size, stored = len(value), value
+    elif is_plain(value):
         return value
-    if kind is int:
-        if not INT_MIN <= value <= INT_MAX:  # type: ignore[operator]  # int checked above
-            raise SerializationError(f"int value for {key!r} does not fit in 64 bits")
-        return value
-    if kind in (bool, float, type(None)):
-        return value
-    if isinstance(value, (list, tuple, dict)):
+    else:
         try:
-            blob = msgpack.packb(value, use_bin_type=True)
-            # Unpacking once proves the round trip: map keys are str, nothing is lost.
-            _validate(blob)
-        except (TypeError, ValueError, OverflowError) as exc:
+            stored = Packed(pack(value))
+        except TypeError as exc:
             raise SerializationError(
-                f"value for {key!r} cannot be carried: {exc} (allowed: None, bool, int, "
-                "float, str, bytes, lists and dicts with str keys)"
+                f"value for {key!r} cannot be carried: it is or holds {exc}; {WAYS_OUT}"
             ) from exc
-        if len(blob) > MAX_VALUE_BYTES:
-            raise SerializationError(f"value for {key!r} exceeds {MAX_VALUE_BYTES} bytes")
-        return Packed(blob)
-    raise SerializationError(
-        f"value for {key!r} has type {kind.__name__}, which cannot be carried "
-        "(allowed: None, bool, int, float, str, bytes, lists and dicts with str keys)"
-    )
-
-
-def decode_value(stored: object) -> Any:
-    """Return a value safe to hand to a caller (a fresh copy for lists and dicts)."""
-    if type(stored) is Packed:
-        return msgpack.unpackb(stored, raw=False, strict_map_key=True)
+        except ValueError as exc:
+            raise SerializationError(f"value for {key!r} cannot be carried: {exc}") from exc
+        size = len(stored)
+    if size > max_bytes:
+        raise SerializationError(
+            f"value for {key!r} exceeds {max_bytes} bytes (max_value_bytes): it takes {size}"
+        )
     return stored
 
 
-def unpack_stored(blob: bytes) -> Packed:
-    """Validate a packed container received from a peer and wrap it, or raise ``ValueError``."""
-    if len(blob) > MAX_VALUE_BYTES:
-        raise ValueError("packed value over MAX_VALUE_BYTES")
-    try:
-        decoded = _validate(blob)
-    except Exception as exc:  # msgpack raises a wide family; all mean "junk"
-        raise ValueError(f"packed value is not valid msgpack: {exc}") from exc
-    if not isinstance(decoded, (list, dict)):
-        raise ValueError("packed value is not a list or dict")
+def decode_value(stored: object) -> Any:
+    """Return a value safe to hand to a caller (a fresh copy of a packed value)."""
+    if type(stored) is Packed:
+        # Bytes this process packed or checked: no check needed, only the hook.
+        return msgpack.unpackb(stored, raw=False, strict_map_key=False, ext_hook=TRUSTED_EXT_HOOK)
+    return stored
+
+
+def unpack_stored(blob: bytes, max_bytes: int = DEFAULT_MAX_VALUE_BYTES) -> Packed:
+    """Validate packed bytes received from outside and wrap them, or raise ``ValueError``.
+
+    Accepts exactly what :func:`encode_value` produces for a value that is not plain
+    (see :func:`crdtcache.core._packing.unpack_checked`), up to ``max_bytes``.
+    """
+    if len(blob) > max_bytes:
+        raise ValueError(f"packed value of {len(blob)} bytes exceeds max_value_bytes ({max_bytes})")
+    if is_plain(unpack_checked(blob)):
+        raise ValueError("a plain scalar is never packed (it travels as a plain value)")
     return Packed(blob)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from crdtcache.core import Change, Replica
+from crdtcache.core import DEFAULT_MAX_VALUE_BYTES, Change, Replica
 from crdtcache.core._entry import compile_pattern
 from crdtcache.store._snapshot import encode_snapshot, restore_snapshot
 
@@ -22,9 +22,15 @@ class ReplicaKeySpace:
     #: A key with no entry here is absent cluster-wide (modulo replication lag).
     answers_misses = False
 
-    def __init__(self, replica: Replica, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        replica: Replica,
+        clock: Callable[[], float],
+        max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+    ) -> None:
         self._replica = replica
         self._clock = clock
+        self._max_value_bytes = max_value_bytes
 
     def check_writable(self) -> None:
         """Always writable: the replica is this node's own."""
@@ -51,4 +57,6 @@ class ReplicaKeySpace:
 
     async def restore(self, data: bytes) -> list[Change]:
         """Merge snapshot bytes into the replica (a CRDT merge)."""
-        return restore_snapshot(self._replica, data, self._clock())
+        return restore_snapshot(
+            self._replica, data, self._clock(), max_value_bytes=self._max_value_bytes
+        )

@@ -49,7 +49,7 @@ class LocalRuntime(ReplicaKeySpace):
         clock: Callable[[], float] = time.time,
         keeps_stubs: bool = False,
     ) -> None:
-        super().__init__(engine.replica, clock)
+        super().__init__(engine.replica, clock, engine.config.max_value_bytes)
         self.engine = engine
         self.keeps_stubs = keeps_stubs
         self._clock = clock

@@ -30,7 +30,7 @@ class P2PRuntime(ReplicaKeySpace):
     keeps_stubs = True
 
     def __init__(self, node: Node, clock: Callable[[], float]) -> None:
-        super().__init__(node.engine.replica, clock)
+        super().__init__(node.engine.replica, clock, node.engine.config.max_value_bytes)
         self.node = node
         self.engine: GossipEngine = node.engine
 

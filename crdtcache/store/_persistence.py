@@ -28,7 +28,14 @@ from collections.abc import Mapping
 from typing import Final
 
 from crdtcache._errors import ConfigError, PersistenceError
-from crdtcache.core import NOT_HELD, Entry, HybridClock, Replica, Resolver
+from crdtcache.core import (
+    DEFAULT_MAX_VALUE_BYTES,
+    NOT_HELD,
+    Entry,
+    HybridClock,
+    Replica,
+    Resolver,
+)
 from crdtcache.store._sqlite import ReplicaStore, StoreBatch
 
 __all__ = ["PERSIST_INTERVAL", "THREAD_BATCH", "Persistence"]
@@ -47,8 +54,8 @@ class Persistence:
     It observes the replica it opened (:meth:`open`) to learn which keys to write.
     """
 
-    def __init__(self, path: str) -> None:
-        self.store = ReplicaStore(path)
+    def __init__(self, path: str, *, max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES) -> None:
+        self.store = ReplicaStore(path, max_value_bytes=max_value_bytes)
         self.path = path
         #: Batches that failed (their keys were kept for the next one).
         self.errors = 0

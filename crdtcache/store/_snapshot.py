@@ -15,10 +15,10 @@ The body is a map::
      "marks": {origin: ts}, "collected": {origin: ts}}
 
 Entries use the wire format's layout and ``kind`` codes (0 plain scalar, 1 packed
-list/dict, 2 tombstone, 3 stub). Decoding is bounded (every length capped, ext types
+value, 2 tombstone, 3 stub). Decoding is bounded (every length capped, ext types
 refused, ``strict_map_key``, never pickle) and then every field is checked for shape,
-type and limit (``MAX_KEY_CHARS``, ``MAX_VALUE_BYTES``, packed blobs through
-:func:`~crdtcache.core.unpack_stored`) *before* anything is applied: a bad snapshot
+type and limit (``MAX_KEY_CHARS``, the reader's ``max_value_bytes``, packed values
+through :func:`~crdtcache.core.unpack_stored`) *before* anything is applied: a bad snapshot
 raises :class:`~crdtcache.CorruptStateError` and changes nothing.
 
 Decisions, and why:
@@ -67,8 +67,9 @@ import msgpack
 
 from crdtcache._errors import CorruptStateError, PersistenceError, SerializationError
 from crdtcache.core import (
+    DEFAULT_MAX_VALUE_BYTES,
+    MAX_KEY_CHARS,
     MAX_NODE_ID_CHARS,
-    MAX_VALUE_BYTES,
     TOMBSTONE,
     Change,
     Entry,
@@ -188,9 +189,15 @@ def encode_snapshot(replica: Replica, now: float, *, max_bytes: int = MAX_SNAPSH
 
 
 # ------------------------------------------------------------------- decoding
-def decode_snapshot(data: BytesLike, *, max_bytes: int = MAX_SNAPSHOT_BYTES) -> Snapshot:
+def decode_snapshot(
+    data: BytesLike,
+    *,
+    max_bytes: int = MAX_SNAPSHOT_BYTES,
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+) -> Snapshot:
     """Parse and validate a snapshot without applying it.
 
+    ``max_value_bytes`` is the reading node's limit (larger values are refused).
     Raises :class:`CorruptStateError` naming the problem (wrong magic or version,
     checksum mismatch, truncation, a field of the wrong shape, type or size), or
     :class:`SerializationError` if ``data`` is not bytes.
@@ -231,10 +238,10 @@ def decode_snapshot(data: BytesLike, *, max_bytes: int = MAX_SNAPSHOT_BYTES) -> 
     expected = hashlib.blake2b(raw, digest_size=_DIGEST_BYTES).digest()
     if not hmac.compare_digest(digest, expected):
         fail(where, "checksum mismatch: the snapshot was damaged")
-    return _read_body(raw, where)
+    return _read_body(raw, where, max_value_bytes)
 
 
-def _read_body(raw: bytes, where: str) -> Snapshot:
+def _read_body(raw: bytes, where: str, max_value_bytes: int) -> Snapshot:
     """Parse and validate the body as a stream, one record at a time.
 
     Memory stays proportional to what is valid so far: a hostile body (millions of
@@ -245,9 +252,9 @@ def _read_body(raw: bytes, where: str) -> Snapshot:
         raw=False,
         strict_map_key=True,
         max_buffer_size=max(len(raw), 1),
-        # A str value may hold MAX_VALUE_BYTES characters of up to 4 UTF-8 bytes.
-        max_str_len=4 * MAX_VALUE_BYTES,
-        max_bin_len=MAX_VALUE_BYTES,
+        # Coarse bounds on memory; the record format checks each value exactly.
+        max_str_len=4 * max(max_value_bytes, MAX_KEY_CHARS),
+        max_bin_len=max_value_bytes,
         max_array_len=_MAX_RECORD_ITEMS,  # a record; the long arrays are read by header
         max_map_len=0,  # the maps (body, marks) are read by header too
         max_ext_len=0,
@@ -255,7 +262,7 @@ def _read_body(raw: bytes, where: str) -> Snapshot:
     )
     unpacker.feed(raw)
     try:
-        fields = _read_fields(unpacker, where)
+        fields = _read_fields(unpacker, where, max_value_bytes)
         try:
             unpacker.unpack()
         except msgpack.OutOfData:
@@ -269,7 +276,7 @@ def _read_body(raw: bytes, where: str) -> Snapshot:
     return _body(fields, where)
 
 
-def _read_fields(unpacker: msgpack.Unpacker, where: str) -> dict[str, Any]:
+def _read_fields(unpacker: msgpack.Unpacker, where: str, max_value_bytes: int) -> dict[str, Any]:
     """The body's fields, each record validated as soon as it is read."""
     keys = f"body must be a map with exactly the keys {sorted(_BODY_KEYS)}"
     count = _header(unpacker.read_map_header, where, keys)
@@ -279,7 +286,7 @@ def _read_fields(unpacker: msgpack.Unpacker, where: str) -> dict[str, Any]:
         if name not in _BODY_KEYS or name in fields:
             fail(where, keys)
         if name == "entries":
-            fields[name] = _read_entries(unpacker, where)
+            fields[name] = _read_entries(unpacker, where, max_value_bytes)
         elif name == "patterns":
             fields[name] = _read_patterns(unpacker, where)
         elif name in ("marks", "collected"):
@@ -317,7 +324,7 @@ def _record(unpacker: msgpack.Unpacker, where: str, shape: str) -> Any:
         raise
 
 
-def _read_entries(unpacker: msgpack.Unpacker, where: str) -> dict[str, Entry]:
+def _read_entries(unpacker: msgpack.Unpacker, where: str, max_value_bytes: int) -> dict[str, Entry]:
     entries: dict[str, Entry] = {}
     shape = "6-item array [key, kind, value, ts, origin, expires]"
     for i in range(_header(unpacker.read_array_header, where, "entries must be an array")):
@@ -327,7 +334,7 @@ def _read_entries(unpacker: msgpack.Unpacker, where: str) -> dict[str, Entry]:
                 raise InvalidRecord(
                     "must be a 6-item array [key, kind, value, ts, origin, expires]"
                 )
-            key, entry = entry_from_record(*item)
+            key, entry = entry_from_record(*item, max_value_bytes=max_value_bytes)
             if key in entries:
                 raise InvalidRecord(f"key {key!r} appears twice")
         except InvalidRecord as exc:
@@ -403,7 +410,12 @@ def apply_snapshot(replica: Replica, snapshot: Snapshot, now: float) -> list[Cha
 
 
 def restore_snapshot(
-    replica: Replica, data: BytesLike, now: float, *, max_bytes: int = MAX_SNAPSHOT_BYTES
+    replica: Replica,
+    data: BytesLike,
+    now: float,
+    *,
+    max_bytes: int = MAX_SNAPSHOT_BYTES,
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
 ) -> list[Change]:
     """Validate ``data`` completely, then merge it into ``replica`` (see the module doc).
 
@@ -411,7 +423,8 @@ def restore_snapshot(
     :class:`SerializationError` for bad bytes and :class:`~crdtcache.ClockDriftError`
     for stamps too far ahead; in every case the replica is unchanged.
     """
-    return apply_snapshot(replica, decode_snapshot(data, max_bytes=max_bytes), now)
+    snapshot = decode_snapshot(data, max_bytes=max_bytes, max_value_bytes=max_value_bytes)
+    return apply_snapshot(replica, snapshot, now)
 
 
 # ---------------------------------------------------------------------- files

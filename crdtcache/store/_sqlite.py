@@ -86,6 +86,7 @@ from typing import Any, Final
 
 from crdtcache._errors import ConfigError, PersistenceError, SerializationError
 from crdtcache.core import (
+    DEFAULT_MAX_VALUE_BYTES,
     MAX_DRIFT,
     TOMBSTONE_GRACE,
     Entry,
@@ -306,8 +307,12 @@ class ReplicaStore:
     :class:`CorruptStateError`) naming the path; sqlite3 errors never escape.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+    ) -> None:
         self.path = os.fspath(path)
+        #: Rows with a larger value are refused as corrupt, like any invalid record.
+        self.max_value_bytes = max_value_bytes
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self._written = _Written()
@@ -472,7 +477,7 @@ class ReplicaStore:
         with contextlib.closing(
             conn.execute("SELECT key, kind, value, ts, origin, expires FROM entries")
         ) as rows:
-            entries = tuple(_row_entry(row, where) for row in rows)
+            entries = tuple(_row_entry(row, where, self.max_value_bytes) for row in rows)
         patterns: list[PatternTombstone] = []
         with contextlib.closing(conn.execute("SELECT pattern, ts, origin FROM patterns")) as rows:
             for row in rows:
@@ -627,7 +632,7 @@ class ReplicaStore:
             ).fetchone()
         if row is None:
             return None
-        return _row_entry(row, f"store {self.path!r}")[1]
+        return _row_entry(row, f"store {self.path!r}", self.max_value_bytes)[1]
 
     def statistics(self) -> StoreStatistics:
         """A copy of the store's counters."""
@@ -725,9 +730,9 @@ def _finite_expiry(expires: float) -> float:
     return checked
 
 
-def _row_entry(row: tuple[Any, ...], where: str) -> tuple[str, Entry]:
+def _row_entry(row: tuple[Any, ...], where: str, max_value_bytes: int) -> tuple[str, Entry]:
     try:
-        return entry_from_blob(*row)
+        return entry_from_blob(*row, max_value_bytes=max_value_bytes)
     except InvalidRecord as exc:
         fail(
             f"{where} entries",

@@ -28,6 +28,9 @@ SPEC_DEFAULTS = {
     "sync_interval": 0.005,
     "conflict_resolver": None,
     "schema": None,
+    "serializer": "msgpack",
+    "max_value_bytes": 1 << 20,
+    "max_key_chars": 1024,
     "event_bus": None,
     "invalidation_rules": (),
     "on_change": None,
@@ -93,6 +96,17 @@ def test_constructor_matches_the_spec() -> None:
         ({"dashboard": "nope"}, "dashboard"),
         ({"dashboard": "0.0.0.0:8080"}, "not a loopback address"),
         ({"metrics": object()}, "metrics"),
+        ({"max_value_bytes": 0}, "max_value_bytes"),
+        ({"max_value_bytes": 1.5}, "max_value_bytes"),
+        ({"max_value_bytes": True}, "max_value_bytes"),
+        ({"max_value_bytes": (32 << 20) + 1}, "max_value_bytes must be an int from 1 to 33554432"),
+        ({"max_value_bytes": 2 << 20, "backend": "p2p"}, "1048576 on backend='p2p'"),
+        ({"max_key_chars": 0}, "max_key_chars"),
+        ({"max_key_chars": 1025}, "max_key_chars must be an int from 1 to 1024"),
+        ({"serializer": "json"}, "serializer must be 'msgpack', 'pickle' or a"),
+        ({"serializer": (print,)}, "serializer"),
+        ({"serializer": (1, 2)}, "serializer"),
+        ({"serializer": "pickle", "backend": "p2p"}, "needs secret= or ssl=.*run code"),
     ],
 )
 def test_bad_options(options: dict[str, Any], message: str) -> None:
@@ -118,6 +132,32 @@ def test_good_options_are_accepted() -> None:
         refresh_interval=60,
         refresh=lambda k: None,
     )
+
+
+def test_value_options_are_accepted() -> None:
+    Cache(backend="memory", max_value_bytes=32 << 20, max_key_chars=250)
+    Cache(backend="memory", serializer="pickle")  # no peer: no one else writes
+    Cache(backend="p2p", serializer="pickle", secret=b"cluster-secret-of-16+")
+    pair = (bytes, bytes)
+    assert Cache(backend="p2p", serializer=list(pair))._config.serializer == pair
+
+
+@pytest.mark.parametrize(
+    ("url", "accepted"),
+    [
+        ("redis://127.0.0.1:6379/0", False),
+        ("redis://user@127.0.0.1:6379/0", False),
+        ("redis://:pw@127.0.0.1:6379/0", True),
+        ("redis://127.0.0.1:6379/0?password=pw", True),
+        ("rediss://127.0.0.1:6379/0", True),
+    ],
+)
+def test_pickle_in_redis_mode_needs_a_password_or_tls(url: str, accepted: bool) -> None:
+    if accepted:
+        Cache(backend="redis", redis_url=url, serializer="pickle")
+    else:
+        with pytest.raises(ConfigError, match=r"needs a password in redis_url.*run code"):
+            Cache(backend="redis", redis_url=url, serializer="pickle")
 
 
 def test_config_errors_are_value_errors() -> None:

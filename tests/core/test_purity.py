@@ -67,6 +67,7 @@ def test_public_names_of_the_core_are_pinned() -> None:
         "Ack",
         "Change",
         "DEAD",
+        "DEFAULT_MAX_VALUE_BYTES",
         "EngineStatistics",
         "Entry",
         "Fetch",

@@ -76,7 +76,12 @@ def test_read_good_announcement() -> None:
     [
         ({**GOOD, "cluster": "other"}, 1, ["10.0.0.2"], "cluster 'other'"),
         ({"node": "n1", "proto": "1"}, 1, ["10.0.0.2"], "cluster None"),
-        ({**GOOD, "proto": "2"}, 1, ["10.0.0.2"], "proto '2'"),
+        (
+            {**GOOD, "proto": str(PROTOCOL_VERSION + 1)},
+            1,
+            ["10.0.0.2"],
+            f"proto '{PROTOCOL_VERSION + 1}'",
+        ),
         ({**GOOD, "proto": None}, 1, ["10.0.0.2"], "proto None"),
         ({**GOOD, "node": ""}, 1, ["10.0.0.2"], "node id missing"),
         ({**GOOD, "node": None}, 1, ["10.0.0.2"], "node id missing"),

@@ -21,9 +21,9 @@ from crdtcache._errors import (
     SerializationError,
 )
 from crdtcache.core import (
+    DEFAULT_MAX_VALUE_BYTES,
     MAX_KEY_CHARS,
     MAX_NODE_ID_CHARS,
-    MAX_VALUE_BYTES,
     NOT_HELD,
     TOMBSTONE,
     Entry,
@@ -299,8 +299,8 @@ def _entry_row(**changes: Any) -> list[Any]:
 BAD_ENTRIES: list[tuple[str, Any, str]] = [
     ("key too long", _entry_row(key="k" * (MAX_KEY_CHARS + 1)), "key must be a str"),
     ("key not str", _entry_row(key=b"k"), "key must be a str"),
-    ("value too long", _entry_row(value="v" * (MAX_VALUE_BYTES + 1)), "MAX_VALUE_BYTES"),
-    ("bytes too long", _entry_row(value=b"v" * (MAX_VALUE_BYTES + 1)), "malformed"),
+    ("value too long", _entry_row(value="v" * (DEFAULT_MAX_VALUE_BYTES + 1)), "max_value_bytes"),
+    ("bytes too long", _entry_row(value=b"v" * (DEFAULT_MAX_VALUE_BYTES + 1)), "malformed"),
     ("plain container", _entry_row(value=[1, 2]), "scalar"),
     ("unknown kind", _entry_row(kind=7), "kind"),
     ("bool kind", _entry_row(kind=False), "kind"),
