@@ -527,32 +527,36 @@ class RedisClusterTopology:
     def _health_problem(self) -> str | None:
         """Why the cluster is not healthy, or None when it is."""
         alive = self.alive_nodes()
+        alive_endpoints = {n.endpoint for n in alive}
         owners: set[tuple[Endpoint, tuple[tuple[int, int], ...]]] | None = None
         for node in alive:
             if "cluster_state:ok" not in node.raw("CLUSTER", "INFO"):
                 return f"{node.name}: cluster_state is not ok"
-            view = self.view(node)
-            if any(i.failed for i in view if i.endpoint in {n.endpoint for n in alive}):
+            view = [i for i in self.view(node) if i.endpoint in alive_endpoints]
+            if any(i.failed for i in view):
                 return f"{node.name} still sees a live node as failing"
             mine = {(i.endpoint, i.slots) for i in view if i.is_primary and i.slots}
             if owners is None:
                 owners = mine
             elif mine != owners:
                 return f"{node.name} disagrees about the slot owners"
+            owner_ids = {i.node_id for i in view if i.is_primary and i.slots}
+            if any(i.primary_id not in owner_ids for i in view if not i.slots):
+                return f"{node.name} does not yet see every other live node as a replica"
             if not _linked_or_primary(node):
                 return f"{node.name}: link to its primary is not up"
         if owners is None or len(owners) != self.primaries:
             return f"expected {self.primaries} slot owners, saw {owners}"
         if sum(last - first + 1 for _, ranges in owners for first, last in ranges) != 16384:
             return "not all 16384 slots are covered"
-        alive_endpoints = {n.endpoint for n in alive}
         if any(endpoint not in alive_endpoints for endpoint, _ in owners):
             return "a dead node still owns slots"
         return None
 
     def wait_healthy(self, timeout: float = 20.0) -> float:
         """Wait until every live node says ``cluster_state:ok``, all agree on who owns
-        which slots (only live nodes, all 16384 covered) and every replica's link is up.
+        which slots (only live nodes, all 16384 covered), each sees every other live
+        node as a slot owner or a replica of one, and every replica's link is up.
 
         Returns the seconds it took.
         """
