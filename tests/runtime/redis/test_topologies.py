@@ -1,8 +1,9 @@
 """The cluster and sentinel fixtures, exercised with redis-py directly (not crdtcache).
 
 They check what Redis mode will rely on in those topologies: slot routing, Lua on keys
-of one hash tag with the NOSCRIPT fallback, classic and sharded pub/sub, and clients
-finding the new primary after a failover.
+of one hash tag with the NOSCRIPT fallback, classic and sharded pub/sub, clients and
+subscribers finding the new primary after a failover, and the one loss a failover
+can cause (an acknowledged write not yet replicated, which WAIT reports).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from tests.runtime.redis.topologies import (
     RedisSentinelTopology,
     cluster_client,
     parse_topology_url,
+    replication_stalled,
     sentinel_client,
 )
 
@@ -310,6 +312,81 @@ async def test_cluster_primary_failover_client_reconnects(
         )
         assert written == 1
         assert replica.raw("HGET", key, "k") == "after"
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+async def test_cluster_subscribers_after_failover(redis_cluster: RedisClusterTopology) -> None:
+    client = cluster_client(redis_cluster.url, socket_timeout=1, socket_connect_timeout=1)
+    channel = "crdtcache:{C}:inv"
+    sharded = client.pubsub()
+    classic = client.pubsub()
+    try:
+        await client.initialize()  # a ClusterPubSub needs the slot map before its first use
+        await sharded.ssubscribe(channel)
+        await classic.subscribe(channel)  # connects to the node owning the channel's slot
+        owner = redis_cluster.primary_for_key(channel)
+        redis_cluster.wait_replicated(owner)
+        await asyncio.to_thread(redis_cluster.kill_primary, owner)
+
+        # Sharded: redis-py moves the subscription to the new owner when the client's
+        # slot map is refreshed, which a command through the same client (here the
+        # SPUBLISH) does.
+        async def sharded_heard() -> dict[str, Any]:
+            await client.spublish(channel, b"after")
+            got = await next_message(lambda: sharded.get_sharded_message(timeout=0.1), 0.5)
+            if got is None:
+                raise ConnectionError("not yet")
+            return got
+
+        message, _ = await retrying(sharded_heard)
+        assert message["data"] == b"after"
+
+        # Classic: the ClusterPubSub stays bound to the dead node. Refresh the slot
+        # map and subscribe on a new one (any node would do: PUBLISH is broadcast).
+        await close(classic)
+        await client.nodes_manager.initialize()
+        classic = client.pubsub()
+        await classic.subscribe(channel)
+        await client.publish(channel, b"again")
+        got = await next_message(lambda: classic.get_message(timeout=0.2))
+        assert got is not None and got["data"] == b"again"
+    finally:
+        await close(sharded, classic, client)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+async def test_cluster_failover_loses_an_unreplicated_write_that_wait_reported(
+    redis_cluster: RedisClusterTopology,
+) -> None:
+    client = cluster_client(redis_cluster.url, socket_timeout=2, socket_connect_timeout=1)
+    try:
+        await client.initialize()
+        primary = redis_cluster.primary_for_key("{L}")
+        replicas = redis_cluster.replicas_of(primary)
+        node = client.get_node_from_key("{L}")
+
+        async def set_and_wait(key: str, timeout_ms: int) -> list[Any]:
+            # WAIT cannot run inside a script and has no key: it goes after the write,
+            # on the same connection (a pipeline to the slot's node).
+            pipe = client.pipeline(transaction=False)
+            pipe.set(key, "1")
+            pipe.execute_command("WAIT", 1, timeout_ms, target_nodes=node)
+            return list(await pipe.execute())
+
+        assert await set_and_wait("{L}:safe", 2000) == [True, 1]
+        with replication_stalled(primary, replicas[0], "{L}:filler"):
+            # Acknowledged by the primary, but WAIT says no replica has it.
+            assert await set_and_wait("{L}:lost", 100) == [True, 0]
+            began = time.monotonic()
+            primary.kill()
+        await asyncio.to_thread(redis_cluster.wait_promoted, primary, replicas, began)
+
+        assert (await retrying(lambda: client.exists("{L}:safe")))[0] == 1
+        assert (await retrying(lambda: client.exists("{L}:lost")))[0] == 0
     finally:
         await client.aclose()
 

@@ -319,6 +319,37 @@ def wait_for_replicas(
         wait_until(partial(_caught_up, replica, target), timeout, what)
 
 
+@contextlib.contextmanager
+def replication_stalled(
+    primary: RedisProcess, replica: RedisProcess, filler_key: str, filler_bytes: int = 32 << 20
+) -> Iterator[None]:
+    """Inside the block, writes that ``primary`` acknowledges do not reach ``replica``.
+
+    The replica is SIGSTOPped (SIGCONT on exit) and ``filler_key`` (a key the primary
+    owns) gets a value of ``filler_bytes``: it fills the socket buffers to the stopped
+    replica, so what is written after it waits in the primary's output buffer for the
+    replica. SIGKILL the primary inside the block and those writes are lost for good
+    (stopping the replica alone is not enough: the kernel would still deliver what
+    the primary had sent once the replica resumes).
+    """
+    if replica.pid is None:
+        raise TopologyError(f"{replica.name} is not running")
+    os.kill(replica.pid, signal.SIGSTOP)
+    try:
+        primary.raw("SET", filler_key, "x" * filler_bytes)
+
+        def backlogged() -> bool | None:
+            listing: str = primary.raw("CLIENT", "LIST", "TYPE", "replica")
+            held = [int(f[5:]) for f in listing.split() if f.startswith("omem=")]
+            return True if held and max(held) > 0 else None
+
+        wait_until(backlogged, 10, f"{primary.name} holding data back from {replica.name}")
+        yield
+    finally:
+        if replica.pid is not None:
+            os.kill(replica.pid, signal.SIGCONT)
+
+
 def _caught_up(replica: RedisProcess, offset: int) -> bool | None:
     done = int(replica.info("replication").get("slave_repl_offset", -1)) >= offset
     return True if done else None
@@ -592,6 +623,18 @@ class RedisClusterTopology:
             raise TopologyError(f"{primary.name} has no live replica to promote")
         began = time.monotonic()
         primary.kill()
+        return self.wait_promoted(primary, candidates, began, timeout)
+
+    def wait_promoted(
+        self,
+        killed: RedisProcess,
+        candidates: Sequence[RedisProcess],
+        since: float,
+        timeout: float = 20.0,
+    ) -> FailoverReport:
+        """Wait until one of ``candidates`` (replicas of the ``killed`` primary) is a
+        primary and the cluster is healthy; times are measured from ``since``
+        (``time.monotonic()`` at the kill)."""
 
         def promoted() -> RedisProcess | None:
             for replica in candidates:
@@ -599,14 +642,14 @@ class RedisClusterTopology:
                     return replica
             return None
 
-        replica = wait_until(promoted, timeout, f"a replica of {primary.name} promoted")
-        promoted_after = time.monotonic() - began
+        replica = wait_until(promoted, timeout, f"a replica of {killed.name} promoted")
+        promoted_after = time.monotonic() - since
         self.wait_healthy(timeout=max(1.0, timeout - promoted_after))
         return FailoverReport(
-            killed=primary.endpoint,
+            killed=killed.endpoint,
             promoted=replica.endpoint,
             promoted_after=promoted_after,
-            settled_after=time.monotonic() - began,
+            settled_after=time.monotonic() - since,
         )
 
     def restart(self, node: RedisProcess, timeout: float = 20.0) -> float:
