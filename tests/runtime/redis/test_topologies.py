@@ -119,6 +119,8 @@ def unique(prefix: str) -> str:
             3,
         ),
         ("rediss+sentinel://h:1/svc", "sentinel", [("h", 1)], "svc", 0),
+        ("redis+sentinel://a,[::1]/svc", "sentinel", [("a", 26379), ("::1", 26379)], "svc", 0),
+        ("redis+cluster://a,b:7001", "cluster", [("a", 6379), ("b", 7001)], None, 0),
     ],
 )
 def test_topology_url_syntax(
@@ -144,7 +146,8 @@ def test_topology_url_credentials_and_options() -> None:
     [
         "redis://h:1/0",  # not a topology URL
         "redis+cluster://h:1/1",  # a cluster has only db 0
-        "redis+cluster://h/",  # the port is required
+        "redis+cluster://h:x/",  # a bad port
+        "redis+cluster://::1:7000/",  # an IPv6 host without brackets
         "redis+cluster:///",  # no hosts
         "redis+sentinel://h:1/",  # no service name
         "redis+sentinel://h:1/svc/x",  # bad db

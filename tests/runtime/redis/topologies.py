@@ -8,12 +8,14 @@ outright, and an ``atexit`` hook kills whatever is left.
 
 Topology URLs (the syntax proposed for ``Cache(backend="redis", redis_url=...)``)::
 
-    redis+cluster://[user[:password]@]host:port[,host:port...][/0][?option=value...]
-    redis+sentinel://[user[:password]@]host:port[,host:port...]/service[/db][?option=value...]
+    redis+cluster://[user[:password]@]host[:port][,host[:port]...][/0][?option=value...]
+    redis+sentinel://[user[:password]@]host[:port][,host[:port]...]/service[/db][?option=value...]
 
-``rediss+cluster`` and ``rediss+sentinel`` use TLS. The host list of a cluster URL is a
-set of seed nodes (any node of the cluster will do; more than one survives a seed
-being down); only database 0 exists in a cluster. The host list of a sentinel URL is
+``rediss+cluster`` and ``rediss+sentinel`` use TLS. The sentinel form is the one the
+``Redis-Sentinel-Url`` package introduced and Prefect and RedisVL accept (a port
+defaults to 26379 there, and to 6379 in a cluster URL). The host list of a cluster
+URL is a set of seed nodes (any node of the cluster will do; more than one survives a
+seed being down); only database 0 exists in a cluster. The host list of a sentinel URL is
 the sentinels (never the data nodes); ``service`` is the name the sentinels monitor
 (``sentinel monitor <service> ...``) and ``db`` the database of the data nodes.
 The userinfo authenticates against the data nodes; sentinels that need their own
@@ -921,18 +923,20 @@ class TopologyURL:
     options: dict[str, str]
 
 
-def _parse_endpoint(text: str) -> Endpoint:
+def _parse_endpoint(text: str, default_port: int) -> Endpoint:
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
-        if not sep or not rest.startswith(":"):
-            raise ValueError(f"bad host:port {text!r}")
-        port = rest[1:]
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"bad host[:port] {text!r}")
+        port = rest[1:] if rest else str(default_port)
     else:
         host, sep, port = text.rpartition(":")
-        if not sep or ":" in host:
-            raise ValueError(f"bad host:port {text!r} (a port is required)")
+        if not sep:
+            host, port = text, str(default_port)
+        elif ":" in host:
+            raise ValueError(f"bad host[:port] {text!r} (an IPv6 host goes in brackets)")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"bad host:port {text!r}")
+        raise ValueError(f"bad host[:port] {text!r}")
     return Endpoint(unquote(host), int(port))
 
 
@@ -956,7 +960,8 @@ def parse_topology_url(url: str) -> TopologyURL:
         user, colon, secret = userinfo.partition(":")
         username = unquote(user) or None
         password = unquote(secret) if colon else None
-    hosts = tuple(_parse_endpoint(h) for h in hostlist.split(",") if h)
+    default_port = 26379 if kind == "sentinel" else 6379
+    hosts = tuple(_parse_endpoint(h, default_port) for h in hostlist.split(",") if h)
     if not hosts:
         raise ValueError(f"no hosts in {url!r}")
     segments = [unquote(s) for s in path.split("/") if s]
