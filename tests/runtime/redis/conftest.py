@@ -19,6 +19,13 @@ from tests.runtime.redis.redis_helpers import (
     redis_caches,
     unavailable,
 )
+from tests.runtime.redis.topologies import (  # fixtures: private Cluster / Sentinel
+    redis_cluster,
+    redis_sentinel,
+    shared_redis_cluster,
+)
+
+__all__ = ["redis_cluster", "redis_sentinel", "shared_redis_cluster"]
 
 
 @pytest.fixture(scope="session")
