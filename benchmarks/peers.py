@@ -1934,30 +1934,38 @@ def plot_ratios(lines: list[Line], path: Path) -> bool:
 
     bars: list[tuple[str, float]] = []
     for ln in lines:
+        section = ln.section.split(" (")[0]
         for tag, r in (("", ln.ratio), (" p99", ln.ratio_p99)):
             if r is None or r <= 0:
                 continue
             advantage = 1 / r if ln.better == "lower" else r
             suffix = " p50" if ln.crdt_p99 is not None and not tag else tag
-            bars.append((f"{ln.section}: {ln.figure} vs {ln.peer}{suffix}", advantage))
+            bars.append((f"{section}: {ln.figure} vs {ln.peer}{suffix}", advantage))
     if not bars:
         return False
-    fig, ax = plt.subplots(figsize=(12, 0.26 * len(bars) + 1.5))
-    ys = range(len(bars))
-    ax.barh(
-        list(ys),
-        [b for _, b in bars],
-        color=["tab:green" if b >= 1 else "tab:red" for _, b in bars],
-    )
-    ax.set_yticks(list(ys), [label for label, _ in bars], fontsize=7)
+    fig, ax = plt.subplots(figsize=(12, 0.24 * len(bars) + 1.8))
+    ys = list(range(len(bars)))
+    values = [b for _, b in bars]
+    ax.barh(ys, values, color=["tab:green" if b >= 1 else "tab:red" for b in values])
+    for y, b in zip(ys, values, strict=True):
+        right = b >= 1
+        x, ha = (b * 1.08, "left") if right else (b * 0.92, "right")
+        ax.text(x, y, fmt_x(b), va="center", ha=ha, fontsize=6)
+    ax.set_yticks(ys, [label for label, _ in bars], fontsize=7)
     ax.invert_yaxis()
     ax.set_xscale("log")
+    lo, hi = min([*values, 1.0]) / 3, max([*values, 1.0]) * 3
+    ax.set_xlim(lo, hi)
+    ticks = [10.0**e for e in range(-4, 5) if lo <= 10.0**e <= hi]
+    ax.set_xticks(ticks, [f"{t:g}x" for t in ticks])
     ax.axvline(1.0, color="black", lw=0.8)
-    ax.set_xlabel(
-        "crdtcache advantage: peer / crdtcache for times and bytes, crdtcache / peer for "
-        "rates (> 1: crdtcache better)"
+    ax.set_xlabel("crdtcache advantage (log scale): > 1 means crdtcache is better")
+    ax.set_title(
+        "crdtcache vs peers, one run: peer / crdtcache for times and bytes, "
+        "crdtcache / peer for rates",
+        fontsize=10,
     )
-    ax.grid(True, axis="x", which="both", alpha=0.3)
+    ax.grid(True, axis="x", which="major", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -2046,8 +2054,8 @@ def main() -> None:
     if args.memory_worker:
         print(json.dumps(memory_worker(args.memory_worker, args.entries)))
         return
-    args.rounds = args.rounds or (60 if args.quick else 300)
-    args.writes = args.writes or (200 if args.quick else 500)
+    args.rounds = args.rounds or (200 if args.quick else 800)
+    args.writes = args.writes or (300 if args.quick else 1000)
     args.updates = args.updates or (20_000 if args.quick else 100_000)
     args.budget = args.budget or (45.0 if args.quick else 150.0)
     RESULTS.mkdir(parents=True, exist_ok=True)
