@@ -88,6 +88,8 @@ def assemble(
         if persistence is not None:
             persistence.store.close()
         raise
+    if persistence is not None:
+        runtime.keep_durable(persistence)
     return Parts(replica, engine, runtime, persistence)
 
 

@@ -131,6 +131,13 @@ class GossipEngine:
         self._changes: deque[Change] = deque(maxlen=MAX_PENDING_EVENTS)
         self._peer_events: deque[PeerEvent] = deque(maxlen=MAX_PENDING_EVENTS)
         self._completions: deque[Completion] = deque(maxlen=MAX_PENDING_EVENTS)
+        #: With ``persist_path``: this node's own writes are durable up to this stamp,
+        #: and none stamped above it may leave the node (in a push, an anti-entropy
+        #: answer or a fetch reply) before the driver reports it durable
+        #: (:meth:`made_durable`). A node killed after sending a write it had not
+        #: stored would restart without it while its peers hold it, and its marks would
+        #: then claim it. None: no durability to wait for.
+        self.durable: int | None = None
 
     # ------------------------------------------------------------------ peers
     @property
@@ -228,6 +235,53 @@ class GossipEngine:
         self._pending_patterns = []
         return entries, patterns
 
+    # ------------------------------------------------------------ durability
+    def made_durable(self, ts: int) -> None:
+        """The driver stored this node's own writes up to ``ts``: they may leave now."""
+        if self.durable is not None and ts > self.durable:
+            self.durable = ts
+
+    @property
+    def awaiting_durability(self) -> bool:
+        """Whether own writes are queued that must be stored before they can be sent."""
+        durable = self.durable
+        if durable is None:
+            return False
+        return any(e.ts > durable for e in self._pending.values()) or any(
+            p.ts > durable for p in self._pending_patterns
+        )
+
+    def _take_sendable(self) -> tuple[list[tuple[str, Entry]], list[PatternTombstone]]:
+        """Take the queued own writes that may leave (all of them, without a gate)."""
+        durable = self.durable
+        if durable is None:
+            entries = list(self._pending.items())
+            patterns = self._pending_patterns
+            self._pending = {}
+            self._pending_patterns = []
+            return entries, patterns
+        entries = [(k, e) for k, e in self._pending.items() if e.ts <= durable]
+        for key, _ in entries:
+            del self._pending[key]
+        patterns = [p for p in self._pending_patterns if p.ts <= durable]
+        self._pending_patterns = [p for p in self._pending_patterns if p.ts > durable]
+        return entries, patterns
+
+    def _claimable(
+        self,
+        entries: list[tuple[str, Entry]],
+        patterns: list[PatternTombstone],
+        marks: dict[str, int],
+    ) -> tuple[list[tuple[str, Entry]], list[PatternTombstone], dict[str, int]]:
+        """Leave out own writes not durable yet, and never claim them in ``marks``."""
+        durable = self.durable
+        if durable is None or marks.get(self.node, -1) <= durable:
+            return entries, patterns, marks
+        node = self.node
+        entries = [(k, e) for k, e in entries if e.origin != node or e.ts <= durable]
+        patterns = [p for p in patterns if p.origin != node or p.ts <= durable]
+        return entries, patterns, {**marks, node: durable}
+
     # ------------------------------------------------------------ delta push
     def flush(self, now: float, *, ack: bool = False) -> tuple[list[Outgoing], int]:
         """Push queued deltas to peers now.
@@ -236,7 +290,8 @@ class GossipEngine:
         then awaited with :meth:`unacked` (0 when nothing needed acknowledging).
         """
         self._next_flush = now + self.config.sync_interval
-        if not self._pending and not self._pending_patterns:
+        entries, patterns = self._take_sendable()
+        if not entries and not patterns:
             relays = self._retransmit(now)
             if ack:
                 # Our writes may have left in a push that asked for no ack (the flush
@@ -246,10 +301,6 @@ class GossipEngine:
                 if barrier is not None:
                     return relays + barrier[0], barrier[1]
             return relays, 0
-        entries = list(self._pending.items())
-        patterns = self._pending_patterns
-        self._pending = {}
-        self._pending_patterns = []
         if not self.peers:
             # Nobody to tell (a lone node, the memory backend): just keep the stream
             # chain, so that the first push to a later peer claims the right range.
@@ -508,7 +559,7 @@ class GossipEngine:
         replica = self.replica
         full = replica.needs_full_state(m.marks)
         entries, patterns = replica.full_state() if full else replica.changes_since(m.marks)
-        marks = dict(replica.marks)
+        entries, patterns, marks = self._claimable(entries, patterns, dict(replica.marks))
         chunks = self._chunk(entries, patterns)
         out = [
             Outgoing(
@@ -587,10 +638,14 @@ class GossipEngine:
 
     def _on_fetch(self, m: Fetch, now: float) -> FetchReply:
         found = []
+        durable = self.durable
         for key in m.keys:
             e = self.replica.lookup(key, now)
-            if e is not None and e.value is not NOT_HELD:
-                found.append((key, e))
+            if e is None or e.value is NOT_HELD:
+                continue
+            if durable is not None and e.origin == self.node and e.ts > durable:
+                continue  # not stored yet: it may not leave (see ``durable``)
+            found.append((key, e))
         return FetchReply(m.request, tuple(found))
 
     # ------------------------------------------------------------------ time

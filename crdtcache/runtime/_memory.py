@@ -26,6 +26,7 @@ from crdtcache.runtime._protocol import (
     RuntimeStatistics,
     engine_peers,
 )
+from crdtcache.store._persistence import Persistence
 
 __all__ = ["MAX_IDLE", "LocalRuntime"]
 
@@ -86,6 +87,9 @@ class LocalRuntime(ReplicaKeySpace):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             self.engine.flush(self._clock())
+
+    def keep_durable(self, persistence: Persistence) -> None:
+        """Nothing to wait for: no own write leaves a memory cache."""
 
     def serve_admin(self, handler: AdminHandler) -> None:
         """Nothing to serve: no client can reach a memory cache."""

@@ -15,6 +15,7 @@ from crdtcache.runtime._protocol import (
     RuntimeStatistics,
     engine_peers,
 )
+from crdtcache.store._persistence import Persistence
 from crdtcache.transport import Network, Node, make_node
 
 __all__ = ["P2PRuntime"]
@@ -33,6 +34,7 @@ class P2PRuntime(ReplicaKeySpace):
         super().__init__(node.engine.replica, clock, node.engine.config.max_value_bytes)
         self.node = node
         self.engine: GossipEngine = node.engine
+        self._persistence: Persistence | None = None
 
     @classmethod
     def build(
@@ -75,8 +77,26 @@ class P2PRuntime(ReplicaKeySpace):
         await self.node.start()
 
     async def close(self) -> None:
-        """Flush to connected peers, say goodbye and stop."""
+        """Store own writes (with ``persist_path``), flush to peers, say goodbye, stop."""
+        if self._persistence is not None and self.engine.awaiting_durability:
+            await self._persistence.flush(self.engine.replica)
         await self.node.close()
+
+    def keep_durable(self, persistence: Persistence) -> None:
+        """Let this node's own writes leave only once ``persistence`` stored them.
+
+        A node killed after sending a write it had not stored would restart without
+        it while its peers hold it; its marks would then claim it, and nobody would
+        ever send it back (see ``GossipEngine.durable``). So a write waits for the next
+        batch, which it asks for at once: a group commit, one transaction per burst.
+        """
+        self._persistence = persistence
+        self.engine.durable = persistence.durable_own
+        persistence.on_durable = self._stored
+
+    def _stored(self, ts: int) -> None:
+        self.engine.made_durable(ts)
+        self.node.wake()
 
     def listen(
         self,
@@ -92,11 +112,19 @@ class P2PRuntime(ReplicaKeySpace):
         self.node.admin = handler
 
     def wake(self) -> None:
-        """Flush a queued local write soon."""
+        """Flush a queued local write soon (once stored, with ``persist_path``)."""
+        if self._persistence is not None and self.engine.awaiting_durability:
+            self._persistence.request()
         self.node.wake()
 
     async def flush(self, *, ack: bool, timeout: float) -> frozenset[str]:
-        """Push queued deltas; with ``ack``, wait for every live linked peer."""
+        """Push queued deltas; with ``ack``, wait for every live linked peer.
+
+        With ``persist_path`` the write is stored first: an acknowledged write-through
+        write survives this node's crash.
+        """
+        if self._persistence is not None and self.engine.awaiting_durability:
+            await self._persistence.flush(self.engine.replica)
         return await self.node.flush(ack=ack, timeout=timeout)
 
     async def fetch(self, keys: Sequence[str], timeout: float) -> None:

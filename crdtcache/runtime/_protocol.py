@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from crdtcache.core import Change, GossipEngine, PeerEvent
+from crdtcache.store._persistence import Persistence
 
 __all__ = [
     "AdminHandler",
@@ -139,6 +140,13 @@ class Runtime(Protocol):
 
     def wake(self) -> None:
         """A local write was queued: make sure it is flushed within ``sync_interval``."""
+        ...
+
+    def keep_durable(self, persistence: Persistence) -> None:
+        """Send this node's own writes only once ``persistence`` stored them.
+
+        Only a runtime that sends own writes to peers does anything with it (p2p).
+        """
         ...
 
     def serve_admin(self, handler: AdminHandler) -> None:

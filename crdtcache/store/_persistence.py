@@ -22,9 +22,10 @@ of its stub.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Final
 
 from crdtcache._errors import ConfigError, PersistenceError
@@ -67,6 +68,11 @@ class Persistence:
         #: Held entries evicted before a batch wrote them, so that the batch writes
         #: the value and not the stub.
         self.evicted: dict[str, Entry] = {}
+        #: This node's own writes are in the file up to this stamp (its own mark there).
+        self.durable_own = -1
+        #: Called with ``durable_own`` whenever a batch raised it.
+        self.on_durable: Callable[[int], None] | None = None
+        self._wanted: asyncio.Event | None = None
 
     # ----------------------------------------------------- replica observer
     def replacing(self, key: str, old: Entry | None, new: Entry) -> Entry:
@@ -115,6 +121,7 @@ class Persistence:
             )
         replica = state.build_replica(now, resolver=resolver, max_held=max_held)
         replica.observe(self)
+        self.durable_own = state.marks.get(state.node_id, -1)
         return replica
 
     def read(self, key: str) -> Entry | None:
@@ -154,11 +161,31 @@ class Persistence:
                 return
             self._clock_ts = batch.clock_ts
             self._marks = dict(batch.marks)
+            own = batch.marks.get(replica.node, -1)
+            if own > self.durable_own:
+                self.durable_own = own
+                if self.on_durable is not None:
+                    self.on_durable(own)
+
+    def request(self) -> None:
+        """Write a batch as soon as possible (own writes wait for it to leave the node).
+
+        Requests made while a batch is being written are served by the next one: a
+        group commit, so a burst of writes costs one transaction, not one each.
+        """
+        if self._wanted is not None:
+            self._wanted.set()
 
     async def run(self, replica: Replica) -> None:
-        """Write a batch every ``PERSIST_INTERVAL`` seconds, until cancelled."""
+        """Write a batch every ``PERSIST_INTERVAL`` seconds, or at once when requested."""
+        self._wanted = wanted = asyncio.Event()
         while True:
-            await asyncio.sleep(PERSIST_INTERVAL)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the
+            # cancellation that stops this task when its wait ends at the same time.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(PERSIST_INTERVAL):
+                    await wanted.wait()
+            wanted.clear()
             await self.flush(replica)
 
     async def close(self, replica: Replica) -> None:

@@ -11,6 +11,14 @@ Faults: per-message loss and duplication, random delay (which reorders), partiti
 (sets of nodes that cannot reach each other, checked at send and at delivery), node
 crash and restart with its state kept or lost, and a per-node clock offset.
 
+*Persistence* (``persist_interval``): each node stores a copy of its replica in batches,
+every ``persist_interval`` seconds and at once when own writes wait to be stored, the
+way ``persist_path`` does; a crashed node restarts from its last stored copy (the
+real ``StoredState.build_replica``), so what it applied after that batch is lost.
+``durable_sends`` (the default) models the rule that a node sends none of its own
+writes before storing them; without it, the simulator shows the divergence that rule
+prevents.
+
 The engines are the production :class:`~crdtcache.core.GossipEngine`: the simulator
 replaces sockets and clocks, never protocol logic. Messages can optionally travel
 through an encode/decode round trip (``codec``) to exercise the wire format too.
@@ -38,6 +46,7 @@ from crdtcache.core import (
     pack_ts,
 )
 from crdtcache.core._entry import TOMBSTONE
+from crdtcache.store._sqlite import StoredState
 
 __all__ = ["NetworkStatistics", "SimNode", "SimulatedNetwork", "Write"]
 
@@ -79,6 +88,9 @@ class SimNode:
     clock_offset: float = 0.0
     up: bool = True
     generation: int = 0
+    #: With ``persist_interval``: the node's last stored replica.
+    stored: StoredState | None = None
+    commit_due: bool = False
     changes: list[Change] = field(default_factory=list)
 
     @property
@@ -111,6 +123,9 @@ class SimulatedNetwork:
         resolver: Resolver | None = None,
         codec: Callable[[Message], Message] | None = None,
         start: float = EPOCH,
+        persist_interval: float | None = None,
+        durable_sends: bool = True,
+        commit_delay: float = 0.001,
     ) -> None:
         if not 0 <= loss < 1 or not 0 <= duplicate < 1:
             raise ValueError("loss and duplicate are probabilities in [0, 1)")
@@ -128,6 +143,9 @@ class SimulatedNetwork:
         self.tombstone_grace = tombstone_grace
         self.resolver = resolver
         self.codec = codec
+        self.persist_interval = persist_interval
+        self.durable_sends = durable_sends
+        self.commit_delay = commit_delay
         self.now = start
         self.stats = NetworkStatistics()
         self.writes: list[Write] = []
@@ -149,6 +167,11 @@ class SimulatedNetwork:
                 if other != node.id:
                     self._send(node.id, node.engine.add_peer(other, self.local_time(node.id)))
             self._schedule(self.now + self.rng.random() * tick, "tick", node.id)
+            if persist_interval is not None:
+                node.stored = self._stored_copy(node)
+                if durable_sends:
+                    node.engine.durable = -1
+                self._schedule(self.now + self.rng.random() * persist_interval, "persist", node.id)
 
     def _engine(self, node_id: str, replica: Replica | None = None) -> GossipEngine:
         if replica is None:
@@ -171,7 +194,15 @@ class SimulatedNetwork:
             return False
         when, _, kind, payload = heapq.heappop(self._queue)
         self.now = max(self.now, when)
-        if kind == "tick":
+        if kind in ("persist", "commit"):
+            node = self.nodes.get(payload)
+            if node is not None:
+                if node.up:
+                    self._persist(node)
+                if kind == "persist":
+                    assert self.persist_interval is not None
+                    self._schedule(self.now + self.persist_interval, "persist", node.id)
+        elif kind == "tick":
             node = self.nodes.get(payload)
             if node is not None:
                 if node.up:
@@ -245,6 +276,34 @@ class SimulatedNetwork:
         if self._fragile:
             self._forget_lost(self._fragile)
 
+    # ----------------------------------------------------------- persistence
+    def _stored_copy(self, node: SimNode) -> StoredState:
+        r = node.replica
+        return StoredState(
+            path="simulated",
+            node_id=r.node,
+            clock_ts=r.clock.last_ts,
+            entries=tuple(r.entries.items()),
+            patterns=tuple(r.patterns.values()),
+            marks=dict(r.marks),
+            collected=dict(r.collected),
+        )
+
+    def _persist(self, node: SimNode) -> None:
+        """A batch: store the replica; own writes stored may now leave the node."""
+        node.commit_due = False
+        node.stored = self._stored_copy(node)
+        engine = node.engine
+        if engine.durable is not None:
+            engine.made_durable(node.stored.marks.get(engine.node, -1))
+            self._send(node.id, engine.flush(self.local_time(node.id))[0])
+
+    def _commit_soon(self, node: SimNode) -> None:
+        # What the p2p runtime does: own writes waiting to be stored ask for a batch now.
+        if node.engine.awaiting_durability and not node.commit_due:
+            node.commit_due = True
+            self._schedule(self.now + self.commit_delay, "commit", node.id)
+
     def _drain(self, node: SimNode) -> None:
         node.changes.extend(node.engine.drain_changes())
         node.engine.drain_peer_events()
@@ -256,6 +315,7 @@ class SimulatedNetwork:
         now = self.local_time(node)
         expires = None if ttl is None else now + ttl
         entry = n.engine.set(key, encode_value(key, value), now, expires)
+        self._commit_soon(n)
         self.writes.append(Write(node, key, value, entry.stamp, expires, "set"))
         return entry.stamp
 
@@ -263,6 +323,7 @@ class SimulatedNetwork:
         """Delete ``key`` on ``node``."""
         n = self._live(node)
         n.engine.delete(key, self.local_time(node))
+        self._commit_soon(n)
         entry = n.replica.entries[key]
         self.writes.append(Write(node, key, None, entry.stamp, None, "delete"))
         return entry.stamp
@@ -271,6 +332,7 @@ class SimulatedNetwork:
         """Invalidate every key matching ``pattern``, from ``node``."""
         n = self._live(node)
         n.engine.invalidate_pattern(pattern, self.local_time(node))
+        self._commit_soon(n)
         tomb = n.replica.patterns[pattern]
         self.writes.append(Write(node, pattern, None, tomb.stamp, None, "pattern"))
         return tomb.stamp
@@ -317,7 +379,15 @@ class SimulatedNetwork:
         """
         n = self.nodes[node]
         old = n.engine.replica
-        if keep_state:
+        if keep_state and n.stored is not None:
+            # From the last batch stored, as ``persist_path`` would: later writes are lost.
+            replica = n.stored.build_replica(
+                self.local_time(node),
+                resolver=self.resolver,
+                tombstone_grace=self.tombstone_grace,
+                max_drift=self.max_drift,
+            )
+        elif keep_state:
             replica = old
         else:
             n.generation += 1
@@ -326,7 +396,12 @@ class SimulatedNetwork:
             replica = Replica(clock, resolver=self.resolver, tombstone_grace=self.tombstone_grace)
             self._route[new_id] = node
         n.engine = self._engine(node, replica)
-        if not keep_state:
+        n.commit_due = False
+        if not keep_state and n.stored is not None:
+            n.stored = self._stored_copy(n)  # the new identity starts an empty file
+        if n.stored is not None and self.durable_sends:
+            n.engine.durable = n.stored.marks.get(replica.node, -1) if keep_state else -1
+        if not keep_state or n.stored is not None:
             self._forget_lost({_write_id(w) for w in self.writes} - self._lost)
         n.up = True
         for other in self.nodes.values():

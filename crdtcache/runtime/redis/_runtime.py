@@ -79,6 +79,7 @@ from crdtcache.runtime.redis._protocol import (
 )
 from crdtcache.runtime.redis._scripts import CLEAN, CLEANED, HEARTBEAT, PATTERN, STAT, WRITE
 from crdtcache.runtime.redis._writer import BatchWriter
+from crdtcache.store._persistence import Persistence
 
 __all__ = [
     "CLEANUP_STALL",
@@ -229,6 +230,9 @@ class RedisRuntime:
         self._on_changes = on_changes
         self._on_peer = on_peer
         self._on_evict = on_evict or _ignore
+
+    def keep_durable(self, persistence: Persistence) -> None:
+        """Not used: Redis holds the data (``persist_path`` does not apply)."""
 
     def serve_admin(self, handler: AdminHandler) -> None:
         """Nothing to serve: instances accept no client links."""
