@@ -247,9 +247,11 @@ class GossipEngine:
         durable = self.durable
         if durable is None:
             return False
-        return any(e.ts > durable for e in self._pending.values()) or any(
-            p.ts > durable for p in self._pending_patterns
-        )
+        # Both queues are in stamp order: their newest item decides (no scan per write).
+        pending, patterns = self._pending, self._pending_patterns
+        if pending and next(reversed(pending.values())).ts > durable:
+            return True
+        return bool(patterns) and patterns[-1].ts > durable
 
     def _take_sendable(self) -> tuple[list[tuple[str, Entry]], list[PatternTombstone]]:
         """Take the queued own writes that may leave (all of them, without a gate)."""
