@@ -368,11 +368,9 @@ async def run_demo(args: argparse.Namespace) -> int:
     """Run the demo (``crdtcache demo``); returns the exit status."""
     n: int = args.nodes
     cluster = f"demo-{random.getrandbits(24):06x}"
-    where = "each in its own process" if args.processes else "in this process"
-    found = "a seed (the first node's address)"
-    if not args.no_mdns:
-        found = "mDNS + a seed (the first node's address)"
-    _out(f"starting {n} nodes on 127.0.0.1, {where} (cluster {cluster!r}; discovery: {found})")
+    where = f"in {n} processes" if args.processes else "in this process"
+    found = "a seed (the first node)" if args.no_mdns else "mDNS + a seed (the first node)"
+    _out(f"starting {n} nodes on 127.0.0.1 {where} (cluster {cluster!r}; discovery: {found})")
     nodes = await _start_nodes(args, cluster)
     try:
         return await _script(args, nodes)

@@ -32,7 +32,7 @@ def test_a_clean_run_logs_no_warning_and_explains_its_figures() -> None:
 def test_without_mdns_the_header_says_seed_only() -> None:
     done = demo("--nodes", "3", "--burst", "100", "--no-mdns")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "discovery: a seed (the first node's address)" in done.stdout
+    assert "discovery: a seed (the first node)" in done.stdout
     assert "mDNS" not in done.stdout
 
 
@@ -41,7 +41,7 @@ def test_processes_run_one_node_per_process_and_still_converge() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "WARNING" not in done.stderr, done.stderr
     out = done.stdout
-    assert "each in its own process" in out
+    assert "on 127.0.0.1 in 3 processes" in out
     pids = re.findall(r"listening on 127\.0\.0\.1:\d+ {2}\(pid (\d+)\)", out)
     assert len(pids) == 3 and len(set(pids)) == 3, out
     assert "every node holds it: convergence time" in out
