@@ -176,6 +176,18 @@ class CacheOptions:
     hook: the wall clock the node stamps writes and expiries with. ``_network`` is
     another (p2p only): where the node's streams and randomness come from, as
     :class:`crdtcache.testing.MemoryNetwork` sets it.
+
+    Examples:
+        >>> import crdtcache
+        >>> from crdtcache.cache import CacheOptions
+        >>> options = CacheOptions(backend="memory", max_size=100)
+        >>> options.max_size, options.sync_strategy, options.listen
+        (100, 'write-behind', '127.0.0.1:0')
+        >>> try:
+        ...     CacheOptions(backend="redis", seeds=["10.0.0.2:7946"])
+        ... except crdtcache.ConfigError as exc:
+        ...     print(exc)
+        seeds does not apply to backend='redis': instances find each other through Redis
     """
 
     #: ``"memory"`` (one process), ``"p2p"`` (peers over TCP) or ``"redis"``.

@@ -71,6 +71,17 @@ def check_request(op: str, *args: Any) -> None:
     The key is checked as a cache checks it, a ``set`` value as a cache stores it (its
     types, size and nesting), then as an admin request carries it: plain msgpack, so
     no int beyond 64 bits. Nothing is sent; the error says what to change.
+
+    Examples:
+        >>> import crdtcache
+        >>> from crdtcache.transport import check_request
+        >>> check_request("set", "k", {"n": 1}, None)  # fine: returns None
+        >>> try:
+        ...     check_request("set", "k", 10**30, None)
+        ... except crdtcache.SerializationError as exc:
+        ...     print(exc)
+        the value holds the integer 1000000000000000000000000000000, beyond the 64 bits
+        a client request carries (store it as a string)
     """
     if op in ("get", "set", "delete"):
         key = args[0]
@@ -115,11 +126,17 @@ class NodeClient:
     (all :class:`PeerError`) as soon as it knows; ``timeout`` (seconds) bounds the
     connection and handshake, and then each request.
 
-    Example::
+    Examples:
+        ```python
+        import crdtcache
+        from crdtcache.transport import NodeClient
 
-        async with NodeClient("127.0.0.1:7946", cluster="shop") as client:
-            await client.set("greeting", "hello", ttl=60)
-            found, value = await client.get("greeting")
+        async with crdtcache.Cache(backend="p2p", discovery="none", cluster="shop") as node:
+            async with NodeClient(node.address, cluster="shop") as client:
+                await client.set("greeting", "hello", ttl=60)
+                assert await client.get("greeting") == (True, "hello")
+            assert await node.get("greeting") == "hello"
+        ```
     """
 
     def __init__(
