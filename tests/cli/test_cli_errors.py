@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from crdtcache import Cache
-from crdtcache.cli import EXIT_STATUSES
 
 CLI = [sys.executable, "-m", "crdtcache.cli"]
 SECRET = b"a-cluster-secret-of-32-bytes-ok!"
@@ -220,6 +219,8 @@ async def test_usage_errors_are_status_2_on_stderr() -> None:
 def test_every_status_is_documented() -> None:
     """`crdtcache --help` and docs/cli.md list every exit status the CLI uses."""
     import subprocess
+
+    from crdtcache.cli import EXIT_STATUSES
 
     shown = subprocess.run([*CLI, "--help"], capture_output=True, text=True, check=True).stdout
     docs = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()

@@ -13,7 +13,6 @@ import urllib.request
 import pytest
 
 import crdtcache
-from crdtcache.cli import _log_level, _parser
 
 CLI = [sys.executable, "-m", "crdtcache.cli"]
 
@@ -30,6 +29,8 @@ def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentPar
 
 
 def test_every_command_has_a_description_and_every_option_says_its_default() -> None:
+    from crdtcache.cli import _parser
+
     parser = _parser()
     commands = _commands(parser)
     assert set(commands) == {"demo", "node", "get", "set", "stats", "simulate"}
@@ -75,6 +76,8 @@ def test_node_help_names_the_defaults_of_its_options() -> None:
     ],
 )
 def test_logging_options_work_before_and_after_the_command(argv: list[str], level: int) -> None:
+    from crdtcache.cli import _log_level, _parser
+
     assert _log_level(_parser().parse_args(argv)) == level
 
 

@@ -135,39 +135,6 @@ async def test_a_dialer_refused_for_its_cluster_knows_why_and_backs_off(
         await asyncio.gather(dialer.close(), acceptor.close())
 
 
-async def test_a_peer_that_leaves_during_the_handshake_is_not_a_warning(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    caplog.set_level(logging.DEBUG, logger=NODE_LOG)
-    node = await _node("n")
-    try:
-        _, writer = await _connect(node)
-        writer.close()  # a port check, or a peer shutting down mid-dial
-        await wait_for(lambda: node.handshake_failures == 1)
-        records = [r for r in caplog.records if "dropping connection" in r.getMessage()]
-        assert [r.levelno for r in records] == [logging.INFO], records
-        assert "closed before the handshake finished" in records[0].getMessage()
-    finally:
-        await node.close()
-
-
-async def test_a_truncated_handshake_frame_is_still_a_warning(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    caplog.set_level(logging.DEBUG, logger=NODE_LOG)
-    node = await _node("n")
-    try:
-        _, writer = await _connect(node)
-        writer.write(encode_frame(encode(_hello("default")))[:-3])
-        await writer.drain()
-        writer.close()
-        await wait_for(lambda: node.handshake_failures == 1)
-        records = [r for r in caplog.records if "dropping connection" in r.getMessage()]
-        assert [r.levelno for r in records] == [logging.WARNING], records
-    finally:
-        await node.close()
-
-
 async def test_a_client_reports_its_failures_to_its_caller_not_the_log(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
