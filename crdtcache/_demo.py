@@ -321,6 +321,13 @@ def _out(text: str = "") -> None:
     sys.stdout.flush()
 
 
+def _failed(text: str) -> int:
+    """Say on stderr what did not happen; the demo's status is then 1."""
+    sys.stderr.write(f"crdtcache demo: {text}\n")
+    sys.stderr.flush()
+    return 1
+
+
 async def _poll(check: Callable[[], Awaitable[bool]], timeout: float, step: float) -> float | None:
     """Seconds until ``check()`` held, or None after ``timeout``."""
     start = time.perf_counter()
@@ -383,8 +390,7 @@ async def _script(args: argparse.Namespace, nodes: list[DemoNode]) -> int:
     start = time.perf_counter()
     meshed = await asyncio.gather(*(x.wait_for_peers(n - 1, DEMO_MESH_TIMEOUT) for x in nodes))
     if not all(meshed):
-        _out(f"the mesh did not form within {DEMO_MESH_TIMEOUT:g} s")
-        return 1
+        return _failed(f"the mesh did not form within {DEMO_MESH_TIMEOUT:g} s")
     _out(f"full mesh of {n} nodes formed in {1000 * (time.perf_counter() - start):.0f} ms:")
     for x in nodes:
         pid = f"  (pid {x.pid})" if args.processes else ""
@@ -414,8 +420,7 @@ async def _script(args: argparse.Namespace, nodes: list[DemoNode]) -> int:
         bar = "#" * max(1, int(at * 4000))
         _out(f"  {x.node_id:>14}  {1000 * at:6.2f} ms  {bar[:40]}")
     if len(arrived) < n:
-        _out("the write did not reach every node")
-        return 1
+        return _failed("the write did not reach every node")
     value = await last.get("user:42")
     _out(
         f"every node holds it: convergence time {1000 * max(arrived.values()):.2f} ms; "
@@ -447,8 +452,7 @@ async def _script(args: argparse.Namespace, nodes: list[DemoNode]) -> int:
         return len(set(digests)) == 1
 
     if await _poll(identical, 10.0, 0.002) is None:
-        _out("the replicas did not converge")
-        return 1
+        return _failed("the replicas did not converge")
     elapsed = 1000 * (time.perf_counter() - start)
     _out(f"all {n} replicas identical {elapsed:.1f} ms after the first write")
 
@@ -462,8 +466,7 @@ async def _script(args: argparse.Namespace, nodes: list[DemoNode]) -> int:
 
     took = await _poll(all_gone, 5.0, 0.0005)
     if took is None:
-        _out("the invalidation did not reach every node")
-        return 1
+        return _failed("the invalidation did not reach every node")
     _out(f"gone on every node within {1000 * (time.perf_counter() - start):.2f} ms")
 
     stats = await writer.statistics()

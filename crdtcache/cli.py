@@ -197,8 +197,7 @@ def _simulate(args: argparse.Namespace) -> int:
             _out(f"converged in {1000 * (net.now - start):.1f} ms of simulated time")
             return EXIT_OK
         net.run(0.001)
-    _out("did not converge within 10 s of simulated time")
-    return EXIT_NEGATIVE
+    return _error("simulate", "did not converge within 10 s of simulated time", EXIT_NEGATIVE)
 
 
 # --------------------------------------------------------------- parsing

@@ -216,6 +216,12 @@ async def test_usage_errors_are_status_2_on_stderr() -> None:
         assert status == 2 and out == "" and "usage: crdtcache" in err, (args, status, err)
 
 
+async def test_a_negative_result_is_status_1_with_its_reason_on_stderr() -> None:
+    status, out, err = await cli("simulate", "--nodes", "30", "--loss", "0.99")
+    assert status == 1 and "simulated cluster of 30 nodes" in out
+    assert err == "crdtcache simulate: did not converge within 10 s of simulated time\n"
+
+
 def test_every_status_is_documented() -> None:
     """`crdtcache --help` and docs/cli.md list every exit status the CLI uses."""
     import subprocess
