@@ -85,7 +85,7 @@ def test_docs_code_block_runs(where: str, source: str) -> None:
 def test_docs_have_code_blocks_and_skip_few() -> None:
     pages = list(DOCS.rglob("*.md"))
     skipped = sum(len(re.findall(r"<!-- not run: ", p.read_text())) for p in pages)
-    assert len(DOC_BLOCKS) >= 20 and skipped <= 2
+    assert len(DOC_BLOCKS) >= 20 and skipped * 10 <= len(DOC_BLOCKS)  # one in ten at most
 
 
 # ------------------------------------------------------------------ docstrings
