@@ -41,6 +41,7 @@ from crdtcache.cache._statistics import (
 from crdtcache.cache._sync import SyncCache
 
 __version__ = "0.1.0"
+"""The installed version of crdtcache (``crdtcache --version`` prints it)."""
 
 # A library does not decide where its log lines go: without this, Python's last-resort
 # handler would print crdtcache's warnings to stderr in an application that configured

@@ -18,7 +18,42 @@ _METHODS = ("hit", "miss", "eviction", "sync_latency", "peers")
 
 @runtime_checkable
 class Metrics(Protocol):
-    """What a cache reports; every method must be cheap and must not raise."""
+    """What a cache reports; every method must be cheap and must not raise.
+
+    Any object with these five methods will do (a ``typing.Protocol``).
+
+    Examples:
+        ```python
+        import collections
+        import crdtcache
+
+        class Counting:
+            def __init__(self) -> None:
+                self.counts: collections.Counter[str] = collections.Counter()
+
+            def hit(self, source: str) -> None:
+                self.counts[f"hit:{source}"] += 1
+
+            def miss(self) -> None:
+                self.counts["miss"] += 1
+
+            def eviction(self, reason: str) -> None:
+                self.counts[f"eviction:{reason}"] += 1
+
+            def sync_latency(self, seconds: float) -> None:
+                self.counts["synced"] += 1
+
+            def peers(self, count: int) -> None:
+                self.counts["peers"] = count
+
+        metrics = Counting()
+        async with crdtcache.Cache(backend="memory", metrics=metrics) as cache:
+            await cache.set("k", "v")
+            await cache.get("k")
+            await cache.get("absent")
+        assert metrics.counts == {"hit:local": 1, "miss": 1}
+        ```
+    """
 
     def hit(self, source: str) -> None:
         """A lookup was answered; ``source`` is "local" or "distributed"."""
@@ -42,7 +77,20 @@ class Metrics(Protocol):
 
 
 def check_metrics(metrics: object) -> Metrics | None:
-    """Return ``metrics`` if it offers every :class:`Metrics` method, else raise ConfigError."""
+    """Return ``metrics`` if it offers every :class:`Metrics` method, else raise ConfigError.
+
+    The cache calls it on its ``metrics=`` option.
+
+    Examples:
+        >>> import crdtcache
+        >>> from crdtcache.metrics import check_metrics
+        >>> try:
+        ...     check_metrics(object())
+        ... except crdtcache.ConfigError as exc:
+        ...     print(exc)
+        metrics must implement crdtcache.metrics.Metrics;
+        missing hit, miss, eviction, sync_latency, peers
+    """
     if metrics is None:
         return None
     missing = [m for m in _METHODS if not callable(getattr(metrics, m, None))]
@@ -61,6 +109,19 @@ class PrometheusMetrics:
     ``sync_latency_seconds`` (histogram) and ``peers`` (gauge). Pass a
     ``CollectorRegistry`` as ``registry`` to run several caches in one process.
     Raises :class:`ConfigError` if prometheus_client is not installed.
+
+    Examples:
+        ```python
+        import crdtcache
+        from crdtcache.metrics import PrometheusMetrics
+        from prometheus_client import CollectorRegistry, generate_latest
+
+        registry = CollectorRegistry()
+        metrics = PrometheusMetrics(registry=registry)
+        async with crdtcache.Cache(backend="memory", metrics=metrics) as cache:
+            await cache.get("absent")
+        assert b"crdtcache_cache_misses_total 1.0" in generate_latest(registry)
+        ```
     """
 
     def __init__(self, *, namespace: str = "crdtcache", registry: Any = None) -> None:

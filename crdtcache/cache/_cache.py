@@ -135,6 +135,18 @@ class Cache:
       :mod:`crdtcache.dashboard`). Loopback only, unless ``secret`` is set (the page
       then needs ``crdtcache.dashboard.access_token(secret)``) or the environment has
       ``CRDTCACHE_DASHBOARD_PUBLIC=1``.
+
+    Examples:
+        ```python
+        import crdtcache
+
+        async with crdtcache.Cache(backend="memory", default_ttl=300) as cache:
+            await cache.set("user:1", {"name": "Ada"}, ttl=60)
+            assert await cache.get("user:1") == {"name": "Ada"}
+            assert await cache.get("user:2", default="?") == "?"
+            assert await cache.keys("user:*") == ["user:1"]
+            assert await cache.invalidate_pattern("user:*") == 1  # on every node
+        ```
     """
 
     #: Seconds write-through waits for every live peer's ack before raising PeerError.

@@ -101,19 +101,27 @@ def cached(
     With a :class:`Cache`, decorate an ``async def``; with a :class:`SyncCache`, a
     plain ``def`` (the wrapper keeps the kind; see the module doc for why the other
     pairings are refused). The wrapper has ``key(*args, **kwargs)`` and
-    ``invalidate(*args, **kwargs)``::
-
-        @cached(cache, key="user:{user_id}", ttl=60)
-        async def load_user(user_id: int) -> dict: ...
-
-        await load_user(7)             # loads once, then served from the cache
-        load_user.key(7)               # "user:7"
-        await load_user.invalidate(7)  # dropped on every node
+    ``invalidate(*args, **kwargs)``.
 
     Raises :class:`ConfigError` for a bad ``cache``, ``key`` or ``ttl``, and when
     decorating: for a function of the wrong kind, or a template that names something
     that is not an argument. A call whose arguments the template cannot format
     raises :class:`ConfigError` naming the template.
+
+    Examples:
+        ```python
+        import crdtcache
+
+        async with crdtcache.Cache(backend="memory") as cache:
+
+            @crdtcache.cached(cache, key="user:{user_id}", ttl=60)
+            async def load_user(user_id: int) -> dict[str, object]:
+                return {"id": user_id}  # the slow database
+
+            assert await load_user(7) == {"id": 7}  # loaded once, then from the cache
+            assert load_user.key(7) == "user:7"
+            assert await load_user.invalidate(7) is True  # dropped on every node
+        ```
     """
     if not isinstance(cache, (Cache, SyncCache)):
         raise ConfigError("cached() needs a Cache or a SyncCache")

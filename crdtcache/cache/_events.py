@@ -57,6 +57,19 @@ class CacheEvent:
     ``reason`` ("ttl", "size", "memory", "explicit") for evictions, ``origin`` and
     ``remote`` for changes, ``pattern`` when a pattern invalidation caused one,
     ``peer`` and ``address`` for peer events.
+
+    Examples:
+        ```python
+        import crdtcache
+
+        async with crdtcache.Cache(backend="memory") as cache:
+            seen = []
+            cache.on("set", lambda event: seen.append((event.name, event.key, event.remote)))
+            cache.on("miss", lambda event: seen.append((event.name, event.key)))
+            await cache.set("k", 1)
+            await cache.get("absent")
+            assert seen == [("set", "k", False), ("miss", "absent")]
+        ```
     """
 
     name: str
@@ -77,6 +90,20 @@ class ChangeEvent:
     ``operation`` is "set", "delete", "invalidate" or "expire"; ``origin`` is the node
     that made the write; ``remote`` is True when that is not this node; ``ts`` is the
     write's packed HLC stamp; ``pattern`` is set for a pattern invalidation.
+
+    Examples:
+        ```python
+        import crdtcache
+
+        changes = []
+        async with crdtcache.Cache(backend="memory", on_change=changes.append) as cache:
+            await cache.set("k", 1)
+            await cache.invalidate_pattern("k*")
+        assert [(c.key, c.operation, c.pattern) for c in changes] == [
+            ("k", "set", None),
+            ("k", "invalidate", "k*"),
+        ]
+        ```
     """
 
     key: str
@@ -92,6 +119,19 @@ class EventBus:
 
     Handlers are called as ``handler(event, data)`` in subscription order and may be
     coroutine functions (awaited). A handler that raises is logged; the others still run.
+
+    Examples:
+        ```python
+        import crdtcache
+
+        bus = crdtcache.EventBus()
+        received = []
+        unsubscribe = bus.on("product:*", lambda event, data: received.append((event, data)))
+        assert await bus.emit("product:updated", {"id": 3}) == 1
+        unsubscribe()
+        assert await bus.emit("product:updated", {"id": 4}) == 0
+        assert received == [("product:updated", {"id": 3})]
+        ```
     """
 
     def __init__(self) -> None:
@@ -170,6 +210,18 @@ class InvalidationRule:
     the result is one key (``invalidate``); with them (``"user:*"``, ``"user:{id}:*"``)
     it is a glob (``invalidate_pattern``), and field values are escaped so that an
     ``id`` of ``"*"`` matches only a literal ``*``.
+
+    Give rules to a cache with ``event_bus=`` and ``invalidation_rules=``.
+
+    Examples:
+        >>> import crdtcache
+        >>> rule = crdtcache.InvalidationRule(event="user:updated", pattern="user:{id}")
+        >>> rule.render({"id": 7})
+        'user:7'
+        >>> crdtcache.InvalidationRule(event="team:*", pattern="team:{data.team}:*").render(
+        ...     {"data": {"team": "blue"}}
+        ... )
+        'team:blue:*'
     """
 
     event: str

@@ -67,6 +67,7 @@ DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
 _NOT_FOR: Final[dict[str, tuple[tuple[str, str], ...]]] = {
     "redis": (
         ("seeds", "instances find each other through Redis"),
+        ("discovery", "instances find each other through Redis"),
         ("listen", "instances talk to Redis only, they listen nowhere"),
         ("secret", "Redis authenticates with the password in redis_url (redis://user:pw@host)"),
         ("ssl", "use a rediss:// URL (ssl_* query parameters set the certificates)"),
@@ -83,6 +84,7 @@ _NOT_FOR: Final[dict[str, tuple[tuple[str, str], ...]]] = {
     ),
     "memory": (
         ("seeds", "a memory cache has no peers (use backend='p2p')"),
+        ("discovery", "a memory cache has no peers to find (use backend='p2p')"),
         ("listen", "a memory cache listens nowhere (use backend='p2p')"),
         ("ssl", "a memory cache has no peers to talk TLS to (use backend='p2p')"),
     ),
@@ -176,6 +178,18 @@ class CacheOptions:
     hook: the wall clock the node stamps writes and expiries with. ``_network`` is
     another (p2p only): where the node's streams and randomness come from, as
     :class:`crdtcache.testing.MemoryNetwork` sets it.
+
+    Examples:
+        >>> import crdtcache
+        >>> from crdtcache.cache import CacheOptions
+        >>> options = CacheOptions(backend="memory", max_size=100)
+        >>> options.max_size, options.sync_strategy, options.listen
+        (100, 'write-behind', '127.0.0.1:0')
+        >>> try:
+        ...     CacheOptions(backend="redis", seeds=["10.0.0.2:7946"])
+        ... except crdtcache.ConfigError as exc:
+        ...     print(exc)
+        seeds does not apply to backend='redis': instances find each other through Redis
     """
 
     #: ``"memory"`` (one process), ``"p2p"`` (peers over TCP) or ``"redis"``.
@@ -391,6 +405,7 @@ class CacheOptions:
 
 _DEFAULTS: Final = {
     "seeds": (),
+    "discovery": "mdns",
     "listen": "127.0.0.1:0",
     "secret": None,
     "ssl": None,

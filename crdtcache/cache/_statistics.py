@@ -30,7 +30,17 @@ LATENCY_WINDOW: Final = 2048
 
 @dataclass(frozen=True, slots=True)
 class LatencyStatistics:
-    """Percentiles in milliseconds over the most recent samples (None without samples)."""
+    """Percentiles in milliseconds over the most recent samples (None without samples).
+
+    Examples:
+        ```python
+        import crdtcache
+
+        async with crdtcache.Cache(backend="memory") as cache:
+            latency = (await cache.get_statistics()).cluster.sync_latency_ms
+            assert (latency.p50, latency.p99, latency.samples) == (None, None, 0)
+        ```
+    """
 
     p50: float | None
     p99: float | None
@@ -80,7 +90,20 @@ class LatencyWindow:
 
 @dataclass(frozen=True, slots=True)
 class TierStatistics:
-    """Lookups served by one tier; ``size`` is what it holds."""
+    """Lookups served by one tier; ``size`` is what it holds.
+
+    Examples:
+        ```python
+        import crdtcache
+
+        async with crdtcache.Cache(backend="memory") as cache:
+            await cache.set("k", "v")
+            await cache.get("k")
+            await cache.get("absent")
+            local = (await cache.get_statistics()).local
+            assert (local.hits, local.misses, local.hit_rate, local.size) == (1, 1, 0.5, 1)
+        ```
+    """
 
     hits: int
     misses: int
@@ -90,7 +113,17 @@ class TierStatistics:
 
 @dataclass(frozen=True, slots=True)
 class OverallStatistics:
-    """Lookups answered by either tier, over all lookups."""
+    """Lookups answered by either tier, over all lookups.
+
+    Examples:
+        ```python
+        import crdtcache
+
+        async with crdtcache.Cache(backend="memory") as cache:
+            await cache.get("absent")
+            assert (await cache.get_statistics()).overall.hit_rate == 0.0
+        ```
+    """
 
     hit_rate: float
 
@@ -101,6 +134,18 @@ class EvictionStatistics:
 
     ``ttl``: expired; ``size`` / ``memory``: pushed out by ``max_size`` /
     ``max_memory``; ``explicit``: deleted or invalidated (here or on a peer).
+
+    Examples:
+        ```python
+        import crdtcache
+
+        async with crdtcache.Cache(backend="memory", max_size=2) as cache:
+            for key in ("a", "b", "c"):
+                await cache.set(key, key)
+            await cache.delete("c")
+            evictions = (await cache.get_statistics()).evictions
+            assert (evictions.size, evictions.explicit) == (1, 1)
+        ```
     """
 
     ttl: int = 0
@@ -111,7 +156,22 @@ class EvictionStatistics:
 
 @dataclass(frozen=True, slots=True)
 class PeerStatistics:
-    """One peer as this node sees it (``state``: alive, suspect or dead)."""
+    """One peer as this node sees it (``state``: alive, suspect or dead).
+
+    Examples:
+        ```python
+        import crdtcache
+
+        async with crdtcache.Cache(backend="p2p", discovery="none", node_id="a") as a:
+            async with crdtcache.Cache(
+                backend="p2p", discovery="none", node_id="b", seeds=[a.address]
+            ) as b:
+                await b.wait_for_peers(1)
+                (peer,) = (await b.get_statistics()).cluster.peers
+                assert peer.id.startswith("a") and peer.state == "alive"
+                assert peer.address == a.address
+        ```
+    """
 
     id: str
     address: str | None
@@ -126,6 +186,22 @@ class ClusterStatistics:
     time this node last applied a change from a peer (None before any).
     ``sync_latency_ms`` runs from a write's origin stamp to its apply here, so it
     includes clock offset between the nodes.
+
+    Examples:
+        ```python
+        import asyncio
+        import crdtcache
+
+        async with crdtcache.Cache(backend="p2p", discovery="none") as a:
+            async with crdtcache.Cache(backend="p2p", discovery="none", seeds=[a.address]) as b:
+                await b.wait_for_peers(1)
+                await a.set("k", "v", ttl=60)
+                while await b.get("k") is None:  # write-behind: within a batch or two
+                    await asyncio.sleep(0.005)
+                cluster = (await b.get_statistics()).cluster
+                assert cluster.instances == 2 and cluster.last_sync_time is not None
+                assert cluster.sync_latency_ms.samples == 1
+        ```
     """
 
     instances: int
@@ -136,7 +212,19 @@ class ClusterStatistics:
 
 @dataclass(frozen=True, slots=True)
 class TrafficStatistics:
-    """Peer traffic since start (zero without a network)."""
+    """Peer traffic since start (zero without a network).
+
+    Examples:
+        ```python
+        import crdtcache
+
+        async with crdtcache.Cache(backend="p2p", discovery="none") as a:
+            async with crdtcache.Cache(backend="p2p", discovery="none", seeds=[a.address]) as b:
+                await b.wait_for_peers(1)
+                traffic = (await b.get_statistics()).traffic
+                assert traffic.frames_sent > 0 and traffic.bytes_received > 0
+        ```
+    """
 
     bytes_sent: int = 0
     bytes_received: int = 0
@@ -146,7 +234,23 @@ class TrafficStatistics:
 
 @dataclass(frozen=True, slots=True)
 class CacheStatistics:
-    """A snapshot of one cache's counters; :meth:`as_dict` for JSON."""
+    """A snapshot of one cache's counters; :meth:`as_dict` for JSON.
+
+    What ``await cache.get_statistics()`` returns.
+
+    Examples:
+        ```python
+        import json
+        import crdtcache
+
+        async with crdtcache.Cache(backend="memory") as cache:
+            await cache.set("k", "v")
+            stats = await cache.get_statistics()
+            print(stats.backend, stats.sync_strategy, stats.local.size)
+            # memory write-behind 1
+            assert json.loads(json.dumps(stats.as_dict()))["local"]["size"] == 1
+        ```
+    """
 
     node_id: str
     backend: str
@@ -170,7 +274,17 @@ class CacheStatistics:
 
 @dataclass(frozen=True, slots=True)
 class Health:
-    """A 0-100 score (100: nothing wrong) and the reasons for each point taken off."""
+    """A 0-100 score (100: nothing wrong) and the reasons for each point taken off.
+
+    What ``cache.health()`` returns (a plain method: it never waits or raises).
+
+    Examples:
+        >>> import crdtcache
+        >>> crdtcache.Cache(backend="memory").health()  # not started
+        Health(score=0, reasons=('not running',))
+        >>> crdtcache.Health(85, ("-15: 1 peer(s) down: b",)).healthy
+        True
+    """
 
     score: int
     reasons: tuple[str, ...]
@@ -210,7 +324,17 @@ class Counters:
     ack_window: LatencyWindow = dataclasses.field(default_factory=LatencyWindow)
 
     def hit_rate(self) -> float:
-        """Lookups answered by either tier, over all lookups."""
+        """Lookups answered by either tier, over all lookups.
+
+        Examples:
+            ```python
+            import crdtcache
+
+            async with crdtcache.Cache(backend="memory") as cache:
+                await cache.get("absent")
+                assert (await cache.get_statistics()).overall.hit_rate == 0.0
+            ```
+        """
         return rate(self.local_hits + self.dist_hits, self.local_misses - self.dist_hits)
 
     def snapshot(

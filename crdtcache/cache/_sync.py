@@ -57,6 +57,15 @@ class SyncCache:
     the thread that calls :meth:`start`; a sync ``refresh(key)`` and sync loaders run
     in worker or calling threads, never in the loop thread. Use as a context manager
     or call :meth:`start` and :meth:`close`.
+
+    Examples:
+        >>> import crdtcache
+        >>> with crdtcache.SyncCache(backend="memory") as cache:
+        ...     cache.set("greeting", "hello", ttl=60)
+        ...     print(cache.get("greeting"))  # a local hit never leaves this thread
+        ...     print(cache.get_or_set("answer", lambda: 42))
+        hello
+        42
     """
 
     @takes_options(CacheOptions)

@@ -85,6 +85,15 @@ class Stamp(NamedTuple):
     """A hybrid-logical-clock stamp: ``ts`` (packed time and counter) and the node id.
 
     Stamps compare as tuples, which is the HLC total order.
+
+    Examples:
+        >>> from crdtcache.core import HybridClock, Stamp
+        >>> clock = HybridClock("a")
+        >>> first, second = clock.now(1000.0), clock.now(1000.0)  # the same millisecond
+        >>> first < second, second.wall_ms, second.logical
+        (True, 1000000, 1)
+        >>> Stamp(first.ts, "a") < Stamp(first.ts, "b")  # a tie: the node id decides
+        True
     """
 
     ts: int

@@ -17,6 +17,17 @@ speaks first and the acceptor answers only a hello that passed. Anything wrong f
 the peer raises :class:`ProtocolError`; calling a method in the wrong state is a local
 bug and raises ``RuntimeError``.
 
+*Refusals.* A hello that fails the version, cluster or certificate check leaves a
+:class:`Refuse` in :attr:`LinkSession.refusal` for the driver to send before it closes
+the stream, so that the refused node (a misconfigured peer, or ``crdtcache get``) can
+say why at once instead of guessing from a closed stream. It carries a code only
+(:data:`REFUSE_CLUSTER`...), never this node's cluster name or id, and it exists only
+where the peer's hello was checked: with a cluster secret, the hello is revealed and
+checked only after the peer proved the secret, so a party without it learns nothing
+but the fact that the stream closed. A refusal received becomes :class:`LinkRefused`.
+It is a hint, as a closed stream is: whoever can cut the stream could forge one, and
+either way the link is refused with one log line.
+
 Once open, a message is routed: a :data:`Message` to the engine (:class:`Gossip`), a
 :class:`Bye` ends the link (:class:`Left`), admin requests and replies are correlated
 by request id (a reply nobody asked for is dropped; requests still pending when the
@@ -52,6 +63,7 @@ from crdtcache.core._messages import (
     PeerList,
     Ping,
     Push,
+    Refuse,
     SyncRequest,
     SyncResponse,
 )
@@ -60,6 +72,10 @@ __all__ = [
     "CLOSED",
     "HELLO",
     "OPEN",
+    "REFUSALS",
+    "REFUSE_CLUSTER",
+    "REFUSE_IDENTITY",
+    "REFUSE_VERSION",
     "AdminAnswered",
     "AdminAsked",
     "Announce",
@@ -69,6 +85,7 @@ __all__ = [
     "IdentityError",
     "Left",
     "LinkEvent",
+    "LinkRefused",
     "LinkSession",
     "Mesh",
     "SelfDial",
@@ -80,9 +97,32 @@ CLOSED: Final = "closed"
 
 _GOSSIP: Final = (Push, Ack, SyncRequest, SyncResponse, Ping, Fetch, FetchReply)
 
+#: Why a hello was refused, as a :class:`Refuse` tells its sender (codes, never names).
+REFUSE_VERSION: Final = "version"
+REFUSE_CLUSTER: Final = "cluster"
+REFUSE_IDENTITY: Final = "identity"
+#: How each refusal reads on the refused side.
+REFUSALS: Final = {
+    REFUSE_VERSION: "it speaks another protocol version",
+    REFUSE_CLUSTER: "it is in another cluster",
+    REFUSE_IDENTITY: "the node id in this node's hello is not one its certificate names",
+}
+
 
 class IdentityError(ProtocolError):
     """The peer could not prove who it is (its certificate, or a cluster secret)."""
+
+
+class LinkRefused(ProtocolError):
+    """The peer checked this node's hello and refused it; ``reason`` is its code.
+
+    One of the ``REFUSE_*`` codes, or whatever short code a newer peer sent.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        why = REFUSALS.get(reason, f"reason {reason!r}")
+        super().__init__(f"the peer refused this node's hello: {why}")
 
 
 class SelfDial(Exception):
@@ -163,6 +203,8 @@ class LinkSession:
         self.peer: str | None = None
         self.peer_port = 0
         self.incarnation = 0
+        #: Set when this node refused the peer's hello: what to send it before closing.
+        self.refusal: Refuse | None = None
         self._admin_seq = 0
         self._asked: set[int] = set()
 
@@ -189,6 +231,8 @@ class LinkSession:
         hello; opens the link otherwise.
         """
         self._expect(HELLO, "receive_hello")
+        if isinstance(message, Refuse):
+            raise LinkRefused(message.reason)
         if not isinstance(message, Hello):
             raise ProtocolError(f"expected a hello, got {type(message).__name__}")
         self.accept_hello(message, certificate_names)
@@ -199,20 +243,24 @@ class LinkSession:
 
         ``certificate_names`` are the node ids the peer's TLS certificate names, or None
         without TLS. Raises :class:`ProtocolError`, :class:`IdentityError` or
-        :class:`SelfDial`; the link stays unopened then.
+        :class:`SelfDial`; the link stays unopened then, and a failed check leaves the
+        :class:`Refuse` to send in :attr:`refusal`.
         """
         self._expect(HELLO, "accept_hello")
         if hello.version != PROTOCOL_VERSION:
+            self.refusal = Refuse(REFUSE_VERSION)
             raise ProtocolError(
                 f"protocol version {hello.version}, this node speaks {PROTOCOL_VERSION}"
             )
         if hello.cluster != self.local.cluster:
+            self.refusal = Refuse(REFUSE_CLUSTER)
             raise ProtocolError(
                 f"cluster {hello.cluster!r}, this node is in {self.local.cluster!r}"
             )
         if hello.node == self.local.node:
             raise SelfDial()
         if certificate_names is not None and hello.node not in certificate_names:
+            self.refusal = Refuse(REFUSE_IDENTITY)
             names = ", ".join(sorted(certificate_names)) or "no crdtcache node id"
             raise IdentityError(
                 f"the hello says node {hello.node!r} but the peer's certificate names {names}"
@@ -227,6 +275,9 @@ class LinkSession:
         if isinstance(message, Bye):
             self.state = CLOSED
             return [Left()]
+        if isinstance(message, Refuse):  # the dialer refused our hello after we opened
+            self.state = CLOSED
+            raise LinkRefused(message.reason)
         if isinstance(message, AdminRequest):
             return [AdminAsked(message)]
         if isinstance(message, AdminReply):

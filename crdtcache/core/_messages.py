@@ -3,7 +3,8 @@
 Frozen and slotted; the wire codec (:mod:`crdtcache.wire._codec`) encodes them and
 validates every field of a decoded one. Gossip messages (:data:`Message`) go to the
 :class:`~crdtcache.core.GossipEngine`; link messages (:data:`LinkMessage`: hello, bye,
-peer list, admin request and reply) to the link session of :mod:`crdtcache.core._link`.
+peer list, admin request and reply, refusal) to the link session of
+:mod:`crdtcache.core._link`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = [
     "PeerList",
     "Ping",
     "Push",
+    "Refuse",
     "SyncRequest",
     "SyncResponse",
 ]
@@ -170,7 +172,18 @@ class AdminReply:
     result: Any
 
 
-LinkMessage = Hello | Bye | PeerList | AdminRequest | AdminReply
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    """Why the sender refused the receiver's hello: a short code, never a name.
+
+    Sent only once the receiver's hello was checked, which with a cluster secret means
+    after the receiver proved the secret (see :mod:`crdtcache.core._link`).
+    """
+
+    reason: str
+
+
+LinkMessage = Hello | Bye | PeerList | AdminRequest | AdminReply | Refuse
 
 
 class Outgoing(NamedTuple):

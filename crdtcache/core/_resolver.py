@@ -22,7 +22,15 @@ __all__ = ["Resolver", "ResolverViolation", "Version", "check_resolver", "last_w
 
 @dataclass(frozen=True, slots=True)
 class Version:
-    """One version of a key as a resolver sees it (``value`` is None for a delete)."""
+    """One version of a key as a resolver sees it (``value`` is None for a delete).
+
+    Examples:
+        >>> from crdtcache.core import Stamp, Version, last_writer_wins
+        >>> old = Version("k", "first", Stamp(1, "a"))
+        >>> new = Version("k", None, Stamp(2, "b"), deleted=True)
+        >>> last_writer_wins(old, new).deleted
+        True
+    """
 
     key: str
     value: Any
@@ -35,7 +43,17 @@ Resolver = Callable[[Version, Version], Version]
 
 
 def last_writer_wins(local: Version, remote: Version) -> Version:
-    """The default: the version with the greater HLC stamp wins."""
+    """The default: the version with the greater HLC stamp wins.
+
+    Stamps compare by time, then counter, then node id, so there is always one winner.
+
+    Examples:
+        >>> from crdtcache.core import Stamp, Version, last_writer_wins
+        >>> a = Version("k", "from a", Stamp(5, "a"))
+        >>> b = Version("k", "from b", Stamp(5, "b"))  # same time: the node id decides
+        >>> last_writer_wins(a, b).value, last_writer_wins(b, a).value
+        ('from b', 'from b')
+    """
     return remote if remote.stamp > local.stamp else local
 
 
@@ -60,6 +78,15 @@ def check_resolver(resolver: Resolver, samples: Iterable[Version]) -> list[Resol
 
     Returns the violations found (an empty list means none on these samples). A
     resolver that raises, or returns something that is neither argument, is reported too.
+
+    Examples:
+        >>> from crdtcache.core import Stamp, Version, check_resolver
+        >>> samples = [Version("k", v, Stamp(i, "n")) for i, v in enumerate([3, 1, 2])]
+        >>> check_resolver(lambda a, b: a if a.value >= b.value else b, samples)
+        []
+        >>> broken = check_resolver(lambda local, remote: local, samples)  # not commutative
+        >>> broken[0].law
+        'commutativity'
     """
     versions = list(samples)
     found: list[ResolverViolation] = []

@@ -58,6 +58,19 @@ def policy(
 
     Raises :class:`ConfigError` if aiohttp is not installed, the address is malformed,
     or it is not loopback without a ``secret`` or an opt-in (see the module doc).
+
+    Examples:
+        >>> import crdtcache
+        >>> from crdtcache.dashboard import policy
+        >>> policy("127.0.0.1:8080", secret=None)
+        BindPolicy(host='127.0.0.1', port=8080, loopback=True, tokens=())
+        >>> try:
+        ...     policy("0.0.0.0:8080", secret=None)
+        ... except crdtcache.ConfigError as exc:
+        ...     print(exc)
+        dashboard '0.0.0.0:8080' is not a loopback address: ...
+        >>> len(policy("0.0.0.0:8080", secret=b"s" * 32).tokens)  # data routes need a token
+        1
     """
     if importlib.util.find_spec("aiohttp") is None:
         raise ConfigError("the dashboard needs aiohttp: pip install 'crdtcache[dashboard]'")
@@ -73,6 +86,24 @@ async def serve(
     ``public`` as in :func:`policy`, whose errors it raises, and
     :class:`ConfigError` if the address cannot be bound. Close it with
     ``await dashboard.close()`` (or ``async with``) before closing the cache.
+
+    Examples:
+        ```python
+        import asyncio
+        import json
+        import urllib.request
+        import crdtcache
+        from crdtcache.dashboard import serve
+
+        async with crdtcache.Cache(backend="memory") as cache:
+            dashboard = await serve(cache, "127.0.0.1:0")  # port 0: any free port
+            try:
+                url = dashboard.url + "healthz"
+                body = await asyncio.to_thread(lambda: urllib.request.urlopen(url).read())
+                assert json.loads(body)["score"] == 100
+            finally:
+                await dashboard.close()
+        ```
     """
     view = cache.view()
     chosen = policy(address, secret=view.options.secret, public=public)

@@ -42,6 +42,12 @@ def access_token(secret: bytes) -> str:
 
     Give it as ``Authorization: Bearer <token>`` (scrapers) or ``?token=<token>``
     (the page passes it on to its own requests).
+
+    Examples:
+        >>> from crdtcache.dashboard import access_token
+        >>> token = access_token(b"cluster-secret-0123456789abcdef")
+        >>> len(token), token == access_token(b"cluster-secret-0123456789abcdef")
+        (32, True)
     """
     if not isinstance(secret, bytes) or not secret:
         raise ConfigError("the access token is derived from a non-empty bytes secret")

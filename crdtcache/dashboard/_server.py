@@ -84,7 +84,19 @@ def _static(name: str) -> bytes:
 
 
 class Dashboard:
-    """A dashboard serving one cache; made by :func:`start_dashboard` (or ``dashboard=``)."""
+    """A dashboard serving one cache; made by :func:`start_dashboard` (or ``dashboard=``).
+
+    ``url`` is where it listens once started (``http://host:port/``).
+
+    Examples:
+        ```python
+        import crdtcache
+
+        async with crdtcache.Cache(backend="memory", dashboard="127.0.0.1:0") as cache:
+            assert cache.dashboard_url.startswith("http://127.0.0.1:")
+            # the page, /api/stats, /metrics and /healthz are served from there
+        ```
+    """
 
     def __init__(self, cache: CacheView, policy: BindPolicy) -> None:
         self._cache = cache

@@ -97,7 +97,17 @@ class _JumpingSelector(selectors.DefaultSelector):
 
 
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
-    """An asyncio loop whose ``time()`` is virtual and jumps to the next timer when idle."""
+    """An asyncio loop whose ``time()`` is virtual and jumps to the next timer when idle.
+
+    Examples:
+        >>> import asyncio
+        >>> from crdtcache.testing import VirtualTimeLoop
+        >>> loop = VirtualTimeLoop()
+        >>> loop.run_until_complete(asyncio.sleep(3600))  # returns at once
+        >>> loop.time() >= 3600
+        True
+        >>> loop.close()
+    """
 
     def __init__(self) -> None:
         self._now = 0.0
@@ -135,8 +145,27 @@ class MemoryNetwork:
     """Real p2p caches joined by in-memory streams, run in virtual time from one ``seed``.
 
     Use it as a context manager (it owns an event loop), create caches with
-    :meth:`cache` and run your coroutine with :meth:`run`. See the module doc for an
-    example.
+    :meth:`cache` and run your coroutine with :meth:`run`.
+
+    Examples:
+        ```python
+        import asyncio
+        from crdtcache.testing import MemoryNetwork
+
+        async def main(net: MemoryNetwork) -> None:
+            async with net.cache(node_id="a") as a, net.cache(seeds=[a.address]) as b:
+                await b.wait_for_peers(1)
+                net.partition([a], [b])
+                await a.set("k", 1)
+                await asyncio.sleep(60)  # a minute of virtual time, in milliseconds
+                assert await b.get("k") is None
+                net.heal()
+                await asyncio.sleep(15)  # the nodes redial, then catch up
+                assert await b.get("k") == 1
+
+        with MemoryNetwork(seed=1) as net:
+            net.run(main(net))
+        ```
     """
 
     def __init__(self, seed: int = 0, *, start: float = EPOCH) -> None:

@@ -18,8 +18,15 @@ import time
 from collections.abc import Callable, Sequence
 
 from crdtcache.core import GossipEngine
-from crdtcache.transport._client import NodeClient
+from crdtcache.transport._client import (
+    HandshakeRefused,
+    NodeClient,
+    NodeTimeout,
+    NodeUnreachable,
+    check_request,
+)
 from crdtcache.transport._connection import MAX_SEND_BUFFER, Connection
+from crdtcache.transport._links import RequestRefused
 from crdtcache.transport._network import Network, TcpNetwork
 from crdtcache.transport._node import (
     HANDSHAKE_TIMEOUT,
@@ -73,14 +80,19 @@ __all__ = [
     "FrameSealer",
     "FrameTooLarge",
     "Handshake",
+    "HandshakeRefused",
     "Hello",
     "Network",
     "Node",
     "NodeClient",
+    "NodeTimeout",
+    "NodeUnreachable",
+    "RequestRefused",
     "SessionKeys",
     "TcpNetwork",
     "TransportStatistics",
     "certificate_node_ids",
+    "check_request",
     "decode",
     "encode",
     "encode_frame",

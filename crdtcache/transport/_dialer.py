@@ -3,10 +3,11 @@
 One task per wanted address. Seeds are wanted for as long as the node runs; an address
 learnt from discovery or a peer list is given up after :data:`FORGET_AFTER` seconds of
 failures (it may be reported again). A refused secret or certificate does not fix
-itself in 50 ms, so an :class:`~crdtcache.core._link.IdentityError` backs off to the
-maximum at once, and a link that drops within :data:`STABLE_AFTER` seconds counts as a
-failed dial (no redial storm against a peer that drops every link). When both ends know
-each other the mesh decides which one dials first
+itself in 50 ms, so an :class:`~crdtcache.core._link.IdentityError` (or a hello the
+peer refused, :class:`~crdtcache.core._link.LinkRefused`) backs off to the maximum at
+once, and a link that drops within :data:`STABLE_AFTER` seconds counts as a failed
+dial (no redial storm against a peer that drops every link). When both ends know each
+other the mesh decides which one dials first
 (:meth:`~crdtcache.core._link.Mesh.defers_to`).
 """
 
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from crdtcache._errors import PeerError
-from crdtcache.core._link import IdentityError, SelfDial
+from crdtcache.core._link import IdentityError, LinkRefused, SelfDial
 from crdtcache.discovery._base import PeerAddress
 
 if TYPE_CHECKING:
@@ -115,7 +116,7 @@ class Dialer:
                     log.info("giving up on %s after %.0f s of failures", key, now - failing_since)
                     self.wanted.pop(key, None)
                     return
-                if isinstance(exc, IdentityError):
+                if isinstance(exc, IdentityError | LinkRefused):
                     backoff = MAX_BACKOFF  # the operator may be rotating: retry slowly
                 log.debug("dial %s failed: %s; retrying in %.2f s", key, exc, backoff)
                 await asyncio.sleep(backoff * (0.5 + self.rng.random()))

@@ -12,8 +12,10 @@ module only moves their frames over the connection, in order, within one timeout
 
 It returns once the session is open, or raises :class:`ProtocolError` (an
 :class:`~crdtcache.wire._auth.AuthError` for a refused identity, with a reply worth
-sending in ``reply``), :class:`~crdtcache.core._link.SelfDial`, or a
-:class:`~crdtcache.transport._stream.StreamError`.
+sending in ``reply``; a :class:`~crdtcache.core._link.LinkRefused` when the peer
+refused this node's hello), :class:`~crdtcache.core._link.SelfDial`, or a
+:class:`~crdtcache.transport._stream.StreamError`. When this node refused the peer's
+hello, the session's ``refusal`` is the message to send before closing.
 """
 
 from __future__ import annotations
@@ -122,7 +124,9 @@ async def _authenticate(conn: Connection, session: LinkSession, keyring: Sequenc
             assert shake.peer_hello is not None
             session.accept_hello(shake.peer_hello, _certificate_names(conn))
             conn.send(shake.accept())
+    # Sealed before the dialer checks the responder's hello: the responder is sealed
+    # already, so a refusal of its hello must be sealed to reach it.
+    conn.secure(shake.session_keys())
     if conn.dialed:
         assert shake.peer_hello is not None
         session.accept_hello(shake.peer_hello, _certificate_names(conn))
-    conn.secure(shake.session_keys())

@@ -46,10 +46,14 @@ from crdtcache.wire._codec import encode
 if TYPE_CHECKING:
     from crdtcache.transport._node import Node
 
-__all__ = ["Links"]
+__all__ = ["Links", "RequestRefused"]
 
 # Log lines keep the node's logger name: operators (and tests) filter on it.
 log = logging.getLogger("crdtcache.transport._node")
+
+
+class RequestRefused(PeerError):
+    """The peer ran an admin request and refused it; the message carries its error text."""
 
 
 class Links:
@@ -157,17 +161,36 @@ class Links:
         self.protocol_errors += isinstance(exc, ProtocolError)
         self.auth_failures += isinstance(exc, IdentityError)
         reason = _reason(exc)
-        if conn.tls and isinstance(exc, StreamClosed) and not exc.truncated:
-            # TLS 1.3 reports a refused client certificate only after the handshake.
-            reason = (
-                "the peer closed the stream right after TLS "
-                "(it may have refused this node's certificate)"
-            )
+        level = logging.WARNING
+        if isinstance(exc, StreamClosed) and not exc.truncated:
+            if conn.tls:
+                # TLS 1.3 reports a refused client certificate only after the handshake.
+                reason = (
+                    "the peer closed the stream right after TLS "
+                    "(it may have refused this node's certificate)"
+                )
+            else:
+                # A peer that leaves mid-handshake (shutting down, a duplicate link it
+                # gave up, a port check) did nothing wrong; a refusal would say so.
+                level = logging.INFO
+        if self.node.client_mode:
+            level = logging.DEBUG  # the client's caller gets the error and reports it
         node_id = self.node.node_id
-        log.warning("dropping connection from %s: %s", conn.label, reason, extra={"node": node_id})
+        direction = "to" if conn.dialed else "from"
+        log.log(
+            level,
+            "dropping connection %s %s: %s",
+            direction,
+            conn.label,
+            reason,
+            extra={"node": node_id},
+        )
         if not isinstance(exc, PeerError):  # a bug of ours: show where
             log.error("unexpected handshake error", exc_info=exc)
         reply = getattr(exc, "reply", None)
+        session = conn.session
+        if reply is None and session is not None and session.refusal is not None:
+            reply = encode(session.refusal)  # so that the refused node can say why
         if isinstance(reply, bytes):
             # Tell a peer speaking the other mode why, so its log says so too.
             conn.send(reply)
@@ -300,7 +323,7 @@ class Links:
             self._admin_waiters.pop(key, None)
             session.forget(message.request)
         if not reply.ok:
-            raise PeerError(f"{peer} refused {op}: {reply.result}")
+            raise RequestRefused(f"{peer} refused {op}: {reply.result}")
         return reply.result
 
 

@@ -33,7 +33,15 @@ StrPath = str | os.PathLike[str]
 
 
 def node_id_uri(node_id: str) -> str:
-    """The SAN URI to put in ``node_id``'s certificate, e.g. ``crdtcache://node/a%20b``."""
+    """The SAN URI to put in ``node_id``'s certificate, e.g. ``crdtcache://node/a%20b``.
+
+    With ``ssl=``, a node's certificate must name its node id this way.
+
+    Examples:
+        >>> from crdtcache.transport import node_id_uri
+        >>> node_id_uri("web 1")
+        'crdtcache://node/web%201'
+    """
     return NODE_URI_PREFIX + quote(node_id, safe="")
 
 

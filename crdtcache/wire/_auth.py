@@ -12,6 +12,10 @@ bytes drawn for this stream only, ``h_i`` and ``h_r`` the two encoded :class:`He
     I -> R  AuthProof(h_i, tag(k, "proof", h_i))         I checked R's challenge first
     R -> I  AuthAccept(h_r, tag(k, "accept", h_i, h_r))  R checked I's proof first
 
+R answers :class:`Refuse` (a reason code, see :mod:`crdtcache.core._link`) instead of
+``AuthAccept`` when I's proven hello fails its checks (another cluster): I raises
+:class:`~crdtcache.core._link.LinkRefused`. Nobody gets that far without the secret.
+
 For a secret ``s`` the keys are derived with HKDF (RFC 5869) over HMAC-SHA256::
 
     prk      = HMAC(key = n_i || n_r, s)                       HKDF-Extract, salt = nonces
@@ -72,7 +76,7 @@ from dataclasses import dataclass
 from typing import Final, NoReturn
 
 from crdtcache._errors import ConfigError, ProtocolError
-from crdtcache.core._link import IdentityError
+from crdtcache.core._link import IdentityError, LinkRefused
 from crdtcache.wire._codec import (
     AUTH_VERSION,
     MAX_HELLO_BYTES,
@@ -84,6 +88,7 @@ from crdtcache.wire._codec import (
     AuthHello,
     AuthProof,
     Hello,
+    Refuse,
     WireMessage,
     decode,
     encode,
@@ -405,6 +410,9 @@ class Handshake:
                 "and this node requires one",
                 reply,
             )
+        if isinstance(message, Refuse) and self.state == AWAIT_ACCEPT:
+            # The responder checked the hello we revealed with our proof and refused it.
+            raise LinkRefused(message.reason)
         expected = _EXPECTED[(self.initiator, self.state)].__name__
         raise AuthError(
             f"expected {expected} in the authenticated handshake, got {type(message).__name__}"

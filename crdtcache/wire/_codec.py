@@ -48,7 +48,15 @@ from crdtcache.core._format import (
     record_of,
 )
 from crdtcache.core._hlc import MAX_TS
-from crdtcache.core._messages import AdminReply, AdminRequest, Bye, Hello, LinkMessage, PeerList
+from crdtcache.core._messages import (
+    AdminReply,
+    AdminRequest,
+    Bye,
+    Hello,
+    LinkMessage,
+    PeerList,
+    Refuse,
+)
 from crdtcache.wire._framing import MAX_FRAME_BYTES
 
 __all__ = [
@@ -58,6 +66,7 @@ __all__ = [
     "AUTH_VERSION",
     "MAX_HELLO_BYTES",
     "MAX_NODE_ID_CHARS",
+    "MAX_REASON_CHARS",
     "MAX_SECRETS",
     "NONCE_BYTES",
     "PROTOCOL_VERSION",
@@ -69,6 +78,7 @@ __all__ = [
     "Bye",
     "Hello",
     "PeerList",
+    "Refuse",
     "WireMessage",
     "decode",
     "encode",
@@ -90,6 +100,9 @@ MAX_HELLO_BYTES: Final = 1024
 _HELLO, _PUSH, _ACK, _SYNC_REQ, _SYNC_RESP, _PING, _FETCH, _FETCH_REPLY, _BYE, _PEERS = range(1, 11)
 _AUTH_HELLO, _AUTH_CHALLENGE, _AUTH_PROOF, _AUTH_ACCEPT = range(11, 15)
 _ADMIN, _ADMIN_REPLY = 15, 16
+_REFUSE = 17
+#: Longest refusal reason (a code such as ``"cluster"``; see :class:`Refuse`).
+MAX_REASON_CHARS: Final = 32
 #: Operations a connected client may ask of a node, with their argument counts.
 ADMIN_OPS: Final = {"get": 1, "set": 3, "delete": 1, "stats": 0}
 
@@ -172,6 +185,7 @@ _ENCODERS: Final[dict[type, Any]] = {
     PeerList: lambda m: [_PEERS, [list(p) for p in m.peers]],
     AdminRequest: lambda m: [_ADMIN, m.request, m.op, list(m.args)],
     AdminReply: lambda m: [_ADMIN_REPLY, m.request, m.ok, m.result],
+    Refuse: lambda m: [_REFUSE, m.reason],
     AuthHello: lambda m: [_AUTH_HELLO, m.version, m.nonce],
     AuthChallenge: lambda m: [_AUTH_CHALLENGE, m.nonce, list(m.tags)],
     AuthProof: lambda m: [_AUTH_PROOF, m.hello, m.tag],
@@ -370,6 +384,11 @@ def _admin_reply(obj: list[Any]) -> AdminReply:
     return AdminReply(_int(obj[1], "request"), obj[2], obj[3])
 
 
+def _refuse(obj: list[Any]) -> Refuse:
+    _arity(obj, 2, "refusal")
+    return Refuse(_str(obj[1], "refusal reason", MAX_REASON_CHARS))
+
+
 def _auth_hello(obj: list[Any]) -> AuthHello:
     _arity(obj, 3, "auth hello")
     return AuthHello(
@@ -413,6 +432,7 @@ _DECODERS: Final[dict[int, Callable[[list[Any]], WireMessage]]] = {
     _PEERS: _peer_list,
     _ADMIN: _admin_request,
     _ADMIN_REPLY: _admin_reply,
+    _REFUSE: _refuse,
     _AUTH_HELLO: _auth_hello,
     _AUTH_CHALLENGE: _auth_challenge,
     _AUTH_PROOF: _auth_proof,

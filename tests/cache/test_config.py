@@ -163,3 +163,23 @@ def test_pickle_in_redis_mode_needs_a_password_or_tls(url: str, accepted: bool) 
 def test_config_errors_are_value_errors() -> None:
     with pytest.raises(ValueError):
         Cache(backend="nope")
+
+
+# Issue 14: memory accepted ``discovery=`` (and, before, ``seeds=``) silently where Redis
+# mode refused; every option that concerns only p2p peers is refused alike on both.
+PEER_OPTIONS: dict[str, Any] = {
+    "seeds": ["10.0.0.2:7946"],
+    "listen": "0.0.0.0:7946",
+    "discovery": "static",
+    "ssl": ssl.create_default_context(),
+}
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+@pytest.mark.parametrize("option", sorted(PEER_OPTIONS))
+def test_peer_options_are_refused_alike_where_there_are_no_peers(backend: str, option: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{option} does not apply to backend='{backend}': "):
+        Cache(backend=backend, **{option: PEER_OPTIONS[option]})
+    Cache(backend=backend, **{option: SPEC_DEFAULTS[option]})  # the default is no choice
+    if option != "ssl":  # p2p takes a (server, client) pair: tests/transport/test_transport_tls
+        Cache(backend="p2p", **{option: PEER_OPTIONS[option]})

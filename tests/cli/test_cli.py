@@ -72,8 +72,11 @@ def test_node_serves_get_set_stats(tmp_path: Path) -> None:
         assert stats["node_id"] == "shell-node"
         # Clients said goodbye: the node does not count them as members.
         assert stats["cluster"]["instances"] == 1
+        # Refused by the handshake, said on stderr with its own status (issue 14; it
+        # was status 1 and "could not connect" on stdout after 5 s).
         wrong = run("get", address, "greeting", "--cluster", "other")
-        assert wrong.returncode == 1 and "could not connect" in wrong.stdout
+        assert wrong.returncode == 4 and "not in cluster 'other'" in wrong.stderr
+        assert wrong.stdout == ""
     finally:
         node.send_signal(signal.SIGTERM)
         node.wait(10)
@@ -106,7 +109,8 @@ def test_get_set_need_the_cluster_secret(tmp_path: Path) -> None:
         assert done.stdout.strip() == "OK", done.stdout + done.stderr
         assert json.loads(run("get", address, "k", "--secret-file", str(secret)).stdout) == "v"
         refused = run("get", address, "k")
-        assert refused.returncode == 1 and "could not connect" in refused.stdout
+        assert refused.returncode == 4 and "requires a cluster secret" in refused.stderr
+        assert refused.stdout == ""
     finally:
         node.send_signal(signal.SIGTERM)
         node.wait(10)

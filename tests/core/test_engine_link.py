@@ -18,11 +18,12 @@ from crdtcache.core._link import (
     Identity,
     IdentityError,
     Left,
+    LinkRefused,
     LinkSession,
     Mesh,
     SelfDial,
 )
-from crdtcache.core._messages import AdminReply, Bye, Hello, PeerList
+from crdtcache.core._messages import AdminReply, Bye, Hello, PeerList, Refuse
 
 
 def ident(node: str, port: int = 7000, incarnation: int = 1, cluster: str = "c") -> Identity:
@@ -75,6 +76,56 @@ def test_a_bad_first_message_is_refused_and_nothing_is_answered(
     with pytest.raises(error, match=match):
         acceptor.receive_hello(hello, None)
     assert acceptor.state == HELLO and acceptor.peer is None
+
+
+@pytest.mark.parametrize(
+    ("hello", "names", "code"),
+    [
+        (Hello(99, "c", "x", 1, 1), None, "version"),
+        (Hello(PROTOCOL_VERSION, "other", "x", 1, 1), None, "cluster"),
+        (Hello(PROTOCOL_VERSION, "c", "x", 1, 1), frozenset({"y"}), "identity"),
+    ],
+    ids=["version", "cluster", "certificate"],
+)
+def test_a_failed_check_leaves_a_refusal_with_a_code_only(
+    hello: Hello, names: frozenset[str] | None, code: str
+) -> None:
+    acceptor = LinkSession(ident("b"), dialed=False, remote_host="h")
+    with pytest.raises(ProtocolError):
+        acceptor.receive_hello(hello, names)
+    assert acceptor.refusal == Refuse(code)  # no cluster name, no node id
+
+
+@pytest.mark.parametrize(
+    "hello",
+    [Hello(PROTOCOL_VERSION, "c", "b", 1, 1), Ping(0)],
+    ids=["self", "not a hello"],
+)
+def test_junk_and_self_dials_get_no_refusal(hello: object) -> None:
+    acceptor = LinkSession(ident("b"), dialed=False, remote_host="h")
+    with pytest.raises((ProtocolError, SelfDial)):
+        acceptor.receive_hello(hello, None)
+    assert acceptor.refusal is None
+
+
+def test_a_refusal_received_says_why() -> None:
+    dialer = LinkSession(ident("a"), dialed=True, remote_host="h")
+    dialer.opening()
+    with pytest.raises(LinkRefused, match="refused this node's hello: it is in another cluster"):
+        dialer.receive_hello(Refuse("cluster"), None)
+    fresh = LinkSession(ident("a"), dialed=True, remote_host="h")
+    with pytest.raises(LinkRefused, match="reason 'tuesday'") as refused:
+        fresh.receive_hello(Refuse("tuesday"), None)  # a code from a newer peer
+    assert refused.value.reason == "tuesday"
+
+
+def test_a_refusal_after_the_link_opened_closes_it() -> None:
+    # The dialer checks the acceptor's hello last (a certificate naming another node):
+    # its refusal reaches an acceptor that had opened the link already.
+    _, acceptor = pair()
+    with pytest.raises(LinkRefused):
+        acceptor.receive(Refuse("identity"))
+    assert acceptor.state == CLOSED
 
 
 def test_the_certificate_must_name_the_hello_node() -> None:

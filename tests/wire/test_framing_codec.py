@@ -40,6 +40,7 @@ from crdtcache.wire._codec import (
     AuthHello,
     AuthProof,
     PeerList,
+    Refuse,
 )
 
 keys = st.text(min_size=0, max_size=20)
@@ -103,6 +104,7 @@ messages = st.one_of(
     ),
     st.builds(AuthProof, st.binary(min_size=1, max_size=64), st.binary(min_size=32, max_size=32)),
     st.builds(AuthAccept, st.binary(min_size=1, max_size=64), st.binary(min_size=32, max_size=32)),
+    st.builds(Refuse, st.text(min_size=1, max_size=32)),
 )
 
 
@@ -158,6 +160,9 @@ JUNK = {
     "long tag": msgpack.packb([12, b"n" * 32, [b"t" * 33] * MAX_SECRETS]),
     "empty hello in proof": msgpack.packb([13, b"", b"t" * 32]),
     "oversized hello": msgpack.packb([14, b"h" * 2000, b"t" * 32]),
+    "empty refusal": msgpack.packb([17, ""]),
+    "long refusal": msgpack.packb([17, "r" * 33]),
+    "refusal as bytes": msgpack.packb([17, b"cluster"]),
 }
 
 
