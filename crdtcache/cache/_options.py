@@ -28,6 +28,7 @@ from crdtcache.cache._events import ChangeEvent, EventBus, InvalidationRule
 from crdtcache.core import DEFAULT_MAX_VALUE_BYTES, MAX_KEY_CHARS, MAX_VALUE_BYTES, Version
 from crdtcache.core._format import MAX_CLUSTER_CHARS, MAX_NODE_ID_CHARS
 from crdtcache.metrics import Metrics, check_metrics
+from crdtcache.runtime.redis._topology import SINGLE, parse_redis_url, redact_url
 from crdtcache.transport import Network, parse_address, tls_option
 from crdtcache.wire._auth import keyring
 
@@ -152,10 +153,14 @@ def _redis_authenticated(url: str | None) -> bool:
     """Whether a Redis URL authenticates the client (a password) or uses TLS."""
     if url is None:
         return False
+    try:
+        target = parse_redis_url(url)
+    except ValueError:
+        return False  # refused elsewhere, with the reason
+    if target.kind != SINGLE:
+        return target.authenticated
     parts = urlsplit(url)
-    return parts.scheme.lower() == "rediss" or bool(
-        parts.password or parse_qs(parts.query).get("password")
-    )
+    return target.tls or bool(parts.password or parse_qs(parts.query).get("password"))
 
 
 def _callable(option: str, value: object) -> None:
@@ -327,8 +332,11 @@ class CacheOptions:
                 self._set("redis_url", DEFAULT_REDIS_URL)
             elif not isinstance(url, str) or "://" not in url:
                 raise ConfigError("redis_url must be a URL such as 'redis://host:6379/0'")
-            elif url.split("://", 1)[0].lower() not in ("redis", "rediss", "unix"):
-                raise ConfigError("redis_url must start with redis://, rediss:// or unix://")
+            else:
+                try:
+                    parse_redis_url(url)
+                except ValueError as exc:
+                    raise ConfigError(f"redis_url {exc} (not {redact_url(url)!r})") from None
 
     def _check_events(self) -> None:
         rules = self.invalidation_rules

@@ -17,7 +17,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Final
 
-__all__ = ["CLEAN", "CLEANED", "HEARTBEAT", "PATTERN", "STAT", "WRITE", "Script"]
+__all__ = ["CLEAN", "CLEANED", "HEARTBEAT", "PATTERN", "STAT", "WRITE", "Script", "sharded"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,3 +210,16 @@ if redis.call('PTTL', KEYS[2]) < ttl then redis.call('PEXPIRE', KEYS[2], ttl) en
 return {redis.call('ZRANGE', KEYS[2], 0, -1), redis.call('HGET', KEYS[3], '#'), now}
 """,
 )
+
+
+def sharded(script: Script) -> Script:
+    """``script`` announcing with ``SPUBLISH`` (Redis Cluster's sharded pub/sub).
+
+    In a cluster every key and channel of one cache cluster carries the hash tag
+    ``{C}``, so a script's channel lies in the slot of its keys and ``SPUBLISH``
+    reaches exactly the subscribers of that shard (classic ``PUBLISH`` would be
+    broadcast to every node of the Redis Cluster). The same script otherwise: a
+    script without ``PUBLISH`` comes back as it is.
+    """
+    source = script.source.replace("redis.call('PUBLISH',", "redis.call('SPUBLISH',")
+    return script if source == script.source else Script(script.name, source)

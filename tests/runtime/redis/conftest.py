@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import pytest
-import redis
 
 from crdtcache import Cache
 from crdtcache.runtime.redis._runtime import RedisRuntime
@@ -17,11 +17,14 @@ from tests.runtime.redis.redis_helpers import (
     delete_cluster,
     reachable,
     redis_caches,
+    sync_client,
     unavailable,
 )
 from tests.runtime.redis.topologies import (  # fixtures: private Cluster / Sentinel
     redis_cluster,
     redis_sentinel,
+    running_cluster,
+    running_sentinel,
     shared_redis_cluster,
 )
 
@@ -29,12 +32,44 @@ __all__ = ["redis_cluster", "redis_sentinel", "shared_redis_cluster"]
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> str:
+def single_redis_url() -> str:
     """The test server's URL; skips (fails in CI) when it does not answer."""
     problem = reachable(REDIS_URL)
     if problem is not None:
         unavailable(f"no Redis at {REDIS_URL}: {problem}")
     return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def cluster_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A ``redis+cluster://`` URL of a 3 x 2 Redis Cluster shared by the whole session
+    (nobody may kill or flush it: failover tests start their own)."""
+    with running_cluster(tmp_path_factory.mktemp("redis-cluster-session")) as topology:
+        yield topology.url
+
+
+@pytest.fixture(scope="session")
+def sentinel_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A ``redis+sentinel://`` URL of a primary, a replica and 3 sentinels shared by
+    the whole session (nobody may kill or flush it)."""
+    with running_sentinel(tmp_path_factory.mktemp("redis-sentinel-session")) as topology:
+        yield topology.url
+
+
+#: The topologies the redis-mode tests run on: one server, and (slow: they start
+#: their servers) a Redis Cluster and a Sentinel-managed primary.
+TOPOLOGIES = [
+    "single",
+    pytest.param("cluster", marks=pytest.mark.slow),
+    pytest.param("sentinel", marks=pytest.mark.slow),
+]
+
+
+@pytest.fixture(scope="session", params=TOPOLOGIES)
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """The URL of each topology in turn (every test using it runs on all three)."""
+    url: str = request.getfixturevalue(f"{request.param}_redis_url")
+    return url
 
 
 @pytest.fixture
@@ -46,9 +81,25 @@ def cluster(redis_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def sync_redis(redis_url: str) -> Iterator[redis.Redis]:
+def cache_cluster() -> Iterator[Callable[[str], str]]:
+    """Makes cluster names of this test's own for a Redis URL; their keys are deleted
+    afterwards."""
+    made: list[tuple[str, str]] = []
+
+    def make(url: str) -> str:
+        name = f"test-{uuid.uuid4().hex[:10]}"
+        made.append((url, name))
+        return name
+
+    yield make
+    for url, name in made:
+        delete_cluster(url, name)
+
+
+@pytest.fixture
+def sync_redis(redis_url: str) -> Iterator[Any]:
     """A plain blocking client on the test server, to look at what the cache stored."""
-    client = redis.Redis.from_url(redis_url)
+    client = sync_client(redis_url)
     yield client
     client.close()
 
