@@ -297,6 +297,8 @@ class RedisProtocol:
         if w.dropped or w.errors:
             lost = w.dropped + w.errors
             problems.append(Problem(20, f"{lost} writes could not be stored in Redis"))
+        if w.unconfirmed:
+            problems.append(Problem(10, f"{w.unconfirmed} writes not confirmed by Redis replicas"))
         if c.junk_messages or c.refused_records:
             junk = c.junk_messages + c.refused_records
             problems.append(Problem(5, f"{junk} malformed messages or records"))

@@ -33,6 +33,38 @@ the one place events go; it runs after every call into the protocol that can emi
 * *Ticks*: the engine's own collection (expiry events of held values).
 * *Cleanup*: one task at a time deletes the records of the pattern tombstones the
   protocol says are due (:meth:`~._keyspace.RedisKeySpace.clean`).
+
+What a failover loses
+---------------------
+Behind a ``redis+cluster://`` or ``redis+sentinel://`` URL the primary that holds a
+cache cluster's slot can die and a replica be promoted (about 2 s in a cluster with
+``cluster-node-timeout 1000``, 3 s with sentinels' ``down-after 2000``). Redis
+replicates *asynchronously*: the primary answers a script (the write is applied and
+announced) before any replica has it. So a write the old primary acknowledged but had
+not yet sent to the replica that is promoted is gone from Redis -- with a healthy link
+that is the last fraction of a millisecond before the crash, with a slow or stalled
+replica everything since it fell behind. crdtcache cannot keep what Redis lost; it
+loses nothing Redis kept, and no instance goes on serving what Redis lost:
+
+* every instance is subscribed to that primary, so every one finds its link lost and
+  drops its hot tier; after subscribing again (to the promoted replica) it serves only
+  what that replica holds -- a write Redis lost is gone for its writer too;
+* write-behind writes still queued, or in a batch whose answer was lost with the
+  connection, are written to the new primary (sending a batch twice is harmless: an
+  equal stamp is the same write); a write-through write whose call failed raises
+  :class:`PeerError` and is dropped here;
+* a replica promoted does not know the scripts (they are not replicated): its first
+  NOSCRIPT answer makes the call go again with the source.
+
+``wait_replicas=N`` in the URL closes the window for write-through: the WRITE is
+followed by ``WAIT N`` on the same connection, and ``set`` raises :class:`PeerError`
+(the write stays on the primary and announced; counted, and shown in the health)
+unless N replicas confirmed it within ``write_timeout``. With one replica per primary,
+the only one a failover can promote, a write-through ``set`` that returned then
+survives the death of its primary. ``WAIT`` is no consensus: with several replicas a
+failover may promote one that had not confirmed (Redis prefers the most up-to-date,
+without a promise), and a ``set`` that raised may still survive. Redis's own
+``min-replicas-to-write`` bounds the window for every write, write-behind included.
 """
 
 from __future__ import annotations
@@ -130,6 +162,8 @@ class RedisStatistics:
     refused_drift: int
     cleanups: int
     records_cleaned: int
+    #: Write-through writes fewer replicas confirmed than the URL's wait_replicas.
+    writes_unconfirmed: int = 0
 
 
 class RedisRuntime:
@@ -364,6 +398,7 @@ class RedisRuntime:
             refused_drift=proto.refused_drift,
             cleanups=self.keyspace.cleanups,
             records_cleaned=self.keyspace.records_cleaned,
+            writes_unconfirmed=writes.unconfirmed,
         )
 
     # ====================================================== the key space

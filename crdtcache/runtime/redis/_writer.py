@@ -107,9 +107,14 @@ class BatchWriter:
         """Write now, in batches; on any failure the writes are dropped here."""
         try:
             applied = 0
+            # With wait_replicas, WAIT may use what is left of the timeout (a margin
+            # for its answer to arrive before asyncio.timeout fires).
+            confirm_ms = max(1, int(timeout * 900))
             async with asyncio.timeout(timeout):
                 for batch in batches(entries) if entries else iter([[]]):
-                    applied += await self.write(batch, patterns, ack_id, requeue=False)
+                    applied += await self.write(
+                        batch, patterns, ack_id, requeue=False, confirm_ms=confirm_ms
+                    )
                     patterns = []
             return applied
         except PeerError:
@@ -160,20 +165,31 @@ class BatchWriter:
         *,
         requeue: bool,
         applied: list[Write] | None = None,
+        confirm_ms: int = 0,
     ) -> int:
         """Write one batch; returns how many writes Redis applied (and announced).
 
         On a connection failure the batch goes back to the outbox (``requeue``) or is
-        dropped from this instance; either way :class:`PeerError` is raised.
+        dropped from this instance; either way :class:`PeerError` is raised. With
+        ``confirm_ms`` and the URL's ``wait_replicas`` set, :class:`PeerError` is also
+        raised when fewer replicas confirmed having the batch within ``confirm_ms``
+        (Redis ``WAIT``): it is applied on the primary and announced, but a failover
+        could lose it (:mod:`._runtime`, "what a failover loses").
         """
         writes = self.protocol.writes
         report = WriteReport()
+        replicas = self.commands.wait_replicas if confirm_ms else 0
+        unconfirmed = 0
         for _ in range(RECHECK_ATTEMPTS):
             batch = writes.prepare(entries, patterns, ack_id, report, self._clock())
             if batch is None:
                 break
             try:
-                results = await self.commands.pipeline(batch.calls)
+                results, confirmed = await self.commands.pipeline_replicated(
+                    batch.calls, replicas, confirm_ms
+                )
+                if confirmed < replicas:
+                    unconfirmed = max(unconfirmed, replicas - confirmed)
             except (PeerError, asyncio.CancelledError):
                 writes.put_back(batch.entries, batch.patterns, requeue=requeue)
                 raise
@@ -195,4 +211,11 @@ class BatchWriter:
             applied += report.applied
         if report.errors and not requeue:
             raise PeerError("Redis refused writes: " + "; ".join(report.errors[:3]))
+        if unconfirmed and report.count:
+            self.protocol.writes.counters.unconfirmed += report.count
+            raise PeerError(
+                f"{self.commands.where}: the write is applied on the primary, but "
+                f"{unconfirmed} of the {replicas} replicas asked for (wait_replicas) did "
+                f"not confirm it within {confirm_ms} ms; a failover now could lose it"
+            )
         return report.count

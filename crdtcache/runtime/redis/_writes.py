@@ -101,6 +101,8 @@ class WriteCounters:
     rechecked: int = 0
     dropped: int = 0
     errors: int = 0
+    #: Write-through writes fewer replicas confirmed than ``wait_replicas`` asked for.
+    unconfirmed: int = 0
 
 
 class WritePath:

@@ -157,16 +157,20 @@ async def eventually(
         await asyncio.sleep(0.005)
 
 
-async def redis_caches(count: int, *, url: str, cluster: str, **options: Any) -> list[Cache]:
+async def redis_caches(
+    count: int, *, url: str | list[str], cluster: str, **options: Any
+) -> list[Cache]:
     """``count`` started redis-mode caches of one cluster that all see each other.
 
-    A list value of an option gives each cache its own (as the p2p test helper does).
+    A list value of an option (or of ``url``) gives each cache its own (as the p2p
+    test helper does).
     """
     caches: list[Cache] = []
     for i in range(count):
         per_node = {k: v[i] if isinstance(v, list) else v for k, v in options.items()}
         per_node.setdefault("node_id", f"r{i}")
-        cache = Cache(backend="redis", redis_url=url, cluster=cluster, **per_node)
+        own_url = url[i] if isinstance(url, list) else url
+        cache = Cache(backend="redis", redis_url=own_url, cluster=cluster, **per_node)
         await cache.start()
         caches.append(cache)
     await wait_for(lambda: all(alive_peers(c) == count - 1 for c in caches))
