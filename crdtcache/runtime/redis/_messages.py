@@ -97,8 +97,10 @@ __all__ = [
     "parse_expiry",
     "parse_patterns",
     "parse_stamp",
+    "pack_writes",
     "pattern_head",
     "record_entry",
+    "sent_by",
     "stamp_text",
     "write_part",
     "writes_head",
@@ -320,6 +322,13 @@ def _decode(msg: Any) -> Message:
     raise InvalidMessage(f"unknown message kind {kind} or wrong length {len(msg)}")
 
 
+def sent_by(data: object, sender: bytes) -> bool:
+    """Whether channel message ``data`` names the msgpack-packed ``sender`` as its
+    sender (its second item), read without decoding the rest: an instance skips its
+    own announcements, the largest messages it receives, at no cost."""
+    return type(data) is bytes and data[2 : 2 + len(sender)] == sender and 0x92 <= data[0] <= 0x97
+
+
 def decode_message(data: object) -> Message:
     """Decode and check one invalidation-channel message; raises :class:`InvalidMessage`."""
     msg = _unpack(data)
@@ -375,6 +384,16 @@ def write_part(key: str, e: Entry, inline: bytes | None) -> bytes:
     return _pack([key, e.ts, e.origin, e.expires, e.deleted, inline])
 
 
+def pack_writes(rows: list[tuple[str, bytes, str, str, str, bytes]]) -> bytes:
+    """The writes of one WRITE call as its script reads them (one msgpack array).
+
+    Packed without the bin type (bytes travel as msgpack str, which Redis's Lua
+    ``cmsgpack`` reads as the same bytes; it does not know bin).
+    """
+    packed: bytes = msgpack.packb(rows, use_bin_type=False)
+    return packed
+
+
 def pattern_head(node: str, ack: int, tomb: PatternTombstone) -> bytes:
     """A pattern message but its last item, the version, which the PATTERN script appends."""
     items = (MSG_PATTERN, node, ack, tomb.pattern, tomb.ts, tomb.origin)
@@ -404,12 +423,7 @@ class ScriptCalls:
         """
         layout = self.layout
         keys = [layout.patterns]
-        args: list[Any] = [
-            str(known),
-            self._replica.clock.max_drift_ms,
-            layout.inv_channel,
-            writes_head(self.node, ack),
-        ]
+        rows: list[tuple[str, bytes, str, str, str, bytes]] = []
         for key, e in entries:
             blob = None if e.value is TOMBSTONE else stored_blob(e.value)
             inline = None
@@ -417,21 +431,30 @@ class ScriptCalls:
                 inline = blob  # receivers holding the key update it without a read
                 inline_budget -= len(blob)
             keys.append(layout.record(key))
-            args += [
-                stamp_text(e.ts, e.origin),
-                blob if blob is not None else b"",
-                "1" if blob is None else "0",
-                "" if e.expires is None else repr(e.expires),
-                self._expire_at(e),
-                write_part(key, e, inline),
-            ]
+            rows.append(
+                (
+                    stamp_text(e.ts, e.origin),
+                    blob if blob is not None else b"",
+                    "1" if blob is None else "0",
+                    "" if e.expires is None else repr(e.expires),
+                    self._expire_at(e),
+                    write_part(key, e, inline),
+                )
+            )
+        args: list[Any] = [
+            str(known),
+            self._replica.clock.max_drift_ms,
+            layout.inv_channel,
+            writes_head(self.node, ack),
+            pack_writes(rows),
+        ]
         return WRITE, keys, args
 
-    def _expire_at(self, e: Entry) -> int | str:
+    def _expire_at(self, e: Entry) -> str:
         """The record's PEXPIREAT ("": never), see the module doc."""
         if e.value is TOMBSTONE:
-            return collect_due_ms(e.ts, self._replica.tombstone_grace)
-        return "" if e.expires is None else math.ceil((e.expires + EXPIRED_GRACE) * 1000)
+            return str(collect_due_ms(e.ts, self._replica.tombstone_grace))
+        return "" if e.expires is None else str(math.ceil((e.expires + EXPIRED_GRACE) * 1000))
 
     def pattern(self, tomb: PatternTombstone, ack: int, now: float) -> Call:
         """The PATTERN call recording ``tomb`` (and collecting old clean tombstones)."""

@@ -53,6 +53,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
+import msgpack
+
 from crdtcache._errors import ClockDriftError, PeerError
 from crdtcache.core import (
     DEAD,
@@ -86,6 +88,7 @@ from crdtcache.runtime.redis._messages import (
     parse_patterns,
     parse_stamp,
     record_entry,
+    sent_by,
 )
 from crdtcache.runtime.redis._tables import (
     MAX_OUTBOX,
@@ -217,6 +220,7 @@ class RedisProtocol:
         self.server_offset = 0.0
         self._acks_out: dict[str, list[int]] = {}
         self._events: list[Event] = []
+        self._packed_node: bytes = msgpack.packb(self.node)
 
     def drain_events(self) -> list[Event]:
         """The events since the last call, in order."""
@@ -403,7 +407,7 @@ class RedisProtocol:
         try:
             if channel == self.layout.ack_channel:
                 self.receive_acks(decode_acks(data))
-            else:
+            elif not sent_by(data, self._packed_node):  # our own: nothing to apply
                 self.receive_invalidation(decode_message(data), now)
         except InvalidMessage as exc:
             self.counters.junk_messages += 1

@@ -11,7 +11,7 @@ import msgpack
 import pytest
 import redis
 
-from crdtcache.runtime.redis._messages import parse_stamp, stamp_text
+from crdtcache.runtime.redis._messages import pack_writes, parse_stamp, stamp_text
 from crdtcache.runtime.redis._scripts import WRITE
 from tests.runtime.redis.redis_helpers import (
     async_client,
@@ -76,10 +76,12 @@ def write_args(url: str, cluster: str, writes: list[tuple[str, int, str]]) -> li
     """KEYS and ARGV of one WRITE call storing b"x" under each (key, ts, origin)."""
     keys: list[Any] = [f"crdtcache:{{{cluster}}}:patterns"]
     args: list[Any] = ["0", 60_000, f"crdtcache:{{{cluster}}}:inv", b"\x94\x01\xa1t\x00"]
+    rows = []
     for key, ts, origin in writes:
         keys.append(f"crdtcache:{{{cluster}}}:k:{key}")
         part = msgpack.packb([key, ts, origin, None, False, None])
-        args += [stamp_text(ts, origin), b"\xa1x", "0", "", "", part]
+        rows.append((stamp_text(ts, origin), b"\xa1x", "0", "", "", part))
+    args.append(pack_writes(rows))
     return [script_for(url, WRITE).source, len(keys), *keys, *args]
 
 
