@@ -419,28 +419,31 @@ class ScriptCalls:
         """The WRITE call of a batch; ``known`` is the patterns' version held here.
 
         Values up to :data:`MAX_INLINE_VALUE_BYTES` travel in the invalidation too,
-        while ``inline_budget`` bytes last (0: stamps only).
+        while ``inline_budget`` bytes last (0: stamps only). A record's expiry in Redis
+        (PEXPIREAT, "" never): see the module doc.
         """
         layout = self.layout
+        records = layout.records
         keys = [layout.patterns]
         rows: list[tuple[str, bytes, str, str, str, bytes]] = []
+        # The hot loop of write-behind: one pass, no call that is not needed.
         for key, e in entries:
-            blob = None if e.value is TOMBSTONE else stored_blob(e.value)
+            keys.append(records + key.encode("utf-8", "surrogatepass"))
+            stamp = f"{e.ts:016x}{e.origin}"  # stamp_text, inline
+            if e.value is TOMBSTONE:
+                due = str(collect_due_ms(e.ts, self._replica.tombstone_grace))
+                rows.append((stamp, b"", "1", "", due, write_part(key, e, None)))
+                continue
+            blob = stored_blob(e.value)
             inline = None
-            if blob is not None and len(blob) <= min(MAX_INLINE_VALUE_BYTES, inline_budget):
+            if len(blob) <= inline_budget and len(blob) <= MAX_INLINE_VALUE_BYTES:
                 inline = blob  # receivers holding the key update it without a read
                 inline_budget -= len(blob)
-            keys.append(layout.record(key))
-            rows.append(
-                (
-                    stamp_text(e.ts, e.origin),
-                    blob if blob is not None else b"",
-                    "1" if blob is None else "0",
-                    "" if e.expires is None else repr(e.expires),
-                    self._expire_at(e),
-                    write_part(key, e, inline),
-                )
-            )
+            if e.expires is None:
+                rows.append((stamp, blob, "0", "", "", write_part(key, e, inline)))
+            else:
+                due = str(math.ceil((e.expires + EXPIRED_GRACE) * 1000))
+                rows.append((stamp, blob, "0", repr(e.expires), due, write_part(key, e, inline)))
         args: list[Any] = [
             str(known),
             self._replica.clock.max_drift_ms,
@@ -449,12 +452,6 @@ class ScriptCalls:
             pack_writes(rows),
         ]
         return WRITE, keys, args
-
-    def _expire_at(self, e: Entry) -> str:
-        """The record's PEXPIREAT ("": never), see the module doc."""
-        if e.value is TOMBSTONE:
-            return str(collect_due_ms(e.ts, self._replica.tombstone_grace))
-        return "" if e.expires is None else str(math.ceil((e.expires + EXPIRED_GRACE) * 1000))
 
     def pattern(self, tomb: PatternTombstone, ack: int, now: float) -> Call:
         """The PATTERN call recording ``tomb`` (and collecting old clean tombstones)."""
