@@ -91,9 +91,11 @@ __all__ = [
     "Writes",
     "decode_acks",
     "decode_message",
+    "describe_instance",
     "encode_acks",
     "encode_join",
     "encode_leave",
+    "instance_info",
     "parse_expiry",
     "parse_patterns",
     "parse_stamp",
@@ -169,6 +171,10 @@ class KeyLayout:
             return name[len(self.records) :].decode("utf-8", "surrogatepass")
         except UnicodeDecodeError:
             return None
+
+    def instance_of(self, node: str) -> bytes:
+        """The heartbeat key of instance ``node``."""
+        return self.prefix + b"i:" + node.encode()
 
     def acks_to(self, writer: str) -> bytes:
         """The channel ``writer`` hears its acknowledgements on."""
@@ -477,6 +483,31 @@ class ScriptCalls:
             [layout.instance, layout.instances, layout.patterns],
             [self.node, info, int(ttl * 1000), "1" if leave else "0"],
         )
+
+
+# ------------------------------------------------------------- instances
+#: Longest host name shown for another instance.
+MAX_HOST_CHARS: Final = 255
+
+
+def instance_info(host: str, pid: int, started: float) -> bytes:
+    """What an instance stores in its heartbeat key about itself."""
+    packed: bytes = msgpack.packb({"host": host[:MAX_HOST_CHARS], "pid": pid, "started": started})
+    return packed
+
+
+def describe_instance(raw: object) -> str | None:
+    """``"host pid N"`` of another instance's heartbeat key (None: absent or junk)."""
+    try:
+        info = msgpack.unpackb(raw, raw=False, strict_map_key=True) if type(raw) is bytes else None
+    except Exception:  # msgpack raises a wide family; all mean junk
+        return None
+    if not isinstance(info, dict):
+        return None
+    host, pid = info.get("host"), info.get("pid")
+    if type(host) is not str or not 0 < len(host) <= MAX_HOST_CHARS or type(pid) is not int:
+        return None
+    return f"{host} pid {pid}"
 
 
 # ---------------------------------------------------------- patterns hash

@@ -426,6 +426,7 @@ class RedisProtocol:
             self._peer_event(self.instances.gone(sender, now, forget=True))
             return
         self._peer_event(self.instances.seen(sender))
+        self.instances.beat(sender, now)
         if isinstance(msg, Join):
             return
         changes: list[Change] = []
@@ -532,17 +533,26 @@ class RedisProtocol:
         return self.patterns.next_cleanup()
 
     # ============================================================= instances
-    def heartbeat_answered(self, answer: Sequence[Any], now: float) -> bool:
-        """Apply a HEARTBEAT answer; True if a pattern announcement was missed (reload)."""
-        members, version, server_ms = answer
+    def heartbeat_answered(self, answer: Sequence[Any], now: float, ttl: float = 0.0) -> bool:
+        """Apply a HEARTBEAT answer; True if a pattern announcement was missed (reload).
+
+        Each live instance's heartbeat expiry, less ``ttl`` (every instance renews its
+        own with the same one), says when it last beat: its ``last_heard``.
+        """
+        members, version, server_ms = answer[:3]
+        expiries = answer[3] if len(answer) > 3 else [None] * len(members)
         self.server_offset = now - server_ms / 1000.0
-        live: set[str] = set()
-        for member in members:
-            with contextlib.suppress(UnicodeDecodeError, InvalidRecord):
-                live.add(check_node(member.decode()))
-        live.discard(self.node)
-        for event in self.instances.listed(live, now):
+        live: dict[str, float | None] = {}
+        for member, expiry in zip(members, expiries, strict=False):
+            with contextlib.suppress(UnicodeDecodeError, InvalidRecord, ValueError, TypeError):
+                beat = None if expiry is None else (float(expiry) - server_ms) / 1000.0 - ttl
+                live[check_node(member.decode())] = beat
+        live.pop(self.node, None)
+        for event in self.instances.listed(set(live), now):
             self._peer_event(event)
+        for peer, beat in live.items():
+            if beat is not None and ttl:
+                self.instances.beat(peer, now + min(0.0, beat))
         return version is not None and int(version) != self.patterns.version
 
     def _peer_event(self, event: PeerEvent | None) -> None:

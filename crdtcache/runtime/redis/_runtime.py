@@ -79,10 +79,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-import msgpack
-
 from crdtcache._errors import PeerError
-from crdtcache.core import Change, Entry, GossipEngine, PatternTombstone, PeerEvent
+from crdtcache.core import ALIVE, Change, Entry, GossipEngine, PatternTombstone, PeerEvent
 from crdtcache.runtime._protocol import (
     AdminHandler,
     ChangeListener,
@@ -100,7 +98,12 @@ from crdtcache.runtime.redis._commands import (
     reraise_cancellation,
 )
 from crdtcache.runtime.redis._keyspace import RedisKeySpace
-from crdtcache.runtime.redis._messages import encode_join, encode_leave
+from crdtcache.runtime.redis._messages import (
+    describe_instance,
+    encode_join,
+    encode_leave,
+    instance_info,
+)
 from crdtcache.runtime.redis._protocol import (
     AckDone,
     AcksDue,
@@ -242,9 +245,7 @@ class RedisRuntime:
         self._flusher: asyncio.Task[None] | None = None
         self._cleaner: asyncio.Task[None] | None = None
         self._hot_timer: asyncio.TimerHandle | None = None
-        self._info: bytes = msgpack.packb(
-            {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
-        )
+        self._info = instance_info(socket.gethostname(), os.getpid(), time.time())
 
     # ================================================================ Runtime
     @property
@@ -446,6 +447,8 @@ class RedisRuntime:
         if isinstance(event, ChangesMade):
             self._on_changes(event.changes)
         elif isinstance(event, PeerEvent):
+            if event.state == ALIVE and event.peer not in self.protocol.instances.described:
+                self._spawn(self._describe(event.peer))
             self._on_peer(event)
         elif isinstance(event, Evicted):
             self._on_evict(event.key, event.reason)
@@ -635,12 +638,19 @@ class RedisRuntime:
                 log.debug("heartbeat failed: %s", exc)
             self.protocol.instances.prune(self._clock())
 
+    async def _describe(self, peer: str) -> None:
+        """Read what a new instance says it is (its heartbeat key: host, process)."""
+        raw = await self.commands.command("GET", self.protocol.layout.instance_of(peer))
+        description = describe_instance(raw)
+        if description is not None:
+            self.protocol.instances.describe(peer, description)
+
     async def _heartbeat(self, *, leave: bool = False) -> None:
         call = self.protocol.calls.heartbeat(self._info, self.heartbeat_ttl, leave=leave)
         answer = await self.commands.eval(*call)
         if leave:
             return
-        missed = self.protocol.heartbeat_answered(answer, self._clock())
+        missed = self.protocol.heartbeat_answered(answer, self._clock(), self.heartbeat_ttl)
         self._dispatch()
         if missed:
             await self._load_patterns()  # a pattern announcement was missed

@@ -194,7 +194,8 @@ return out
 
 #: Renew (or with ARGV[4] == "1", remove) an instance's heartbeat.
 #: KEYS: instance key, instances zset, patterns hash. ARGV: node id, info, ttl ms,
-#: leave flag. Returns {live node ids, the patterns' version or nil, server ms}.
+#: leave flag. Returns {live node ids, the patterns' version or nil, server ms, each
+#: live one's heartbeat expiry in server ms}.
 HEARTBEAT: Final = Script(
     "heartbeat",
     _PRELUDE
@@ -210,7 +211,12 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', ttl)
 redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 if redis.call('PTTL', KEYS[2]) < ttl then redis.call('PEXPIRE', KEYS[2], ttl) end
-return {redis.call('ZRANGE', KEYS[2], 0, -1), redis.call('HGET', KEYS[3], '#'), now}
+local listed, members, expiries = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES'), {}, {}
+for i = 1, #listed, 2 do
+  members[#members + 1] = listed[i]
+  expiries[#expiries + 1] = listed[i + 1]
+end
+return {members, redis.call('HGET', KEYS[3], '#'), now, expiries}
 """,
 )
 
