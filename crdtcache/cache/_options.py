@@ -25,7 +25,13 @@ from urllib.parse import parse_qs, urlsplit
 
 from crdtcache._errors import ConfigError
 from crdtcache.cache._events import ChangeEvent, EventBus, InvalidationRule
-from crdtcache.core import DEFAULT_MAX_VALUE_BYTES, MAX_KEY_CHARS, MAX_VALUE_BYTES, Version
+from crdtcache.core import (
+    DEFAULT_MAX_VALUE_BYTES,
+    MAX_KEY_CHARS,
+    MAX_VALUE_BYTES,
+    Version,
+    last_writer_wins,
+)
 from crdtcache.core._format import MAX_CLUSTER_CHARS, MAX_NODE_ID_CHARS
 from crdtcache.metrics import Metrics, check_metrics
 from crdtcache.runtime.redis._topology import SINGLE, parse_redis_url, redact_url
@@ -79,7 +85,13 @@ _NOT_FOR: Final[dict[str, tuple[tuple[str, str], ...]]] = {
         (
             "conflict_resolver",
             "Redis enforces last-writer-wins atomically in a Lua script, where a Python "
-            "resolver cannot run",
+            "resolver cannot run (the built-in last_writer_wins is what the script runs "
+            "and is accepted). Running yours in the client instead would turn every write "
+            "into a read, a resolve and a compare-and-swap per key (no batch of writes in "
+            "one script), and a value the resolver kept under an older stamp would break "
+            "the stamp order the instances' invalidations rely on. Resolve before calling "
+            "set (get, merge, set), or use backend='p2p', where every replica runs the "
+            "resolver",
         ),
     ),
     "memory": (
@@ -321,6 +333,8 @@ class CacheOptions:
         for option, backend in _BACKEND_ONLY:
             if getattr(self, option) is not None and self.backend != backend:
                 raise ConfigError(f"{option} applies to backend={backend!r} only")
+        if self.backend == "redis" and self.conflict_resolver is last_writer_wins:
+            self._set("conflict_resolver", None)  # what Redis's scripts run: the default
         for option, instead in _NOT_FOR[self.backend]:
             if getattr(self, option) not in (defaults[option], ()):
                 raise ConfigError(f"{option} does not apply to backend={self.backend!r}: {instead}")
