@@ -9,6 +9,7 @@ Where each concept lives (all but this module and :mod:`._commands` without IO):
 :mod:`._tables`     the outbox, the instance table, the ack waiters, the patterns
 :mod:`._messages`   key layout, stamp texts, records, channel messages, script calls
 :mod:`._scripts`    the Lua scripts: every change to the shared tier is one of them
+:mod:`._topology`   which Redis a URL names: one server, a Redis Cluster, a Sentinel
 :mod:`._commands`   redis-py: clients, EVALSHA, pipelines, SCAN, one exception map
 :mod:`._writer`     sending batches: write-behind loop, write-through with acks
 :mod:`._keyspace`   fetches, keys, size, snapshot, restore, cleanup: reads of Redis

@@ -108,3 +108,35 @@ async def test_a_failed_batch_puts_back_the_ones_in_flight_after_it(
         assert sorted(await a.keys()) == sorted(f"k{i}" for i in range(1500))
     finally:
         await a.close()
+
+
+async def test_keys_leaves_out_a_write_in_flight_that_this_nodes_clear_covers(
+    redis_url: str, cluster: str
+) -> None:
+    """The in-flight half of issue #16's keys()/clear() report (the queued half is
+    ``test_keys_leaves_out_queued_writes_a_local_pattern_removed``): a batch on its way
+    to Redis when this node's own ``clear()`` runs is gone from ``keys()`` at once."""
+    (a,) = await redis_caches(1, url=redis_url, cluster=cluster, sync_interval=0.01)
+    try:
+        commands = runtime(a).commands
+        send = commands.pipeline_replicated
+        release = asyncio.Event()
+
+        async def held_back(*args: Any) -> Any:
+            await release.wait()
+            return await send(*args)
+
+        commands.pipeline_replicated = held_back  # type: ignore[method-assign]
+        await a.set("user:1", 1)
+        await wait_for(lambda: bool(runtime(a).protocol.outbox.inflight))
+        assert await a.keys() == ["user:1"]
+        await a.clear()
+        assert await a.get("user:1") is None
+        assert await a.keys() == []
+        release.set()
+        await wait_for(
+            lambda: not runtime(a).protocol.outbox and not runtime(a).protocol.outbox.inflight
+        )
+        assert await a.keys() == [] and await a.get("user:1") is None
+    finally:
+        await a.close()

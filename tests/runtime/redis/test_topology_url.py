@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import pytest
+from redis.asyncio.sentinel import MasterNotFoundError
+from redis.exceptions import (
+    ClusterDownError,
+    MasterDownError,
+    ReadOnlyError,
+    RedisClusterException,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 
-from crdtcache import Cache, ConfigError
+from crdtcache import Cache, ConfigError, PeerError
 from crdtcache.runtime.redis._commands import Commands
 from crdtcache.runtime.redis._scripts import CLEAN, PATTERN, WRITE, sharded
 from crdtcache.runtime.redis._topology import (
@@ -113,3 +122,40 @@ def test_sharded_scripts_publish_with_spublish_and_nothing_else_changes() -> Non
         assert variant.source.replace("SPUBLISH", "PUBLISH") == script.source
         assert variant.sha != script.sha and variant.name == script.name
     assert sharded(CLEAN) is CLEAN  # nothing to publish
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        ClusterDownError("CLUSTERDOWN The cluster is down"),
+        MasterDownError("MASTERDOWN"),
+        TryAgainError("TRYAGAIN"),
+        ReadOnlyError("READONLY You can't write against a read only replica."),
+        SlotNotCoveredError("slot 12 is not covered"),
+        RedisClusterException("Redis Cluster cannot be connected"),
+        MasterNotFoundError("No master found for 'svc'"),
+    ],
+)
+async def test_a_cluster_or_sentinel_in_failover_reads_unreachable(exc: Exception) -> None:
+    """A reshaping topology is transient like a lost connection: write-behind retries,
+    the link is retried, nothing is counted as refused."""
+    reasons: list[str] = []
+    cmds = Commands("redis+cluster://a:1/", client_name="t", on_unreachable=reasons.append)
+    with pytest.raises(PeerError, match="unreachable") as info, cmds.mapped("EVALSHA"):
+        raise exc
+    assert info.value.__cause__ is exc and reasons == [str(exc)]
+
+
+def test_each_topology_builds_its_clients_without_io() -> None:
+    for url, clustered in (
+        ("redis+cluster://127.0.0.1:1,127.0.0.1:2/?wait_replicas=1", True),
+        ("redis+sentinel://127.0.0.1:1/svc/2?sentinel_password=x", False),
+        ("redis://127.0.0.1:1/0?wait_replicas=2", False),
+    ):
+        cmds = Commands(url, client_name="t", on_unreachable=print)
+        cmds.connect()
+        assert cmds.clustered == clustered
+        assert cmds.wait_replicas == parse_redis_url(url).wait_replicas
+        assert cmds.subscription() is not None
+    with pytest.raises(PeerError, match="must start with"):
+        Commands("http://x", client_name="t", on_unreachable=print).connect()
