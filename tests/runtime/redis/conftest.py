@@ -20,15 +20,16 @@ from tests.runtime.redis.redis_helpers import (
     sync_client,
     unavailable,
 )
-from tests.runtime.redis.topologies import (  # fixtures: private Cluster / Sentinel
+from tests.runtime.redis.topologies import (  # fixtures: private and shared topologies
+    RedisClusterTopology,
+    RedisSentinelTopology,
     redis_cluster,
     redis_sentinel,
-    running_cluster,
-    running_sentinel,
     shared_redis_cluster,
+    shared_redis_sentinel,
 )
 
-__all__ = ["redis_cluster", "redis_sentinel", "shared_redis_cluster"]
+__all__ = ["redis_cluster", "redis_sentinel", "shared_redis_cluster", "shared_redis_sentinel"]
 
 
 @pytest.fixture(scope="session")
@@ -41,19 +42,17 @@ def single_redis_url() -> str:
 
 
 @pytest.fixture(scope="session")
-def cluster_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A ``redis+cluster://`` URL of a 3 x 2 Redis Cluster shared by the whole session
-    (nobody may kill or flush it: failover tests start their own)."""
-    with running_cluster(tmp_path_factory.mktemp("redis-cluster-session")) as topology:
-        yield topology.url
+def cluster_redis_url(shared_redis_cluster: RedisClusterTopology) -> str:
+    """A ``redis+cluster://`` URL of the session's 3 x 2 Redis Cluster (nobody may kill
+    or flush it: failover tests start their own)."""
+    return shared_redis_cluster.url
 
 
 @pytest.fixture(scope="session")
-def sentinel_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A ``redis+sentinel://`` URL of a primary, a replica and 3 sentinels shared by
-    the whole session (nobody may kill or flush it)."""
-    with running_sentinel(tmp_path_factory.mktemp("redis-sentinel-session")) as topology:
-        yield topology.url
+def sentinel_redis_url(shared_redis_sentinel: RedisSentinelTopology) -> str:
+    """A ``redis+sentinel://`` URL of the session's primary, replica and 3 sentinels
+    (nobody may kill or flush it)."""
+    return shared_redis_sentinel.url
 
 
 #: The topologies the redis-mode tests run on: one server, and (slow: they start
