@@ -126,9 +126,10 @@ class BatchWriter:
         """Write now, in batches; on any failure the writes are dropped here."""
         try:
             applied = 0
-            # With wait_replicas, WAIT may use what is left of the timeout (a margin
-            # for its answer to arrive before asyncio.timeout fires).
-            confirm_ms = max(1, int(timeout * 900))
+            # With wait_replicas, WAIT may take half the timeout: a healthy replica
+            # confirms in about a round trip, and the other half leaves the answer
+            # time to arrive (and be reported as such) before asyncio.timeout fires.
+            confirm_ms = max(1, int(timeout * 500))
             async with asyncio.timeout(timeout):
                 for batch in batches(entries) if entries else iter([[]]):
                     applied += await self.write(
