@@ -26,7 +26,8 @@ the one place events go; it runs after every call into the protocol that can emi
   confirmed, reload the patterns, heartbeat, announce the join, and serve. A quiet
   link is PINGed every :data:`PUBSUB_PING_INTERVAL` and given up after
   :data:`PUBSUB_DEAD_AFTER`; a lost link is retried with doubling delays
-  (:data:`RECONNECT_MIN` .. :data:`RECONNECT_MAX`).
+  (:data:`RECONNECT_MIN` .. :data:`RESUBSCRIBE_MAX`: an instance refuses writes
+  while it cannot hear invalidations, so it looks for the promoted primary often).
 * *Heartbeat* every ``heartbeat_interval``: renews this instance's entry and lists the
   live ones; every tenth beat also resumes cleanups stalled for ``cleanup_stall``.
 * *Batch writer* (:mod:`._writer`, write-behind, on-demand): one batch per
@@ -92,7 +93,6 @@ from crdtcache.runtime._protocol import (
 from crdtcache.runtime.redis._commands import (
     COMMAND_TIMEOUT,
     CONNECT_TIMEOUT,
-    RECONNECT_MAX,
     RECONNECT_MIN,
     Commands,
     Subscription,
@@ -119,6 +119,7 @@ from crdtcache.runtime.redis._writer import BatchWriter
 __all__ = [
     "CLEANUP_STALL",
     "PUBSUB_DEAD_AFTER",
+    "RESUBSCRIBE_MAX",
     "RedisRuntime",
     "RedisStatistics",
 ]
@@ -128,6 +129,8 @@ log = logging.getLogger(__name__)
 #: A quiet pub/sub link is PINGed this often and given up after PUBSUB_DEAD_AFTER.
 PUBSUB_PING_INTERVAL: Final = 1.0
 PUBSUB_DEAD_AFTER: Final = 3.0
+#: Longest wait between two attempts to subscribe again (from RECONNECT_MIN, doubling).
+RESUBSCRIBE_MAX: Final = 0.5
 #: Heartbeat period and how long an instance counts as alive after its last one.
 HEARTBEAT_INTERVAL: Final = 1.0
 HEARTBEAT_TTL: Final = 3.0
@@ -531,7 +534,7 @@ class RedisRuntime:
                 delay = RECONNECT_MIN
             self._lost(reason)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, RECONNECT_MAX)
+            delay = min(delay * 2, RESUBSCRIBE_MAX)
 
     async def _listen(self, subscription: Subscription) -> None:
         layout = self.protocol.layout
@@ -578,7 +581,7 @@ class RedisRuntime:
         assert self._ready is not None
         self._ready.set()
         if proto.outbox:
-            self.writer.wake()
+            self.writer.reachable()
 
     def _lost(self, reason: str) -> None:
         if self.protocol.link_lost(reason, self._clock()):

@@ -79,10 +79,18 @@ class BatchWriter:
         self._load_patterns = load_patterns
         self._dispatch = dispatch
         self._wanted = asyncio.Event()
+        self._reachable = asyncio.Event()
         self._ack_done: dict[int, asyncio.Future[None]] = {}
 
     def wake(self) -> None:
         """Writes are queued: write them within ``sync_interval``."""
+        self._wanted.set()
+
+    def reachable(self) -> None:
+        """Redis answers again (resubscribed): a failed batch is retried now, not after
+        the rest of its back-off (after a failover, the writes queued meanwhile go to
+        the promoted primary as soon as the instances find it)."""
+        self._reachable.set()
         self._wanted.set()
 
     def acked(self, ack_id: int) -> None:
@@ -156,6 +164,7 @@ class BatchWriter:
             await wanted.wait()
             await asyncio.sleep(self.sync_interval)
             wanted.clear()
+            self._reachable.clear()  # set from here on: the back-off below is cut short
             try:
                 await self.write_outbox()
                 delay = RECONNECT_MIN
@@ -166,7 +175,8 @@ class BatchWriter:
                 else:
                     log.exception("write-behind batch failed, retry in %.2f s", delay)
                 wanted.set()
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._reachable.wait(), delay)
                 delay = min(delay * 2, RECONNECT_MAX)
 
     async def write_outbox(self) -> None:
