@@ -125,9 +125,16 @@ class Outbox:
         return itertools.chain(self.inflight.items(), self.queued.items())
 
     def sending(self, entries: list[Write]) -> None:
-        """``entries`` are in a batch on its way to Redis."""
+        """``entries`` are in a batch on its way to Redis.
+
+        A key already in flight with a newer write (batches overlap, see the batch
+        writer) keeps that one: it is the write of the key Redis may not show yet.
+        """
+        inflight = self.inflight
         for key, e in entries:
-            self.inflight[key] = e
+            current = inflight.get(key)
+            if current is None or (current.ts, current.origin) < (e.ts, e.origin):
+                inflight[key] = e
 
     def sent(self, entries: list[Write]) -> None:
         """The batch holding ``entries`` was answered (or failed)."""

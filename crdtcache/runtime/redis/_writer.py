@@ -255,12 +255,20 @@ class BatchWriter:
         writes.sent(flight.batch)
 
     async def _reload_for(self, recheck: list[Write], *, requeue: bool) -> None:
-        """Reload the pattern tombstones before ``recheck`` is written again."""
+        """Reload the pattern tombstones before ``recheck`` is written again.
+
+        Meanwhile the writes are still this node's, not in Redis: in flight, where
+        reads (``keys``, ``delete``) and "is everything written" look for them.
+        """
+        outbox = self.protocol.outbox
+        outbox.sending(recheck)
         try:
             await self._load_patterns()
         except (PeerError, asyncio.CancelledError):
             self.protocol.writes.put_back(recheck, [], requeue=requeue)
             raise
+        finally:
+            outbox.sent(recheck)
 
     async def write(
         self,

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from crdtcache import PeerError
-from crdtcache.core import PatternTombstone
+from crdtcache.core import Entry, PatternTombstone
 from crdtcache.runtime.redis._messages import (
     encode_join,
     encode_leave,
@@ -22,6 +22,7 @@ from crdtcache.runtime.redis._messages import (
     sent_by,
     writes_head,
 )
+from crdtcache.runtime.redis._tables import Outbox
 from crdtcache.runtime.redis._writer import PIPELINE_DEPTH
 from tests.runtime.redis.redis_helpers import redis_caches, runtime, wait_for
 
@@ -140,3 +141,17 @@ async def test_keys_leaves_out_a_write_in_flight_that_this_nodes_clear_covers(
         assert await a.keys() == [] and await a.get("user:1") is None
     finally:
         await a.close()
+
+
+def test_a_key_in_flight_in_two_batches_shows_its_newest_write() -> None:
+    """Overlapping batches (or a recheck's reload beside a later batch) may hold two
+    writes of one key: the newest is the one this node's reads must see."""
+    outbox = Outbox()
+    older, newer = Entry(1, 1, "n"), Entry(2, 2, "n")
+    outbox.sending([("k", newer)])
+    outbox.sending([("k", older)])
+    assert outbox.own("k") is newer
+    outbox.sent([("k", older)])
+    assert outbox.own("k") is newer
+    outbox.sent([("k", newer)])
+    assert outbox.own("k") is None
