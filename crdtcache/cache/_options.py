@@ -25,9 +25,16 @@ from urllib.parse import parse_qs, urlsplit
 
 from crdtcache._errors import ConfigError
 from crdtcache.cache._events import ChangeEvent, EventBus, InvalidationRule
-from crdtcache.core import DEFAULT_MAX_VALUE_BYTES, MAX_KEY_CHARS, MAX_VALUE_BYTES, Version
+from crdtcache.core import (
+    DEFAULT_MAX_VALUE_BYTES,
+    MAX_KEY_CHARS,
+    MAX_VALUE_BYTES,
+    Version,
+    last_writer_wins,
+)
 from crdtcache.core._format import MAX_CLUSTER_CHARS, MAX_NODE_ID_CHARS
 from crdtcache.metrics import Metrics, check_metrics
+from crdtcache.runtime.redis._topology import SINGLE, parse_redis_url, redact_url
 from crdtcache.transport import Network, parse_address, tls_option
 from crdtcache.wire._auth import keyring
 
@@ -79,7 +86,13 @@ _NOT_FOR: Final[dict[str, tuple[tuple[str, str], ...]]] = {
         (
             "conflict_resolver",
             "Redis enforces last-writer-wins atomically in a Lua script, where a Python "
-            "resolver cannot run",
+            "resolver cannot run (the built-in last_writer_wins is what the script runs "
+            "and is accepted). Running yours in the client instead would turn every write "
+            "into a read, a resolve and a compare-and-swap per key (no batch of writes in "
+            "one script), and a value the resolver kept under an older stamp would break "
+            "the stamp order the instances' invalidations rely on. Resolve before calling "
+            "set (get, merge, set), or use backend='p2p', where every replica runs the "
+            "resolver",
         ),
     ),
     "memory": (
@@ -154,10 +167,14 @@ def _redis_authenticated(url: str | None) -> bool:
     """Whether a Redis URL authenticates the client (a password) or uses TLS."""
     if url is None:
         return False
+    try:
+        target = parse_redis_url(url)
+    except ValueError:
+        return False  # refused elsewhere, with the reason
+    if target.kind != SINGLE:
+        return target.authenticated
     parts = urlsplit(url)
-    return parts.scheme.lower() == "rediss" or bool(
-        parts.password or parse_qs(parts.query).get("password")
-    )
+    return target.tls or bool(parts.password or parse_qs(parts.query).get("password"))
 
 
 def _callable(option: str, value: object) -> None:
@@ -330,6 +347,8 @@ class CacheOptions:
         for option, backend in _BACKEND_ONLY:
             if getattr(self, option) is not None and self.backend != backend:
                 raise ConfigError(f"{option} applies to backend={backend!r} only")
+        if self.backend == "redis" and self.conflict_resolver is last_writer_wins:
+            self._set("conflict_resolver", None)  # what Redis's scripts run: the default
         for option, instead in _NOT_FOR[self.backend]:
             if getattr(self, option) not in (defaults[option], ()):
                 raise ConfigError(f"{option} does not apply to backend={self.backend!r}: {instead}")
@@ -341,8 +360,11 @@ class CacheOptions:
                 self._set("redis_url", DEFAULT_REDIS_URL)
             elif not isinstance(url, str) or "://" not in url:
                 raise ConfigError("redis_url must be a URL such as 'redis://host:6379/0'")
-            elif url.split("://", 1)[0].lower() not in ("redis", "rediss", "unix"):
-                raise ConfigError("redis_url must start with redis://, rediss:// or unix://")
+            else:
+                try:
+                    parse_redis_url(url)
+                except ValueError as exc:
+                    raise ConfigError(f"redis_url {exc} (not {redact_url(url)!r})") from None
 
     def _check_events(self) -> None:
         rules = self.invalidation_rules

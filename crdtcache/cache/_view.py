@@ -29,7 +29,9 @@ class PeerRow:
 
     ``behind_ms``: how far this node's mark for the peer trails the newest write it
     has seen from it (None when unknown); ``last_write_ms``: how long ago that write
-    was stamped; ``last_heard_ms``: since the peer was last heard (None in redis mode).
+    was stamped; ``last_heard_ms``: since the peer was last heard (in redis mode: since
+    the instance's last heartbeat in Redis or message). In redis mode ``address`` is the host and
+    process id the instance stored with its heartbeat.
     """
 
     id: str
@@ -106,10 +108,15 @@ class CacheView:
         engine_peers = parts.engine.peers
         if not engine_peers:  # redis mode: instances, known from their heartbeats
             return tuple(
-                PeerRow(p.id, p.address, p.state, True, None, None, None) for p in stats.peers
+                PeerRow(p.id, p.label, p.state, True, _age_ms(p.last_heard, now), None, None)
+                for p in stats.peers
             )
         replica = parts.replica
         return peer_rows(engine_peers.values(), addresses, replica.marks, replica.high, now)
+
+
+def _age_ms(at: float | None, now: float) -> int | None:
+    return None if at is None else max(0, round((now - at) * 1000.0))
 
 
 def peer_rows(

@@ -41,11 +41,18 @@ EvictionListener = Callable[[str, str], None]
 
 @dataclass(frozen=True, slots=True)
 class PeerState:
-    """One peer (p2p) or other instance (redis) as the runtime sees it."""
+    """One peer (p2p) or other instance (redis) as the runtime sees it.
+
+    ``last_heard``: when it was last heard from (the runtime's clock, seconds; None
+    when the runtime does not say: the engine's peer table has it for p2p).
+    ``label``: what it says it is where it has no address (redis: host and process).
+    """
 
     id: str
     address: str | None
     state: str
+    last_heard: float | None = None
+    label: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,14 +91,18 @@ __all__ = [
     "Writes",
     "decode_acks",
     "decode_message",
+    "describe_instance",
     "encode_acks",
     "encode_join",
     "encode_leave",
+    "instance_info",
     "parse_expiry",
     "parse_patterns",
     "parse_stamp",
+    "pack_writes",
     "pattern_head",
     "record_entry",
+    "sent_by",
     "stamp_text",
     "write_part",
     "writes_head",
@@ -167,6 +171,10 @@ class KeyLayout:
             return name[len(self.records) :].decode("utf-8", "surrogatepass")
         except UnicodeDecodeError:
             return None
+
+    def instance_of(self, node: str) -> bytes:
+        """The heartbeat key of instance ``node``."""
+        return self.prefix + b"i:" + node.encode()
 
     def acks_to(self, writer: str) -> bytes:
         """The channel ``writer`` hears its acknowledgements on."""
@@ -320,6 +328,13 @@ def _decode(msg: Any) -> Message:
     raise InvalidMessage(f"unknown message kind {kind} or wrong length {len(msg)}")
 
 
+def sent_by(data: object, sender: bytes) -> bool:
+    """Whether channel message ``data`` names the msgpack-packed ``sender`` as its
+    sender (its second item), read without decoding the rest: an instance skips its
+    own announcements, the largest messages it receives, at no cost."""
+    return type(data) is bytes and data[2 : 2 + len(sender)] == sender and 0x92 <= data[0] <= 0x97
+
+
 def decode_message(data: object) -> Message:
     """Decode and check one invalidation-channel message; raises :class:`InvalidMessage`."""
     msg = _unpack(data)
@@ -375,6 +390,16 @@ def write_part(key: str, e: Entry, inline: bytes | None) -> bytes:
     return _pack([key, e.ts, e.origin, e.expires, e.deleted, inline])
 
 
+def pack_writes(rows: list[tuple[str, bytes, str, str, str, bytes]]) -> bytes:
+    """The writes of one WRITE call as its script reads them (one msgpack array).
+
+    Packed without the bin type (bytes travel as msgpack str, which Redis's Lua
+    ``cmsgpack`` reads as the same bytes; it does not know bin).
+    """
+    packed: bytes = msgpack.packb(rows, use_bin_type=False)
+    return packed
+
+
 def pattern_head(node: str, ack: int, tomb: PatternTombstone) -> bytes:
     """A pattern message but its last item, the version, which the PATTERN script appends."""
     items = (MSG_PATTERN, node, ack, tomb.pattern, tomb.ts, tomb.origin)
@@ -400,38 +425,39 @@ class ScriptCalls:
         """The WRITE call of a batch; ``known`` is the patterns' version held here.
 
         Values up to :data:`MAX_INLINE_VALUE_BYTES` travel in the invalidation too,
-        while ``inline_budget`` bytes last (0: stamps only).
+        while ``inline_budget`` bytes last (0: stamps only). A record's expiry in Redis
+        (PEXPIREAT, "" never): see the module doc.
         """
         layout = self.layout
+        records = layout.records
         keys = [layout.patterns]
+        rows: list[tuple[str, bytes, str, str, str, bytes]] = []
+        # The hot loop of write-behind: one pass, no call that is not needed.
+        for key, e in entries:
+            keys.append(records + key.encode("utf-8", "surrogatepass"))
+            stamp = f"{e.ts:016x}{e.origin}"  # stamp_text, inline
+            if e.value is TOMBSTONE:
+                due = str(collect_due_ms(e.ts, self._replica.tombstone_grace))
+                rows.append((stamp, b"", "1", "", due, write_part(key, e, None)))
+                continue
+            blob = stored_blob(e.value)
+            inline = None
+            if len(blob) <= inline_budget and len(blob) <= MAX_INLINE_VALUE_BYTES:
+                inline = blob  # receivers holding the key update it without a read
+                inline_budget -= len(blob)
+            if e.expires is None:
+                rows.append((stamp, blob, "0", "", "", write_part(key, e, inline)))
+            else:
+                due = str(math.ceil((e.expires + EXPIRED_GRACE) * 1000))
+                rows.append((stamp, blob, "0", repr(e.expires), due, write_part(key, e, inline)))
         args: list[Any] = [
             str(known),
             self._replica.clock.max_drift_ms,
             layout.inv_channel,
             writes_head(self.node, ack),
+            pack_writes(rows),
         ]
-        for key, e in entries:
-            blob = None if e.value is TOMBSTONE else stored_blob(e.value)
-            inline = None
-            if blob is not None and len(blob) <= min(MAX_INLINE_VALUE_BYTES, inline_budget):
-                inline = blob  # receivers holding the key update it without a read
-                inline_budget -= len(blob)
-            keys.append(layout.record(key))
-            args += [
-                stamp_text(e.ts, e.origin),
-                blob if blob is not None else b"",
-                "1" if blob is None else "0",
-                "" if e.expires is None else repr(e.expires),
-                self._expire_at(e),
-                write_part(key, e, inline),
-            ]
         return WRITE, keys, args
-
-    def _expire_at(self, e: Entry) -> int | str:
-        """The record's PEXPIREAT ("": never), see the module doc."""
-        if e.value is TOMBSTONE:
-            return collect_due_ms(e.ts, self._replica.tombstone_grace)
-        return "" if e.expires is None else math.ceil((e.expires + EXPIRED_GRACE) * 1000)
 
     def pattern(self, tomb: PatternTombstone, ack: int, now: float) -> Call:
         """The PATTERN call recording ``tomb`` (and collecting old clean tombstones)."""
@@ -457,6 +483,31 @@ class ScriptCalls:
             [layout.instance, layout.instances, layout.patterns],
             [self.node, info, int(ttl * 1000), "1" if leave else "0"],
         )
+
+
+# ------------------------------------------------------------- instances
+#: Longest host name shown for another instance.
+MAX_HOST_CHARS: Final = 255
+
+
+def instance_info(host: str, pid: int, started: float) -> bytes:
+    """What an instance stores in its heartbeat key about itself."""
+    packed: bytes = msgpack.packb({"host": host[:MAX_HOST_CHARS], "pid": pid, "started": started})
+    return packed
+
+
+def describe_instance(raw: object) -> str | None:
+    """``"host pid N"`` of another instance's heartbeat key (None: absent or junk)."""
+    try:
+        info = msgpack.unpackb(raw, raw=False, strict_map_key=True) if type(raw) is bytes else None
+    except Exception:  # msgpack raises a wide family; all mean junk
+        return None
+    if not isinstance(info, dict):
+        return None
+    host, pid = info.get("host"), info.get("pid")
+    if type(host) is not str or not 0 < len(host) <= MAX_HOST_CHARS or type(pid) is not int:
+        return None
+    return f"{host} pid {pid}"
 
 
 # ---------------------------------------------------------- patterns hash

@@ -53,6 +53,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
+import msgpack
+
 from crdtcache._errors import ClockDriftError, PeerError
 from crdtcache.core import (
     DEAD,
@@ -86,6 +88,7 @@ from crdtcache.runtime.redis._messages import (
     parse_patterns,
     parse_stamp,
     record_entry,
+    sent_by,
 )
 from crdtcache.runtime.redis._tables import (
     MAX_OUTBOX,
@@ -217,6 +220,7 @@ class RedisProtocol:
         self.server_offset = 0.0
         self._acks_out: dict[str, list[int]] = {}
         self._events: list[Event] = []
+        self._packed_node: bytes = msgpack.packb(self.node)
 
     def drain_events(self) -> list[Event]:
         """The events since the last call, in order."""
@@ -297,6 +301,8 @@ class RedisProtocol:
         if w.dropped or w.errors:
             lost = w.dropped + w.errors
             problems.append(Problem(20, f"{lost} writes could not be stored in Redis"))
+        if w.unconfirmed:
+            problems.append(Problem(10, f"{w.unconfirmed} writes not confirmed by Redis replicas"))
         if c.junk_messages or c.refused_records:
             junk = c.junk_messages + c.refused_records
             problems.append(Problem(5, f"{junk} malformed messages or records"))
@@ -401,7 +407,7 @@ class RedisProtocol:
         try:
             if channel == self.layout.ack_channel:
                 self.receive_acks(decode_acks(data))
-            else:
+            elif not sent_by(data, self._packed_node):  # our own: nothing to apply
                 self.receive_invalidation(decode_message(data), now)
         except InvalidMessage as exc:
             self.counters.junk_messages += 1
@@ -420,6 +426,7 @@ class RedisProtocol:
             self._peer_event(self.instances.gone(sender, now, forget=True))
             return
         self._peer_event(self.instances.seen(sender))
+        self.instances.beat(sender, now)
         if isinstance(msg, Join):
             return
         changes: list[Change] = []
@@ -526,17 +533,26 @@ class RedisProtocol:
         return self.patterns.next_cleanup()
 
     # ============================================================= instances
-    def heartbeat_answered(self, answer: Sequence[Any], now: float) -> bool:
-        """Apply a HEARTBEAT answer; True if a pattern announcement was missed (reload)."""
-        members, version, server_ms = answer
+    def heartbeat_answered(self, answer: Sequence[Any], now: float, ttl: float = 0.0) -> bool:
+        """Apply a HEARTBEAT answer; True if a pattern announcement was missed (reload).
+
+        Each live instance's heartbeat expiry, less ``ttl`` (every instance renews its
+        own with the same one), says when it last beat: its ``last_heard``.
+        """
+        members, version, server_ms = answer[:3]
+        expiries = answer[3] if len(answer) > 3 else [None] * len(members)
         self.server_offset = now - server_ms / 1000.0
-        live: set[str] = set()
-        for member in members:
-            with contextlib.suppress(UnicodeDecodeError, InvalidRecord):
-                live.add(check_node(member.decode()))
-        live.discard(self.node)
-        for event in self.instances.listed(live, now):
+        live: dict[str, float | None] = {}
+        for member, expiry in zip(members, expiries, strict=False):
+            with contextlib.suppress(UnicodeDecodeError, InvalidRecord, ValueError, TypeError):
+                beat = None if expiry is None else (float(expiry) - server_ms) / 1000.0 - ttl
+                live[check_node(member.decode())] = beat
+        live.pop(self.node, None)
+        for event in self.instances.listed(set(live), now):
             self._peer_event(event)
+        for peer, beat in live.items():
+            if beat is not None and ttl:
+                self.instances.beat(peer, now + min(0.0, beat))
         return version is not None and int(version) != self.patterns.version
 
     def _peer_event(self, event: PeerEvent | None) -> None:

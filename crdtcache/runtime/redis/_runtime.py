@@ -9,6 +9,7 @@ Where each concept lives (all but this module and :mod:`._commands` without IO):
 :mod:`._tables`     the outbox, the instance table, the ack waiters, the patterns
 :mod:`._messages`   key layout, stamp texts, records, channel messages, script calls
 :mod:`._scripts`    the Lua scripts: every change to the shared tier is one of them
+:mod:`._topology`   which Redis a URL names: one server, a Redis Cluster, a Sentinel
 :mod:`._commands`   redis-py: clients, EVALSHA, pipelines, SCAN, one exception map
 :mod:`._writer`     sending batches: write-behind loop, write-through with acks
 :mod:`._keyspace`   fetches, keys, size, snapshot, restore, cleanup: reads of Redis
@@ -25,7 +26,8 @@ the one place events go; it runs after every call into the protocol that can emi
   confirmed, reload the patterns, heartbeat, announce the join, and serve. A quiet
   link is PINGed every :data:`PUBSUB_PING_INTERVAL` and given up after
   :data:`PUBSUB_DEAD_AFTER`; a lost link is retried with doubling delays
-  (:data:`RECONNECT_MIN` .. :data:`RECONNECT_MAX`).
+  (:data:`RECONNECT_MIN` .. :data:`RESUBSCRIBE_MAX`: an instance refuses writes
+  while it cannot hear invalidations, so it looks for the promoted primary often).
 * *Heartbeat* every ``heartbeat_interval``: renews this instance's entry and lists the
   live ones; every tenth beat also resumes cleanups stalled for ``cleanup_stall``.
 * *Batch writer* (:mod:`._writer`, write-behind, on-demand): one batch per
@@ -33,6 +35,38 @@ the one place events go; it runs after every call into the protocol that can emi
 * *Ticks*: the engine's own collection (expiry events of held values).
 * *Cleanup*: one task at a time deletes the records of the pattern tombstones the
   protocol says are due (:meth:`~._keyspace.RedisKeySpace.clean`).
+
+What a failover loses
+---------------------
+Behind a ``redis+cluster://`` or ``redis+sentinel://`` URL the primary that holds a
+cache cluster's slot can die and a replica be promoted (about 2 s in a cluster with
+``cluster-node-timeout 1000``, 3 s with sentinels' ``down-after 2000``). Redis
+replicates *asynchronously*: the primary answers a script (the write is applied and
+announced) before any replica has it. So a write the old primary acknowledged but had
+not yet sent to the replica that is promoted is gone from Redis -- with a healthy link
+that is the last fraction of a millisecond before the crash, with a slow or stalled
+replica everything since it fell behind. crdtcache cannot keep what Redis lost; it
+loses nothing Redis kept, and no instance goes on serving what Redis lost:
+
+* every instance is subscribed to that primary, so every one finds its link lost and
+  drops its hot tier; after subscribing again (to the promoted replica) it serves only
+  what that replica holds -- a write Redis lost is gone for its writer too;
+* write-behind writes still queued, or in a batch whose answer was lost with the
+  connection, are written to the new primary (sending a batch twice is harmless: an
+  equal stamp is the same write); a write-through write whose call failed raises
+  :class:`PeerError` and is dropped here;
+* a replica promoted does not know the scripts (they are not replicated): its first
+  NOSCRIPT answer makes the call go again with the source.
+
+``wait_replicas=N`` in the URL closes the window for write-through: the WRITE is
+followed by ``WAIT N`` on the same connection, and ``set`` raises :class:`PeerError`
+(the write stays on the primary and announced; counted, and shown in the health)
+unless N replicas confirmed it within ``write_timeout``. With one replica per primary,
+the only one a failover can promote, a write-through ``set`` that returned then
+survives the death of its primary. ``WAIT`` is no consensus: with several replicas a
+failover may promote one that had not confirmed (Redis prefers the most up-to-date,
+without a promise), and a ``set`` that raised may still survive. Redis's own
+``min-replicas-to-write`` bounds the window for every write, write-behind included.
 """
 
 from __future__ import annotations
@@ -47,10 +81,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-import msgpack
-
 from crdtcache._errors import PeerError
-from crdtcache.core import Change, Entry, GossipEngine, PatternTombstone, PeerEvent
+from crdtcache.core import ALIVE, Change, Entry, GossipEngine, PatternTombstone, PeerEvent
 from crdtcache.runtime._protocol import (
     AdminHandler,
     ChangeListener,
@@ -61,14 +93,18 @@ from crdtcache.runtime._protocol import (
 from crdtcache.runtime.redis._commands import (
     COMMAND_TIMEOUT,
     CONNECT_TIMEOUT,
-    RECONNECT_MAX,
     RECONNECT_MIN,
     Commands,
     Subscription,
     reraise_cancellation,
 )
 from crdtcache.runtime.redis._keyspace import RedisKeySpace
-from crdtcache.runtime.redis._messages import encode_join, encode_leave
+from crdtcache.runtime.redis._messages import (
+    describe_instance,
+    encode_join,
+    encode_leave,
+    instance_info,
+)
 from crdtcache.runtime.redis._protocol import (
     AckDone,
     AcksDue,
@@ -84,6 +120,7 @@ from crdtcache.store._persistence import Persistence
 __all__ = [
     "CLEANUP_STALL",
     "PUBSUB_DEAD_AFTER",
+    "RESUBSCRIBE_MAX",
     "RedisRuntime",
     "RedisStatistics",
 ]
@@ -93,6 +130,8 @@ log = logging.getLogger(__name__)
 #: A quiet pub/sub link is PINGed this often and given up after PUBSUB_DEAD_AFTER.
 PUBSUB_PING_INTERVAL: Final = 1.0
 PUBSUB_DEAD_AFTER: Final = 3.0
+#: Longest wait between two attempts to subscribe again (from RECONNECT_MIN, doubling).
+RESUBSCRIBE_MAX: Final = 0.5
 #: Heartbeat period and how long an instance counts as alive after its last one.
 HEARTBEAT_INTERVAL: Final = 1.0
 HEARTBEAT_TTL: Final = 3.0
@@ -131,6 +170,8 @@ class RedisStatistics:
     refused_drift: int
     cleanups: int
     records_cleaned: int
+    #: Write-through writes fewer replicas confirmed than the URL's wait_replicas.
+    writes_unconfirmed: int = 0
 
 
 class RedisRuntime:
@@ -209,9 +250,7 @@ class RedisRuntime:
         self._flusher: asyncio.Task[None] | None = None
         self._cleaner: asyncio.Task[None] | None = None
         self._hot_timer: asyncio.TimerHandle | None = None
-        self._info: bytes = msgpack.packb(
-            {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
-        )
+        self._info = instance_info(socket.gethostname(), os.getpid(), time.time())
 
     # ================================================================ Runtime
     @property
@@ -368,6 +407,7 @@ class RedisRuntime:
             refused_drift=proto.refused_drift,
             cleanups=self.keyspace.cleanups,
             records_cleaned=self.keyspace.records_cleaned,
+            writes_unconfirmed=writes.unconfirmed,
         )
 
     # ====================================================== the key space
@@ -415,6 +455,8 @@ class RedisRuntime:
         if isinstance(event, ChangesMade):
             self._on_changes(event.changes)
         elif isinstance(event, PeerEvent):
+            if event.state == ALIVE and event.peer not in self.protocol.instances.described:
+                self._spawn(self._describe(event.peer))
             self._on_peer(event)
         elif isinstance(event, Evicted):
             self._on_evict(event.key, event.reason)
@@ -496,7 +538,7 @@ class RedisRuntime:
                 delay = RECONNECT_MIN
             self._lost(reason)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, RECONNECT_MAX)
+            delay = min(delay * 2, RESUBSCRIBE_MAX)
 
     async def _listen(self, subscription: Subscription) -> None:
         layout = self.protocol.layout
@@ -543,7 +585,7 @@ class RedisRuntime:
         assert self._ready is not None
         self._ready.set()
         if proto.outbox:
-            self.writer.wake()
+            self.writer.reachable()
 
     def _lost(self, reason: str) -> None:
         if self.protocol.link_lost(reason, self._clock()):
@@ -604,12 +646,19 @@ class RedisRuntime:
                 log.debug("heartbeat failed: %s", exc)
             self.protocol.instances.prune(self._clock())
 
+    async def _describe(self, peer: str) -> None:
+        """Read what a new instance says it is (its heartbeat key: host, process)."""
+        raw = await self.commands.command("GET", self.protocol.layout.instance_of(peer))
+        description = describe_instance(raw)
+        if description is not None:
+            self.protocol.instances.describe(peer, description)
+
     async def _heartbeat(self, *, leave: bool = False) -> None:
         call = self.protocol.calls.heartbeat(self._info, self.heartbeat_ttl, leave=leave)
         answer = await self.commands.eval(*call)
         if leave:
             return
-        missed = self.protocol.heartbeat_answered(answer, self._clock())
+        missed = self.protocol.heartbeat_answered(answer, self._clock(), self.heartbeat_ttl)
         self._dispatch()
         if missed:
             await self._load_patterns()  # a pattern announcement was missed

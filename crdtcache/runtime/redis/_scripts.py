@@ -17,7 +17,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Final
 
-__all__ = ["CLEAN", "CLEANED", "HEARTBEAT", "PATTERN", "STAT", "WRITE", "Script"]
+__all__ = ["CLEAN", "CLEANED", "HEARTBEAT", "PATTERN", "STAT", "WRITE", "Script", "sharded"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +56,11 @@ end
 #: A batch of writes (values or tombstones), each last-writer-wins by stamp, announced
 #: together in one message. KEYS: patterns hash, then one record per write. ARGV:
 #: the version of the pattern tombstones the writer holds all of, max drift ms, channel, the
-#: message's head (msgpack: a 4-array's header and its first three items), then six
+#: message's head (msgpack: a 4-array's header and its first three items), then the
+#: writes, one msgpack array (of str only: Redis's cmsgpack reads no bin type) of six
 #: per write: stamp, value blob, "1" for a tombstone, expiry ("" none), PEXPIREAT ms
-#: ("" none), the write's part of the message (a msgpack item).
+#: ("" none), the write's part of the message (a msgpack item). (Six arguments per
+#: write cost the client more than the script: packing one is C work on both sides.)
 #: Returns one {code, detail} per write, then the number of receivers: {1, 0} applied |
 #: {0, current stamp} an equal or newer write is there | {-1, version} a pattern
 #: tombstone the writer does not hold may cover the write (the versions differ and
@@ -70,14 +72,15 @@ WRITE: Final = Script(
     _PRELUDE
     + """
 local known, drift, channel, head = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local writes = cmsgpack.unpack(ARGV[5])
 local now = server_ms()
 local newest = redis.call('HGET', KEYS[1], '')
 local version = redis.call('HGET', KEYS[1], '#') or '0'
 local unknown = newest and version ~= known
 local out, applied = {}, {}
 for i = 2, #KEYS do
-  local b = 5 + (i - 2) * 6
-  local s, rec = ARGV[b], KEYS[i]
+  local w, rec = writes[i - 1], KEYS[i]
+  local s = w[1]
   local current = redis.call('HGET', rec, 's')
   if too_far_ahead(s, drift, now) then
     out[i - 1] = {-2, now}
@@ -86,16 +89,16 @@ for i = 2, #KEYS do
   elseif unknown and not lt(newest, s) then
     out[i - 1] = {-1, version}
   else
-    redis.call('DEL', rec)
-    if ARGV[b + 2] == '1' then
+    if current then redis.call('DEL', rec) end  -- its fields and expiry go
+    if w[3] == '1' then
       redis.call('HSET', rec, 's', s)
-    elseif ARGV[b + 3] == '' then
-      redis.call('HSET', rec, 's', s, 'v', ARGV[b + 1])
+    elseif w[4] == '' then
+      redis.call('HSET', rec, 's', s, 'v', w[2])
     else
-      redis.call('HSET', rec, 's', s, 'v', ARGV[b + 1], 'x', ARGV[b + 3])
+      redis.call('HSET', rec, 's', s, 'v', w[2], 'x', w[4])
     end
-    if ARGV[b + 4] ~= '' then redis.call('PEXPIREAT', rec, ARGV[b + 4]) end
-    applied[#applied + 1] = ARGV[b + 5]
+    if w[5] ~= '' then redis.call('PEXPIREAT', rec, w[5]) end
+    applied[#applied + 1] = w[6]
     out[i - 1] = {1, 0}
   end
 end
@@ -191,7 +194,8 @@ return out
 
 #: Renew (or with ARGV[4] == "1", remove) an instance's heartbeat.
 #: KEYS: instance key, instances zset, patterns hash. ARGV: node id, info, ttl ms,
-#: leave flag. Returns {live node ids, the patterns' version or nil, server ms}.
+#: leave flag. Returns {live node ids, the patterns' version or nil, server ms, each
+#: live one's heartbeat expiry in server ms}.
 HEARTBEAT: Final = Script(
     "heartbeat",
     _PRELUDE
@@ -207,6 +211,24 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', ttl)
 redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 if redis.call('PTTL', KEYS[2]) < ttl then redis.call('PEXPIRE', KEYS[2], ttl) end
-return {redis.call('ZRANGE', KEYS[2], 0, -1), redis.call('HGET', KEYS[3], '#'), now}
+local listed, members, expiries = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES'), {}, {}
+for i = 1, #listed, 2 do
+  members[#members + 1] = listed[i]
+  expiries[#expiries + 1] = listed[i + 1]
+end
+return {members, redis.call('HGET', KEYS[3], '#'), now, expiries}
 """,
 )
+
+
+def sharded(script: Script) -> Script:
+    """``script`` announcing with ``SPUBLISH`` (Redis Cluster's sharded pub/sub).
+
+    In a cluster every key and channel of one cache cluster carries the hash tag
+    ``{C}``, so a script's channel lies in the slot of its keys and ``SPUBLISH``
+    reaches exactly the subscribers of that shard (classic ``PUBLISH`` would be
+    broadcast to every node of the Redis Cluster). The same script otherwise: a
+    script without ``PUBLISH`` comes back as it is.
+    """
+    source = script.source.replace("redis.call('PUBLISH',", "redis.call('SPUBLISH',")
+    return script if source == script.source else Script(script.name, source)

@@ -125,9 +125,16 @@ class Outbox:
         return itertools.chain(self.inflight.items(), self.queued.items())
 
     def sending(self, entries: list[Write]) -> None:
-        """``entries`` are in a batch on its way to Redis."""
+        """``entries`` are in a batch on its way to Redis.
+
+        A key already in flight with a newer write (batches overlap, see the batch
+        writer) keeps that one: it is the write of the key Redis may not show yet.
+        """
+        inflight = self.inflight
         for key, e in entries:
-            self.inflight[key] = e
+            current = inflight.get(key)
+            if current is None or (current.ts, current.origin) < (e.ts, e.origin):
+                inflight[key] = e
 
     def sent(self, entries: list[Write]) -> None:
         """The batch holding ``entries`` was answered (or failed)."""
@@ -151,6 +158,11 @@ class InstanceTable:
     def __init__(self, node: str) -> None:
         self.node = node
         self.states: dict[str, str] = {}
+        #: When each instance was last heard: its last heartbeat (from Redis's clock,
+        #: in ours) or message, whichever is later.
+        self.beats: dict[str, float] = {}
+        #: How each instance describes itself (host and process), once read.
+        self.described: dict[str, str] = {}
         self._dead_at: dict[str, float] = {}
 
     def live(self) -> set[str]:
@@ -158,8 +170,21 @@ class InstanceTable:
         return {p for p, state in self.states.items() if state == ALIVE}
 
     def peers(self) -> tuple[PeerState, ...]:
-        """Every listed instance, by id."""
-        return tuple(PeerState(p, None, state) for p, state in sorted(self.states.items()))
+        """Every listed instance, by id, with its description and last heartbeat."""
+        return tuple(
+            PeerState(p, None, state, self.beats.get(p), self.described.get(p))
+            for p, state in sorted(self.states.items())
+        )
+
+    def beat(self, peer: str, at: float) -> None:
+        """``peer`` was heard at ``at`` (a heartbeat, or a message; if it is listed)."""
+        if peer in self.states and at > self.beats.get(peer, at - 1):
+            self.beats[peer] = at
+
+    def describe(self, peer: str, description: str) -> None:
+        """What ``peer`` says it is (if it is still listed)."""
+        if peer in self.states:
+            self.described[peer] = description
 
     def seen(self, peer: str) -> PeerEvent | None:
         """``peer`` was heard from; the event if it was not alive before."""
@@ -176,7 +201,7 @@ class InstanceTable:
         if previous != ALIVE:
             return None
         if forget:
-            del self.states[peer]
+            self._forget(peer)
         else:
             self.states[peer] = DEAD
             self._dead_at[peer] = now
@@ -197,7 +222,12 @@ class InstanceTable:
         for peer, died in list(self._dead_at.items()):
             if now - died > DEAD_LISTED:
                 del self._dead_at[peer]
-                self.states.pop(peer, None)
+                self._forget(peer)
+
+    def _forget(self, peer: str) -> None:
+        self.states.pop(peer, None)
+        self.beats.pop(peer, None)
+        self.described.pop(peer, None)
 
 
 class AckWaiters:

@@ -11,10 +11,12 @@ that ends when the protocol says so (:meth:`BatchWriter.acked`), never by pollin
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final
 
 from crdtcache._errors import PeerError
 from crdtcache.core import Entry, PatternTombstone
@@ -26,13 +28,30 @@ from crdtcache.runtime.redis._commands import (
 )
 from crdtcache.runtime.redis._protocol import RedisProtocol
 from crdtcache.runtime.redis._tables import batches
-from crdtcache.runtime.redis._writes import RECHECK_ATTEMPTS, WriteReport
+from crdtcache.runtime.redis._writes import RECHECK_ATTEMPTS, WriteBatch, WriteReport
 
-__all__ = ["BatchWriter"]
+__all__ = ["PIPELINE_DEPTH", "BatchWriter"]
 
 log = logging.getLogger(__name__)
 
+#: Write-behind batches sent before the first one's answer is awaited.
+PIPELINE_DEPTH: Final = 2
+
 Write = tuple[str, Entry]
+
+
+@dataclass(frozen=True, slots=True)
+class _Flight:
+    """One batch on its way to Redis: what was sent, and the task sending it."""
+
+    batch: WriteBatch
+    report: WriteReport
+    send: asyncio.Task[tuple[list[Any], int]]
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 class BatchWriter:
@@ -60,10 +79,18 @@ class BatchWriter:
         self._load_patterns = load_patterns
         self._dispatch = dispatch
         self._wanted = asyncio.Event()
+        self._reachable = asyncio.Event()
         self._ack_done: dict[int, asyncio.Future[None]] = {}
 
     def wake(self) -> None:
         """Writes are queued: write them within ``sync_interval``."""
+        self._wanted.set()
+
+    def reachable(self) -> None:
+        """Redis answers again (resubscribed): a failed batch is retried now, not after
+        the rest of its back-off (after a failover, the writes queued meanwhile go to
+        the promoted primary as soon as the instances find it)."""
+        self._reachable.set()
         self._wanted.set()
 
     def acked(self, ack_id: int) -> None:
@@ -107,9 +134,15 @@ class BatchWriter:
         """Write now, in batches; on any failure the writes are dropped here."""
         try:
             applied = 0
+            # With wait_replicas, WAIT may take half the timeout: a healthy replica
+            # confirms in about a round trip, and the other half leaves the answer
+            # time to arrive (and be reported as such) before asyncio.timeout fires.
+            confirm_ms = max(1, int(timeout * 500))
             async with asyncio.timeout(timeout):
                 for batch in batches(entries) if entries else iter([[]]):
-                    applied += await self.write(batch, patterns, ack_id, requeue=False)
+                    applied += await self.write(
+                        batch, patterns, ack_id, requeue=False, confirm_ms=confirm_ms
+                    )
                     patterns = []
             return applied
         except PeerError:
@@ -131,6 +164,7 @@ class BatchWriter:
             await wanted.wait()
             await asyncio.sleep(self.sync_interval)
             wanted.clear()
+            self._reachable.clear()  # set from here on: the back-off below is cut short
             try:
                 await self.write_outbox()
                 delay = RECONNECT_MIN
@@ -141,16 +175,100 @@ class BatchWriter:
                 else:
                     log.exception("write-behind batch failed, retry in %.2f s", delay)
                 wanted.set()
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._reachable.wait(), delay)
                 delay = min(delay * 2, RECONNECT_MAX)
 
     async def write_outbox(self) -> None:
-        """Write everything queued, in batches; what fails goes back to the outbox."""
+        """Write everything queued, :data:`PIPELINE_DEPTH` batches in flight at once;
+        what fails goes back to the outbox.
+
+        While Redis runs one batch's script, the next is prepared and sent and the
+        previous one's answer applied: with two cores the client's and the server's
+        work overlap instead of taking turns. Batches may then be applied in any
+        order, which last-writer-wins makes harmless (an older write of a key that
+        lands after a newer one loses to it).
+        """
         outbox = self.protocol.outbox
         self.protocol.take()
-        while outbox:
-            batch, patterns = outbox.next_batch()
-            await self.write(batch, patterns, 0, requeue=True)
+        flights: collections.deque[_Flight] = collections.deque()
+        try:
+            while outbox or flights:
+                while outbox and len(flights) < PIPELINE_DEPTH:
+                    entries, patterns = outbox.next_batch()
+                    flight = self._begin(entries, patterns, 0, WriteReport(), 0, 0)
+                    if flight is not None:
+                        flights.append(flight)
+                if not flights:
+                    continue
+                flight = flights.popleft()
+                recheck, _ = await self._finish(flight, requeue=True)
+                if recheck:  # rare: pattern tombstones were recorded meanwhile
+                    await self._reload_for(recheck, requeue=True)
+                    await self.write(recheck, [], 0, requeue=True)
+        finally:
+            while flights:  # cancelled or failed: the others go back too
+                self._abandon(flights.popleft())
+
+    def _begin(
+        self,
+        entries: list[Write],
+        patterns: list[PatternTombstone],
+        ack_id: int,
+        report: WriteReport,
+        replicas: int,
+        confirm_ms: int,
+    ) -> _Flight | None:
+        """Prepare one batch (its writes are in flight from here) and start sending it."""
+        batch = self.protocol.writes.prepare(entries, patterns, ack_id, report, self._clock())
+        if batch is None:
+            return None
+        send = asyncio.get_running_loop().create_task(
+            self.commands.pipeline_replicated(batch.calls, replicas, confirm_ms)
+        )
+        send.add_done_callback(_retrieved)  # an abandoned one's failure is of no interest
+        return _Flight(batch, report, send)
+
+    async def _finish(self, flight: _Flight, *, requeue: bool) -> tuple[list[Write], int]:
+        """Apply a batch's answers here; returns the writes to recheck and how many
+        replicas confirmed the batch. On a failure the batch goes back (``requeue``)
+        or is dropped here, and :class:`PeerError` is raised."""
+        writes = self.protocol.writes
+        batch = flight.batch
+        try:
+            results, confirmed = await flight.send
+        except (PeerError, asyncio.CancelledError):
+            writes.put_back(batch.entries, batch.patterns, requeue=requeue)
+            raise
+        finally:
+            writes.sent(batch)
+        recheck = writes.answered(batch, results, flight.report, self._clock())
+        self._dispatch()
+        return recheck, confirmed
+
+    def _abandon(self, flight: _Flight) -> None:
+        """A batch whose answer nobody will wait for: queued again (sending it twice
+        is harmless: an equal stamp is the same write)."""
+        flight.send.cancel()
+        writes = self.protocol.writes
+        writes.put_back(flight.batch.entries, flight.batch.patterns, requeue=True)
+        writes.sent(flight.batch)
+
+    async def _reload_for(self, recheck: list[Write], *, requeue: bool) -> None:
+        """Reload the pattern tombstones before ``recheck`` is written again.
+
+        Meanwhile the writes are still this node's, not in Redis: in flight, where
+        reads (``keys``, ``delete``) and "is everything written" look for them.
+        """
+        outbox = self.protocol.outbox
+        outbox.sending(recheck)
+        try:
+            await self._load_patterns()
+        except (PeerError, asyncio.CancelledError):
+            self.protocol.writes.put_back(recheck, [], requeue=requeue)
+            raise
+        finally:
+            outbox.sent(recheck)
 
     async def write(
         self,
@@ -160,34 +278,30 @@ class BatchWriter:
         *,
         requeue: bool,
         applied: list[Write] | None = None,
+        confirm_ms: int = 0,
     ) -> int:
         """Write one batch; returns how many writes Redis applied (and announced).
 
         On a connection failure the batch goes back to the outbox (``requeue``) or is
-        dropped from this instance; either way :class:`PeerError` is raised.
+        dropped from this instance; either way :class:`PeerError` is raised. With
+        ``confirm_ms`` and the URL's ``wait_replicas`` set, :class:`PeerError` is also
+        raised when fewer replicas confirmed having the batch within ``confirm_ms``
+        (Redis ``WAIT``): it is applied on the primary and announced, but a failover
+        could lose it (:mod:`._runtime`, "what a failover loses").
         """
         writes = self.protocol.writes
         report = WriteReport()
+        replicas = self.commands.wait_replicas if confirm_ms else 0
+        unconfirmed = 0
         for _ in range(RECHECK_ATTEMPTS):
-            batch = writes.prepare(entries, patterns, ack_id, report, self._clock())
-            if batch is None:
+            flight = self._begin(entries, patterns, ack_id, report, replicas, confirm_ms)
+            if flight is None:
                 break
-            try:
-                results = await self.commands.pipeline(batch.calls)
-            except (PeerError, asyncio.CancelledError):
-                writes.put_back(batch.entries, batch.patterns, requeue=requeue)
-                raise
-            finally:
-                writes.sent(batch)
-            recheck = writes.answered(batch, results, report, self._clock())
-            self._dispatch()
+            recheck, confirmed = await self._finish(flight, requeue=requeue)
+            unconfirmed = max(unconfirmed, replicas - confirmed)
             if not recheck:
                 break
-            try:
-                await self._load_patterns()
-            except (PeerError, asyncio.CancelledError):
-                writes.put_back(recheck, [], requeue=requeue)
-                raise
+            await self._reload_for(recheck, requeue=requeue)
             entries, patterns = recheck, []
         else:
             writes.unsure(entries, report, requeue=requeue)
@@ -195,4 +309,11 @@ class BatchWriter:
             applied += report.applied
         if report.errors and not requeue:
             raise PeerError("Redis refused writes: " + "; ".join(report.errors[:3]))
+        if unconfirmed and report.count:
+            self.protocol.writes.counters.unconfirmed += report.count
+            raise PeerError(
+                f"{self.commands.where}: the write is applied on the primary, but "
+                f"{unconfirmed} of the {replicas} replicas asked for (wait_replicas) did "
+                f"not confirm it within {confirm_ms} ms; a failover now could lose it"
+            )
         return report.count

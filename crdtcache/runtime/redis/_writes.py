@@ -101,6 +101,17 @@ class WriteCounters:
     rechecked: int = 0
     dropped: int = 0
     errors: int = 0
+    #: Write-through writes fewer replicas confirmed than ``wait_replicas`` asked for.
+    unconfirmed: int = 0
+
+
+def _all_encodable(entries: list[Write]) -> bool:
+    """Whether every key encodes as UTF-8 (one C call for the whole batch)."""
+    try:
+        "".join([k for k, _ in entries]).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class WritePath:
@@ -142,9 +153,14 @@ class WritePath:
         now: float,
     ) -> WriteBatch | None:
         """The script calls of one batch, its writes marked in flight (None: nothing to send)."""
-        # Covered writes are gone here already; writing them would only lose.
-        entries = [(k, e) for k, e in entries if not self._patterns.covered(k, e.ts, e.origin)]
-        entries = [(k, e) for k, e in entries if self._encodable(k, e, report)]
+        # Covered writes are gone here already; writing them would only lose. (Both
+        # filters are per write; most batches skip them: no tombstone is known, and
+        # keys that encode together encode one by one.)
+        if self._replica.patterns:
+            covered = self._patterns.covered
+            entries = [(k, e) for k, e in entries if not covered(k, e.ts, e.origin)]
+        if not _all_encodable(entries):
+            entries = [(k, e) for k, e in entries if self._encodable(k, e, report)]
         patterns = [t for t in patterns if self._encodable(t.pattern, None, report)]
         calls = [self._calls.pattern(tomb, ack_id, now) for tomb in patterns]
         if entries:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import pytest
-import redis
 
 from crdtcache import Cache
 from crdtcache.runtime.redis._runtime import RedisRuntime
@@ -17,24 +17,58 @@ from tests.runtime.redis.redis_helpers import (
     delete_cluster,
     reachable,
     redis_caches,
+    sync_client,
     unavailable,
 )
-from tests.runtime.redis.topologies import (  # fixtures: private Cluster / Sentinel
+from tests.runtime.redis.topologies import (  # fixtures: private and shared topologies
+    RedisClusterTopology,
+    RedisSentinelTopology,
     redis_cluster,
     redis_sentinel,
     shared_redis_cluster,
+    shared_redis_sentinel,
 )
 
-__all__ = ["redis_cluster", "redis_sentinel", "shared_redis_cluster"]
+__all__ = ["redis_cluster", "redis_sentinel", "shared_redis_cluster", "shared_redis_sentinel"]
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> str:
+def single_redis_url() -> str:
     """The test server's URL; skips (fails in CI) when it does not answer."""
     problem = reachable(REDIS_URL)
     if problem is not None:
         unavailable(f"no Redis at {REDIS_URL}: {problem}")
     return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def cluster_redis_url(shared_redis_cluster: RedisClusterTopology) -> str:
+    """A ``redis+cluster://`` URL of the session's 3 x 2 Redis Cluster (nobody may kill
+    or flush it: failover tests start their own)."""
+    return shared_redis_cluster.url
+
+
+@pytest.fixture(scope="session")
+def sentinel_redis_url(shared_redis_sentinel: RedisSentinelTopology) -> str:
+    """A ``redis+sentinel://`` URL of the session's primary, replica and 3 sentinels
+    (nobody may kill or flush it)."""
+    return shared_redis_sentinel.url
+
+
+#: The topologies the redis-mode tests run on: one server, and (slow: they start
+#: their servers) a Redis Cluster and a Sentinel-managed primary.
+TOPOLOGIES = [
+    "single",
+    pytest.param("cluster", marks=pytest.mark.slow),
+    pytest.param("sentinel", marks=pytest.mark.slow),
+]
+
+
+@pytest.fixture(scope="session", params=TOPOLOGIES)
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """The URL of each topology in turn (every test using it runs on all three)."""
+    url: str = request.getfixturevalue(f"{request.param}_redis_url")
+    return url
 
 
 @pytest.fixture
@@ -46,9 +80,25 @@ def cluster(redis_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def sync_redis(redis_url: str) -> Iterator[redis.Redis]:
+def cache_cluster() -> Iterator[Callable[[str], str]]:
+    """Makes cluster names of this test's own for a Redis URL; their keys are deleted
+    afterwards."""
+    made: list[tuple[str, str]] = []
+
+    def make(url: str) -> str:
+        name = f"test-{uuid.uuid4().hex[:10]}"
+        made.append((url, name))
+        return name
+
+    yield make
+    for url, name in made:
+        delete_cluster(url, name)
+
+
+@pytest.fixture
+def sync_redis(redis_url: str) -> Iterator[Any]:
     """A plain blocking client on the test server, to look at what the cache stored."""
-    client = redis.Redis.from_url(redis_url)
+    client = sync_client(redis_url)
     yield client
     client.close()
 

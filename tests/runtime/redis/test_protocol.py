@@ -260,9 +260,9 @@ class FakeRedis:
         unknown = self.newest is not None and str(self.version) != known
         out: list[Any] = []
         applied: list[bytes] = []
-        for i, name in enumerate(names[1:]):
-            s, blob, tomb, x, _, part = args[4 + 6 * i : 10 + 6 * i]
-            stamp = s.encode()
+        rows = msgpack.unpackb(args[4], raw=True)  # pack_writes: bytes throughout
+        for name, row in zip(names[1:], rows, strict=True):
+            stamp, blob, tomb, x, _, part = row
             current = self.records.get(name)
             if current is not None and not current[0] < stamp:
                 out.append([0, current[0]])
@@ -270,7 +270,7 @@ class FakeRedis:
                 out.append([-1, self.version])
             else:
                 self.step += 1
-                fields = (stamp, None if tomb == "1" else blob, x.encode() if x else None)
+                fields = (stamp, None if tomb == b"1" else blob, x if x else None)
                 self.records[name] = (stamp, self.step, fields)
                 applied.append(part)
                 out.append([1, 0])

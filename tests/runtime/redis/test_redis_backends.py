@@ -34,19 +34,21 @@ class Backend:
         self.name = name
         self.request = request
         self.caches: list[Cache] = []
+        self._redis: dict[str, Any] | None = None
 
     def options(self) -> dict[str, Any]:
         """What a cache of this backend is configured with (the only difference)."""
         if self.name == "p2p":
             return {"backend": "p2p", "discovery": "none"}
-        return {
-            "backend": "redis",
-            "redis_url": self.request.getfixturevalue("redis_url"),
-            "cluster": self.request.getfixturevalue("cluster"),
-        }
+        if self._redis is None:
+            topology = self.name.partition("-")[2] or "single"
+            url = self.request.getfixturevalue(f"{topology}_redis_url")
+            name = self.request.getfixturevalue("cache_cluster")(url)
+            self._redis = {"backend": "redis", "redis_url": url, "cluster": name}
+        return dict(self._redis)
 
     async def start(self, count: int = 2, **options: Any) -> list[Cache]:
-        if self.name == "redis":
+        if self.name.startswith("redis"):
             base = self.options()
             caches = await redis_caches(
                 count, url=base["redis_url"], cluster=base["cluster"], **options
@@ -68,7 +70,7 @@ class Backend:
 
     async def join(self, **options: Any) -> Cache:
         """One more instance, started, that finds the others by itself."""
-        if self.name == "redis":
+        if self.name.startswith("redis"):
             cache = Cache(**self.options(), node_id="late", **options)
         else:
             seeds = [self.caches[0].address or ""] if self.caches else []
@@ -89,7 +91,7 @@ class Backend:
 
     def deafen(self, cache: Cache) -> None:
         """Make ``cache`` apply (and acknowledge) no remote write from now on."""
-        if self.name == "redis":
+        if self.name.startswith("redis"):
             runtime(cache).protocol.receive_invalidation = lambda msg, now: None  # type: ignore[method-assign]
             return
         engine = cache._engine
@@ -106,7 +108,14 @@ class Backend:
             await cache.close()
 
 
-@pytest.fixture(params=["p2p", "redis"])
+@pytest.fixture(
+    params=[
+        "p2p",
+        "redis",
+        pytest.param("redis-cluster", marks=pytest.mark.slow),
+        pytest.param("redis-sentinel", marks=pytest.mark.slow),
+    ]
+)
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     b = Backend(request.param, request)
     yield b
@@ -254,7 +263,7 @@ async def test_an_event_on_one_instance_invalidates_every_instance(backend: Back
 
 
 async def test_an_evicted_value_is_served_again(backend: Backend) -> None:
-    bound = "local_max_size" if backend.name == "redis" else "max_size"
+    bound = "local_max_size" if backend.name.startswith("redis") else "max_size"
     a, b = await backend.start(2, **{bound: [10_000, 2]})
     events: list[CacheEvent] = []
     b.on("eviction", events.append)

@@ -10,11 +10,18 @@ from typing import Any
 import msgpack
 import pytest
 import redis
-import redis.asyncio as aioredis
 
-from crdtcache.runtime.redis._messages import parse_stamp, stamp_text
+from crdtcache.runtime.redis._messages import pack_writes, parse_stamp, stamp_text
 from crdtcache.runtime.redis._scripts import WRITE
-from tests.runtime.redis.redis_helpers import eventually, redis_caches, runtime, wait_for
+from tests.runtime.redis.redis_helpers import (
+    async_client,
+    async_subscriber,
+    eventually,
+    redis_caches,
+    runtime,
+    script_for,
+    wait_for,
+)
 
 
 def stored_stamp(client: redis.Redis, cluster: str, key: str) -> tuple[int, str]:
@@ -65,15 +72,17 @@ async def test_skewed_clocks_the_greater_stamp_wins(
             await cache.close()
 
 
-def write_args(cluster: str, writes: list[tuple[str, int, str]]) -> list[Any]:
+def write_args(url: str, cluster: str, writes: list[tuple[str, int, str]]) -> list[Any]:
     """KEYS and ARGV of one WRITE call storing b"x" under each (key, ts, origin)."""
     keys: list[Any] = [f"crdtcache:{{{cluster}}}:patterns"]
     args: list[Any] = ["0", 60_000, f"crdtcache:{{{cluster}}}:inv", b"\x94\x01\xa1t\x00"]
+    rows = []
     for key, ts, origin in writes:
         keys.append(f"crdtcache:{{{cluster}}}:k:{key}")
         part = msgpack.packb([key, ts, origin, None, False, None])
-        args += [stamp_text(ts, origin), b"\xa1x", "0", "", "", part]
-    return [WRITE.source, len(keys), *keys, *args]
+        rows.append((stamp_text(ts, origin), b"\xa1x", "0", "", "", part))
+    args.append(pack_writes(rows))
+    return [script_for(url, WRITE).source, len(keys), *keys, *args]
 
 
 async def test_concurrent_scripts_keep_the_greatest_stamp(
@@ -86,19 +95,20 @@ async def test_concurrent_scripts_keep_the_greatest_stamp(
     stamps = [(base + rng.randrange(1 << 20), rng.choice("abcdefgh")) for _ in range(400)]
     stamps += [(max(stamps)[0], "zz"), (max(stamps)[0], "z")]  # a tie on ts
     rng.shuffle(stamps)
-    pool = aioredis.BlockingConnectionPool.from_url(redis_url, max_connections=8)
-    client = aioredis.Redis(connection_pool=pool)
+    client = async_client(redis_url)
+    connections = asyncio.Semaphore(8)  # 8 at once, whatever pool each topology has
     applied = 0
     try:
 
         async def write(ts: int, origin: str) -> None:
             nonlocal applied
-            result = await client.eval(*write_args(cluster, [("hot", ts, origin)]))  # type: ignore[misc]
+            async with connections:
+                result = await client.eval(*write_args(redis_url, cluster, [("hot", ts, origin)]))  # type: ignore[misc]
             applied += result[0][0] == 1
 
         await asyncio.gather(*(write(ts, o) for ts, o in stamps))
     finally:
-        await client.aclose(close_connection_pool=True)
+        await client.aclose()
     assert stored_stamp(sync_redis, cluster, "hot") == (max(stamps)[0], "zz")
     # Each applied write was strictly newer than the one before it.
     assert 1 <= applied < len(stamps)
@@ -107,15 +117,15 @@ async def test_concurrent_scripts_keep_the_greatest_stamp(
 async def test_a_batch_applies_only_its_newer_writes_and_announces_them_once(
     redis_url: str, cluster: str
 ) -> None:
-    client = aioredis.Redis.from_url(redis_url)
-    pubsub = client.pubsub()
+    client = async_client(redis_url)
+    subscriber, pubsub = await async_subscriber(redis_url, f"crdtcache:{{{cluster}}}:inv")
     try:
-        await pubsub.subscribe(f"crdtcache:{{{cluster}}}:inv")
-        await pubsub.get_message(timeout=1)  # the subscription's confirmation
-        first = await client.eval(*write_args(cluster, [("x", 5 << 16, "n")]))  # type: ignore[misc]
+        first = await client.eval(*write_args(redis_url, cluster, [("x", 5 << 16, "n")]))
         # The same write again (a retry), an older one, and a new key: only y applies.
-        again = await client.eval(  # type: ignore[misc]
-            *write_args(cluster, [("x", 5 << 16, "n"), ("x", 4 << 16, "z"), ("y", 1, "n")])
+        again = await client.eval(
+            *write_args(
+                redis_url, cluster, [("x", 5 << 16, "n"), ("x", 4 << 16, "z"), ("y", 1, "n")]
+            )
         )
         assert first == [[1, 0], 1]
         assert again[:3] == [[0, stamp_text(5 << 16, "n").encode()]] * 2 + [[1, 0]]
@@ -125,4 +135,5 @@ async def test_a_batch_applies_only_its_newer_writes_and_announces_them_once(
         assert [[w[0] for w in m[3]] for m in messages] == [["x"], ["y"]]
     finally:
         await pubsub.aclose()
+        await subscriber.aclose()
         await client.aclose()

@@ -24,7 +24,14 @@ from crdtcache.runtime.redis._messages import (
     stamp_text,
 )
 from crdtcache.runtime.redis._scripts import PATTERN
-from tests.runtime.redis.redis_helpers import eventually, free_port, redis_caches, runtime, wait_for
+from tests.runtime.redis.redis_helpers import (
+    eventually,
+    free_port,
+    publish,
+    redis_caches,
+    runtime,
+    wait_for,
+)
 
 
 def record(client: redis.Redis, cluster: str, key: str) -> dict[bytes, bytes]:
@@ -398,7 +405,7 @@ async def test_junk_on_the_channel_or_under_the_prefix_is_refused(
     a, b = redis_pair
     channel = f"crdtcache:{{{cluster}}}:inv"
     for junk in (b"\xc1", msgpack.packb([1, "x"]), msgpack.packb({"a": 1}), b"x" * 200_000):
-        sync_redis.publish(channel, junk)
+        publish(sync_redis, channel.encode(), junk)
     sync_redis.hset(f"crdtcache:{{{cluster}}}:k:bad", mapping={"s": "nonsense", "v": b"\x01"})
     sync_redis.hset(
         f"crdtcache:{{{cluster}}}:k:bad2", mapping={"s": stamp_text(1, "x"), "v": b"\xc1"}

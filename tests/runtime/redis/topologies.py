@@ -24,8 +24,9 @@ query options are connection options, as for a ``redis://`` URL. IPv6 hosts are
 written in brackets (``[::1]:7000``). :func:`parse_topology_url` is a reference parser.
 
 The fixtures (:func:`redis_cluster`, :func:`shared_redis_cluster`,
-:func:`redis_sentinel`) skip when ``redis-server``/``redis-cli`` are missing, except in
-CI (``CI=true``), where that is a failure.
+:func:`redis_sentinel`, :func:`shared_redis_sentinel`) skip when
+``redis-server``/``redis-cli`` are missing, except in CI (``CI=true``), where that is
+a failure.
 """
 
 from __future__ import annotations
@@ -1061,13 +1062,23 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
         yield topology
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def shared_redis_cluster(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RedisClusterTopology]:
-    """One 3 x 2 Redis Cluster for a whole module: tests must not kill or flush it and
-    should use keys of their own."""
+    """One 3 x 2 Redis Cluster for the whole session (about 2 s to start): tests must
+    not kill or flush it and should use keys of their own."""
     with running_cluster(tmp_path_factory.mktemp("redis-cluster-shared")) as topology:
+        yield topology
+
+
+@pytest.fixture(scope="session")
+def shared_redis_sentinel(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RedisSentinelTopology]:
+    """One primary + replica + 3 sentinels for the whole session: tests must not kill
+    or flush it and should use keys of their own."""
+    with running_sentinel(tmp_path_factory.mktemp("redis-sentinel-shared")) as topology:
         yield topology
 
 
