@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -47,7 +47,8 @@ from crdtcache._errors import ClockDriftError
 from crdtcache.core._batches import Chunk, RelayQueue, chunk, retransmits_for
 from crdtcache.core._completion import AckDone, Completion, FetchDone, Waits
 from crdtcache.core._config import EngineStatistics, GossipConfig, RandomSource
-from crdtcache.core._entry import NOT_HELD, Change, Entry, PatternTombstone
+from crdtcache.core._counter import Counter
+from crdtcache.core._entry import NOT_HELD, Change, Entry, PatternTombstone, stub_of
 from crdtcache.core._membership import (
     ALIVE,
     DEAD,
@@ -131,6 +132,8 @@ class GossipEngine:
         self._changes: deque[Change] = deque(maxlen=MAX_PENDING_EVENTS)
         self._peer_events: deque[PeerEvent] = deque(maxlen=MAX_PENDING_EVENTS)
         self._completions: deque[Completion] = deque(maxlen=MAX_PENDING_EVENTS)
+        # A join the replica minted is this node's write: it goes out like one.
+        replica.on_mint = self._queue_minted
 
     # ------------------------------------------------------------------ peers
     @property
@@ -192,6 +195,39 @@ class GossipEngine:
         self._queue_local(key, entry)
         return existed
 
+    def add(
+        self, key: str, stored: object, now: float, expires: float | None = None
+    ) -> Entry | None:
+        """Write ``key`` only if it has no live value here; the entry, or None if it had.
+
+        Atomic among the callers of this engine (it never waits). Not across nodes: two
+        nodes adding at once both succeed, and last-writer-wins keeps one value.
+        """
+        if self.replica.lookup(key, now) is not None:
+            return None
+        return self.set(key, stored, now, expires)
+
+    def touch(self, key: str, now: float, expires: float | None) -> Entry | None:
+        """Give the live value of ``key`` a new expiry and queue it; None if absent."""
+        entry = self.replica.touch(key, now, expires)
+        if entry is not None:
+            self._queue_local(key, entry)
+        return entry
+
+    def incr(
+        self,
+        key: str,
+        delta: int,
+        now: float,
+        expires: float | None,
+        as_int: Callable[[object], int],
+    ) -> Entry | None:
+        """Add ``delta`` to the counter of ``key`` and queue it (see :meth:`Replica.incr`)."""
+        entry = self.replica.incr(key, delta, now, expires, as_int)
+        if entry is not None:
+            self._queue_local(key, entry)
+        return entry
+
     def invalidate_pattern(self, pattern: str, now: float) -> list[Change]:
         """Remove every key matching ``pattern`` on every node (one pattern tombstone)."""
         tomb, changes = self.replica.invalidate_pattern(pattern, now)
@@ -209,6 +245,12 @@ class GossipEngine:
         self._pending.pop(key, None)
         self._pending[key] = entry
         self._change(Change(key, "delete" if entry.deleted else "set", self.node, entry.ts, False))
+
+    def _queue_minted(self, key: str, entry: Entry) -> None:
+        # Reported by the merge that minted it; only queued here. Its stamp is the
+        # newest this node issued, so _pending stays in stamp order.
+        self._pending.pop(key, None)
+        self._pending[key] = entry
 
     @property
     def pending(self) -> int:
@@ -258,8 +300,11 @@ class GossipEngine:
             )
             return [], 0
         if self.config.on_demand:
+            # A counter travels whole: a stub of it could replace a peer's copy, and
+            # the totals only this node holds would be lost.
             entries = [
-                (k, Entry(NOT_HELD, e.ts, e.origin, e.expires) if e.held else e) for k, e in entries
+                (k, stub_of(e) if e.held and type(e.value) is not Counter else e)
+                for k, e in entries
             ]
         chunks = self._chunk(entries, patterns)
         targets = self._targets(exclude=())
