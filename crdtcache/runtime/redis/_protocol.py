@@ -477,6 +477,30 @@ class RedisProtocol:
         """A waiter for every live instance's ack of the next write; 0 if none is live."""
         return self.acks.expect(self.instances.live())
 
+    def conditional_done(
+        self, key: str, entry: Entry, now: float, *, replaced: tuple[int, str] | None = None
+    ) -> None:
+        """Redis applied a conditional write of this instance: hold it and report it.
+
+        ``entry`` is the write (see :mod:`._conditional`); a touch carries no value and
+        names the stamp it ``replaced``: a held copy of that write takes the touch's
+        stamp and expiry, any other copy is dropped (the next read fetches it).
+        """
+        hot = self.hot
+        if replaced is not None:
+            local = self.replica.entries.get(key)
+            if local is not None and local.held and (local.ts, local.origin) == replaced:
+                hot.merge_quietly(
+                    key, Entry(local.value, entry.ts, entry.origin, entry.expires), now
+                )
+                hot.settle(key, now)
+            elif local is not None:
+                hot.drop(key, local)
+        else:
+            hot.merge_quietly(key, entry, now)
+            hot.settle(key, now)
+        self._events.append(ChangesMade([Change(key, "set", self.node, entry.ts, False)]))
+
     # ============================================================== hot tier
     def hot_deadline(self) -> float | None:
         """When :meth:`expire_hot` has work next (None: no value is timed)."""
