@@ -115,10 +115,13 @@ class Cache:
       value), or ``"pickle"``, refused unless ``secret`` or ``ssl`` is set (redis:
       a password or rediss:// in ``redis_url``): loading a pickle runs its writer's
       code, so any peer that can write could run code on every node.
-    * ``max_value_bytes`` (default 1 MiB; up to 32 MiB with ``backend="memory"``)
-      and ``max_key_chars`` (default and most 1024): the largest value (a str in
-      UTF-8 bytes, others as encoded) and the longest key, refused on write with
-      :class:`SerializationError`; a value from a peer over them is not held here.
+    * ``max_value_bytes`` (default 1 MiB, up to 32 MiB) and ``max_key_chars``
+      (default and most 1024): the largest value (a str in UTF-8 bytes, others as
+      encoded) and the longest key, refused on write with :class:`SerializationError`.
+      Every reader (peers' frames, Redis records, snapshots, the store) applies this
+      node's limit; frames grow with it (a large value travels whole, in one frame,
+      and delays what follows it on the link: about 10 ms a MiB on loopback). Give
+      every node of a cluster the same limit: a record over a peer's is junk to it.
     * ``event_bus`` + ``invalidation_rules``: invalidate keys on application events.
     * ``on_change(ChangeEvent)``: every visible change, local or remote.
     * ``warm_up(cache)``: run at start. ``refresh(key)`` every ``refresh_interval``
@@ -502,7 +505,8 @@ class Cache:
                         del self._fetching[key]
         counters = self._counters
         for key in dict.fromkeys(keys):
-            if key in asked:
+            e = replica.lookup(key, self._clock()) if key in asked else None
+            if key in asked and not (e is not None and e.value is NOT_HELD):
                 counters.local_misses += 1
                 value = self._filled(replica, key)
                 if value is not ABSENT:
@@ -511,7 +515,7 @@ class Cache:
                     continue
                 counters.dist_misses += 1
                 self._missed(key)
-            else:
+            else:  # not asked, or a stub a capped reply left out: the usual way
                 value = await self._get_slow(key, ABSENT)
                 if value is not ABSENT:
                     found[key] = value

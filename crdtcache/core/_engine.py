@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from crdtcache._errors import ClockDriftError
-from crdtcache.core._batches import Chunk, RelayQueue, chunk, retransmits_for
+from crdtcache.core._batches import ENTRY_OVERHEAD, Chunk, RelayQueue, chunk, retransmits_for
 from crdtcache.core._completion import AckDone, Completion, FetchDone, Waits
 from crdtcache.core._config import EngineStatistics, GossipConfig, RandomSource
 from crdtcache.core._counter import Counter
@@ -69,6 +69,7 @@ from crdtcache.core._messages import (
     SyncResponse,
 )
 from crdtcache.core._replica import Replica
+from crdtcache.core._values import stored_size
 
 __all__ = [
     "ALIVE",
@@ -313,15 +314,17 @@ class GossipEngine:
             ack_id = self._waits.expect_acks(targets)
         out: list[Outgoing] = []
         since = self._stream_upto
-        for chunk_entries, chunk_patterns in chunks:
+        last = len(chunks) - 1
+        for i, (chunk_entries, chunk_patterns) in enumerate(chunks):
             upto = max(
                 [e.ts for _, e in chunk_entries] + [p.ts for p in chunk_patterns], default=since
             )
             # The claim is a fact about the message; a receiver that missed an earlier
-            # push has a mark below ``since`` and so does not advance on it.
-            push = Push(
-                tuple(chunk_entries), tuple(chunk_patterns), self.node, since, upto, 0, ack_id
-            )
+            # push has a mark below ``since`` and so does not advance on it. Only the
+            # last push of the batch asks for an ack: a link delivers in order, so its
+            # ack says the whole batch was applied (one ack per batch, not per part).
+            ack = ack_id if i == last else 0
+            push = Push(tuple(chunk_entries), tuple(chunk_patterns), self.node, since, upto, 0, ack)
             for peer in targets:
                 out.append(Outgoing(peer, push))
                 self.peers[peer].last_sent = now
@@ -631,10 +634,18 @@ class GossipEngine:
         return e is not None and not e.held
 
     def _on_fetch(self, m: Fetch, now: float) -> FetchReply:
-        found = []
+        # One reply, so it is cut at about max_message_bytes (always one value, which
+        # the frame limit leaves room for): the asker counts the rest as not sent and
+        # asks for them again one by one.
+        found: list[tuple[str, Entry]] = []
+        budget = self.config.max_message_bytes
         for key in m.keys:
             e = self.replica.lookup(key, now)
             if e is not None and e.value is not NOT_HELD:
+                cost = len(key) + ENTRY_OVERHEAD + stored_size(e.value)
+                if found and cost > budget:
+                    break
+                budget -= cost
                 found.append((key, e))
         return FetchReply(m.request, tuple(found))
 

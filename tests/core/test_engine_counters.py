@@ -73,3 +73,17 @@ def test_add_writes_only_a_key_without_a_live_value() -> None:
     assert a.add("t", "after expiry", T0 + 2) is not None
     a.delete("k", T0 + 3)
     assert a.add("k", "after delete", T0 + 4) is not None
+
+
+def test_a_write_through_batch_in_many_messages_is_acknowledged_once_when_all_arrived() -> None:
+    link = linked("a", "b", config=replace(FAST, max_message_entries=2))
+    a = link["a"]
+    for i in range(5):
+        a.set(f"k{i}", i, T0)
+    out, ack_id = a.flush(T0, ack=True)
+    pushes = [o.message for o in out if isinstance(o.message, Push)]
+    assert len(pushes) == 3 and [p.ack for p in pushes] == [0, 0, ack_id]
+    link.deliver("a", out[:2], T0)
+    assert a.unacked(ack_id) == {"b"}  # two parts applied, the batch is not
+    link.deliver("a", out[2:], T0)
+    assert a.unacked(ack_id) == frozenset()

@@ -194,7 +194,11 @@ class RedisProtocol:
         self.patterns = PatternBook(self.replica)
         self.calls = ScriptCalls(self.layout, self.node, self.replica)
         self.hot = HotTier(
-            self.replica, local_ttl=local_ttl, covered=self.covered, on_drift=self._drift
+            self.replica,
+            local_ttl=local_ttl,
+            covered=self.covered,
+            on_drift=self._drift,
+            max_value_bytes=engine.config.max_value_bytes,
         )
         self.outbox = Outbox()
         self.writes = WritePath(
@@ -337,7 +341,9 @@ class RedisProtocol:
         if stamp is None:
             return None
         try:
-            return record_entry(key, stamp, blob, expires)
+            return record_entry(
+                key, stamp, blob, expires, max_value_bytes=self.engine.config.max_value_bytes
+            )
         except InvalidRecord as exc:
             # Someone else's data under our prefix, or damage: never served.
             self.counters.refused_records += 1
