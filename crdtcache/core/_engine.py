@@ -323,8 +323,10 @@ class GossipEngine:
             # push has a mark below ``since`` and so does not advance on it. Only the
             # last push of the batch asks for an ack: a link delivers in order, so its
             # ack says the whole batch was applied (one ack per batch, not per part).
-            ack = ack_id if i == last else 0
-            push = Push(tuple(chunk_entries), tuple(chunk_patterns), self.node, since, upto, 0, ack)
+            asks = ack_id if i == last else 0
+            push = Push(
+                tuple(chunk_entries), tuple(chunk_patterns), self.node, since, upto, 0, asks
+            )
             for peer in targets:
                 out.append(Outgoing(peer, push))
                 self.peers[peer].last_sent = now
