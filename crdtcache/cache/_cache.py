@@ -613,6 +613,15 @@ class Cache:
         self._apply_set(key, self._codec.dump(key, value), ttl)
         await self._replicate(f"set {key!r}")
 
+    async def _set_stored(self, key: str, stored: object, ttl: float | None) -> None:
+        """:meth:`set` of a value already dumped (``SyncCache`` dumps in its caller's
+        thread: a serializer may run code that must not run in the loop's)."""
+        self._running()
+        check_key(key, self._codec.max_key_chars)
+        check_ttl(ttl)
+        self._apply_set(key, stored, ttl)
+        await self._replicate(f"set {key!r}")
+
     async def delete(self, key: str) -> bool:
         """Delete ``key`` on every node; True if it was live here.
 
@@ -627,15 +636,22 @@ class Cache:
         if one fails, raising like :meth:`set`). With write-through the batch is
         acknowledged once: :class:`PeerError` names the peers that did not ack it.
         """
-        self._running()
+        await self._set_many_stored(self._dump_many(mapping), ttl)
+
+    def _dump_many(self, mapping: Mapping[str, Any]) -> list[tuple[str, object]]:
+        """Every ``(key, stored value)`` of ``mapping``, checked (see :meth:`set_many`)."""
         if not isinstance(mapping, Mapping):
             raise SerializationError(f"set_many takes a mapping, not {type(mapping).__name__}")
-        check_ttl(ttl)
         max_chars = self._codec.max_key_chars
-        batch = [
+        return [
             (check_key(key, max_chars), self._codec.dump(key, value))
             for key, value in mapping.items()
         ]
+
+    async def _set_many_stored(self, batch: list[tuple[str, object]], ttl: float | None) -> None:
+        """:meth:`set_many` of values already dumped (see :meth:`_set_stored`)."""
+        self._running()
+        check_ttl(ttl)
         if not batch:
             return
         for key, stored in batch:
@@ -675,10 +691,15 @@ class Cache:
         same key at once both store and both return True, and last-writer-wins then
         keeps one of the two values on every node. Raises like :meth:`set`.
         """
+        self._running()
+        check_key(key, self._codec.max_key_chars)
+        return await self._add_stored(key, self._codec.dump(key, value), ttl)
+
+    async def _add_stored(self, key: str, stored: object, ttl: float | None) -> bool:
+        """:meth:`add` of a value already dumped (see :meth:`_set_stored`)."""
         parts = self._running()
         check_key(key, self._codec.max_key_chars)
         check_ttl(ttl)
-        stored = self._codec.dump(key, value)
         parts.runtime.check_writable()
         added = await parts.runtime.add(key, stored, self._expires(ttl))
         if added:

@@ -43,6 +43,7 @@ from crdtcache.cache._events import CacheEvent
 from crdtcache.cache._loop import new_event_loop
 from crdtcache.cache._options import CacheOptions, check_ttl, takes_options
 from crdtcache.cache._statistics import CacheStatistics, Health
+from crdtcache.core import check_key
 
 __all__ = ["SyncCache"]
 
@@ -175,8 +176,13 @@ class SyncCache:
         return value
 
     def set(self, key: str, value: Any, ttl: float | None = None) -> None:
-        """Store ``value`` (see :meth:`Cache.set`)."""
-        self._call(self._cache.set(key, value, ttl))
+        """Store ``value`` (see :meth:`Cache.set`).
+
+        The value is checked and serialized in the calling thread, as every write's.
+        """
+        cache = self._cache
+        check_key(key, cache._codec.max_key_chars)
+        self._call(cache._set_stored(key, cache._codec.dump(key, value), ttl))
 
     def delete(self, key: str) -> bool:
         """Delete ``key`` on every node (see :meth:`Cache.delete`)."""
@@ -223,7 +229,7 @@ class SyncCache:
 
     def set_many(self, mapping: Mapping[str, Any], ttl: float | None = None) -> None:
         """Store every value of ``mapping`` as one batch (see :meth:`Cache.set_many`)."""
-        self._call(self._cache.set_many(mapping, ttl))
+        self._call(self._cache._set_many_stored(self._cache._dump_many(mapping), ttl))
 
     def delete_many(self, keys: Iterable[str]) -> int:
         """Delete ``keys``; how many were live (see :meth:`Cache.delete_many`)."""
@@ -250,7 +256,9 @@ class SyncCache:
 
         Atomic among every thread using this cache; in p2p mode not across nodes.
         """
-        return self._call(self._cache.add(key, value, ttl))
+        cache = self._cache
+        check_key(key, cache._codec.max_key_chars)
+        return self._call(cache._add_stored(key, cache._codec.dump(key, value), ttl))
 
     def incr(self, key: str, delta: int = 1, ttl: float | None = None) -> int:
         """Add ``delta`` to the integer at ``key``; the new value (see :meth:`Cache.incr`)."""
