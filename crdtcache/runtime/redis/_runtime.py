@@ -11,6 +11,7 @@ Where each concept lives (all but this module and :mod:`._commands` without IO):
 :mod:`._scripts`    the Lua scripts: every change to the shared tier is one of them
 :mod:`._commands`   redis-py: clients, EVALSHA, pipelines, SCAN, one exception map
 :mod:`._writer`     sending batches: write-behind loop, write-through with acks
+:mod:`._conditional` add, incr, touch: one script each, decided by Redis
 :mod:`._keyspace`   fetches, keys, size, snapshot, restore, cleanup: reads of Redis
 this module         the runtime: subscription, heartbeat and tick loops, events
 ==================  =============================================================
