@@ -30,10 +30,10 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
-from crdtcache._errors import CacheError, PeerError, SerializationError
+from crdtcache._errors import CacheError, PeerError, SerializationError, ValidationError
 from crdtcache.cache._admin import serve_admin
 from crdtcache.cache._compose import Parts, assemble, choose_node_id
 from crdtcache.cache._events import CacheEvent, InvalidationRule
@@ -57,6 +57,7 @@ from crdtcache.core import (
     check_key,
     decode_value,
 )
+from crdtcache.core._counter import Counter, CounterError
 from crdtcache.runtime._protocol import Runtime
 from crdtcache.store._persistence import Persistence
 
@@ -114,10 +115,13 @@ class Cache:
       value), or ``"pickle"``, refused unless ``secret`` or ``ssl`` is set (redis:
       a password or rediss:// in ``redis_url``): loading a pickle runs its writer's
       code, so any peer that can write could run code on every node.
-    * ``max_value_bytes`` (default 1 MiB; up to 32 MiB with ``backend="memory"``)
-      and ``max_key_chars`` (default and most 1024): the largest value (a str in
-      UTF-8 bytes, others as encoded) and the longest key, refused on write with
-      :class:`SerializationError`; a value from a peer over them is not held here.
+    * ``max_value_bytes`` (default 1 MiB, up to 32 MiB) and ``max_key_chars``
+      (default and most 1024): the largest value (a str in UTF-8 bytes, others as
+      encoded) and the longest key, refused on write with :class:`SerializationError`.
+      Every reader (peers' frames, Redis records, snapshots, the store) applies this
+      node's limit; frames grow with it (a large value travels whole, in one frame,
+      and delays what follows it on the link: about 10 ms a MiB on loopback). Give
+      every node of a cluster the same limit: a record over a peer's is junk to it.
     * ``event_bus`` + ``invalidation_rules``: invalidate keys on application events.
     * ``on_change(ChangeEvent)``: every visible change, local or remote.
     * ``warm_up(cache)``: run at start. ``refresh(key)`` every ``refresh_interval``
@@ -350,13 +354,14 @@ class Cache:
         expires = e.expires
         if expires is not None and expires <= self._clock():
             return ABSENT
-        load = self._load
-        if load is None:
+        if self._load is None:
             if type(value) is Packed:  # a list or dict: hand out a fresh copy
                 value = decode_value(value)
+            elif type(value) is Counter:
+                value = value.total
         else:
             try:
-                value = load(decode_value(value))
+                value = self._codec.read(value)
             except Exception:  # the schema no longer accepts it: the slow path refuses it
                 return ABSENT
         tier = self._tier
@@ -461,6 +466,105 @@ class Cache:
             await asyncio.sleep(0.005)
         return len(engine.live_peers())
 
+    async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """The values of those of ``keys`` that are live, by key (absent ones left out).
+
+        Local hits are read at once; the other keys are asked of peers (or Redis) in
+        one request. Raises like :meth:`get` for a bad key (and for a single str passed
+        instead of an iterable of keys).
+        """
+        wanted = _key_list(keys, "get_many")
+        found: dict[str, Any] = {}
+        slow: list[str] = []
+        for key in wanted:
+            value = self._read(key)
+            if value is ABSENT:
+                slow.append(key)
+            else:
+                found[key] = value
+                if self._hit_cbs:
+                    self._reporter.emit(CacheEvent("hit", key, source="local"))
+        if slow:
+            found.update(await self._get_many_slow(slow))
+        return found
+
+    async def _get_many_slow(self, keys: list[str]) -> dict[str, Any]:
+        """The slow path of :meth:`get_many`: one fetch for every key that needs one."""
+        parts = self._running()
+        replica, runtime = parts.replica, parts.runtime
+        now = self._clock()
+        remote: list[str] = []
+        for key in dict.fromkeys(keys):
+            check_key(key, self._codec.max_key_chars)
+            e = replica.lookup(key, now)
+            stub = e is not None and e.value is NOT_HELD and parts.persistence is None
+            if stub or (e is None and runtime.answers_misses):
+                remote.append(key)
+        found: dict[str, Any] = {}
+        asked: set[str] = set()
+        if len(remote) > 1:  # one request for all; a single key goes the usual way
+            asked = set(remote)
+            for key in remote:
+                self._fetching[key] = self._fetching.get(key, 0) + 1
+            try:
+                await runtime.fetch(remote, self.fetch_timeout)
+            finally:
+                for key in remote:
+                    left = self._fetching[key] - 1
+                    if left:
+                        self._fetching[key] = left
+                    else:
+                        del self._fetching[key]
+        counters = self._counters
+        for key in dict.fromkeys(keys):
+            e = replica.lookup(key, self._clock()) if key in asked else None
+            if key in asked and not (e is not None and e.value is NOT_HELD):
+                counters.local_misses += 1
+                value = self._filled(replica, key)
+                if value is not ABSENT:
+                    counters.dist_hits += 1
+                    found[key] = self._hit(key, value, "distributed")
+                    continue
+                counters.dist_misses += 1
+                self._missed(key)
+            else:  # not asked, or a stub a capped reply left out: the usual way
+                value = await self._get_slow(key, ABSENT)
+                if value is not ABSENT:
+                    found[key] = value
+        return found
+
+    def _missed(self, key: str) -> None:
+        if self._metrics is not None:
+            self._metrics.miss()
+        if self._reporter.listeners["miss"]:
+            self._reporter.emit(CacheEvent("miss", key))
+
+    async def exists(self, key: str) -> bool:
+        """Whether ``key`` has a live value (held here or not). Raises like :meth:`get`."""
+        parts = self._running()
+        check_key(key, self._codec.max_key_chars)
+        if parts.replica.lookup(key, self._clock()) is not None:
+            return True
+        return parts.runtime.answers_misses and await parts.runtime.live(key)
+
+    async def ttl(self, key: str) -> float | None:
+        """Seconds left before ``key`` expires: None if it never does, and ``-1.0`` if
+        it has no live value (absent, deleted or expired).
+
+        Raises like :meth:`get` for a bad key, and :class:`PeerError` in redis mode
+        when Redis cannot be reached.
+        """
+        parts = self._running()
+        check_key(key, self._codec.max_key_chars)
+        replica = parts.replica
+        e = replica.lookup(key, self._clock())
+        if e is None and parts.runtime.answers_misses:
+            await parts.runtime.fetch([key], self.fetch_timeout)
+            e = replica.lookup(key, self._clock())
+        if e is None:
+            return -1.0
+        return None if e.expires is None else max(0.0, e.expires - self._clock())
+
     async def keys(self, pattern: str = "*") -> list[str]:
         """Sorted live keys matching the glob ``pattern`` (``fnmatch``, case-sensitive).
 
@@ -521,12 +625,198 @@ class Cache:
         self._apply_set(key, self._codec.dump(key, value), ttl)
         await self._replicate(f"set {key!r}")
 
+    async def _set_stored(self, key: str, stored: object, ttl: float | None) -> None:
+        """:meth:`set` of a value already dumped (``SyncCache`` dumps in its caller's
+        thread: a serializer may run code that must not run in the loop's)."""
+        self._running()
+        check_key(key, self._codec.max_key_chars)
+        check_ttl(ttl)
+        self._apply_set(key, stored, ttl)
+        await self._replicate(f"set {key!r}")
+
     async def delete(self, key: str) -> bool:
         """Delete ``key`` on every node; True if it was live here.
 
         Raises like :meth:`set` for a bad key or a write-through timeout.
         """
         return await self._delete(key, as_invalidate=False)
+
+    async def set_many(self, mapping: Mapping[str, Any], ttl: float | None = None) -> None:
+        """Store every value of ``mapping`` for ``ttl`` seconds, as one replicated batch.
+
+        Every key and value is checked before anything is written (nothing is written
+        if one fails, raising like :meth:`set`). With write-through the batch is
+        acknowledged once: :class:`PeerError` names the peers that did not ack it.
+        """
+        await self._set_many_stored(self._dump_many(mapping), ttl)
+
+    def _dump_many(self, mapping: Mapping[str, Any]) -> list[tuple[str, object]]:
+        """Every ``(key, stored value)`` of ``mapping``, checked (see :meth:`set_many`)."""
+        if not isinstance(mapping, Mapping):
+            raise SerializationError(f"set_many takes a mapping, not {type(mapping).__name__}")
+        max_chars = self._codec.max_key_chars
+        return [
+            (check_key(key, max_chars), self._codec.dump(key, value))
+            for key, value in mapping.items()
+        ]
+
+    async def _set_many_stored(self, batch: list[tuple[str, object]], ttl: float | None) -> None:
+        """:meth:`set_many` of values already dumped (see :meth:`_set_stored`)."""
+        self._running()
+        check_ttl(ttl)
+        if not batch:
+            return
+        for key, stored in batch:
+            self._apply_set(key, stored, ttl)
+        await self._replicate(f"set_many of {len(batch)} keys")
+
+    async def delete_many(self, keys: Iterable[str]) -> int:
+        """Delete ``keys`` on every node, as one replicated batch; how many were live.
+
+        Raises like :meth:`delete`.
+        """
+        parts = self._running()
+        wanted = list(dict.fromkeys(_key_list(keys, "delete_many")))
+        for key in wanted:
+            check_key(key, self._codec.max_key_chars)
+        if not wanted:
+            return 0
+        runtime, engine = parts.runtime, parts.engine
+        runtime.check_writable()
+        deleted = 0
+        for key in wanted:
+            existed = False
+            if runtime.answers_misses and parts.replica.lookup(key, self._clock()) is None:
+                existed = await runtime.live(key)
+            deleted += engine.delete(key, self._clock()) or existed
+            self._counters.writes += 1
+        self._after_write(engine)
+        await self._replicate(f"delete_many of {len(wanted)} keys")
+        return deleted
+
+    async def add(self, key: str, value: Any, ttl: float | None = None) -> bool:
+        """Store ``value`` only if ``key`` has no live value; whether it stored it.
+
+        Atomic among the callers of this node: of N concurrent ``add`` calls, one
+        returns True. In redis mode atomic across instances too (Redis decides). In
+        p2p mode **not across nodes** (that would need consensus): two nodes adding the
+        same key at once both store and both return True, and last-writer-wins then
+        keeps one of the two values on every node. Raises like :meth:`set`.
+        """
+        self._running()
+        check_key(key, self._codec.max_key_chars)
+        return await self._add_stored(key, self._codec.dump(key, value), ttl)
+
+    async def _add_stored(self, key: str, stored: object, ttl: float | None) -> bool:
+        """:meth:`add` of a value already dumped (see :meth:`_set_stored`)."""
+        parts = self._running()
+        check_key(key, self._codec.max_key_chars)
+        check_ttl(ttl)
+        parts.runtime.check_writable()
+        added = await parts.runtime.add(key, stored, self._expires(ttl))
+        if added:
+            self._counters.writes += 1
+            self._after_write(parts.engine, key=key)
+            await self._replicate(f"add {key!r}")
+        return added
+
+    async def incr(self, key: str, delta: int = 1, ttl: float | None = None) -> int:
+        """Add ``delta`` to the integer at ``key``; returns the new value.
+
+        A missing key starts from 0 and lives ``ttl`` seconds (None: ``default_ttl``);
+        an existing key keeps its expiry, and ``ttl`` is ignored. In p2p (and memory)
+        mode the key becomes a convergent counter: increments made concurrently on
+        different nodes are all counted once the cluster has converged. In redis mode
+        Redis adds atomically. A ``set`` replaces a counter with its value (and
+        increments concurrent with that set are lost); ``incr`` on a set int counts
+        from it. Raises :class:`ValidationError` if the value is not an int (nothing
+        changes), :class:`SerializationError` for a ``delta`` that is not an int, and
+        like :meth:`set` otherwise.
+        """
+        parts = self._running()
+        check_key(key, self._codec.max_key_chars)
+        check_ttl(ttl)
+        if type(delta) is not int:
+            raise SerializationError(f"delta must be an int, not {type(delta).__name__}")
+        runtime = parts.runtime
+        runtime.check_writable()
+        expires = self._expires(ttl)
+        try:
+            value = await runtime.incr(key, delta, expires, self._codec.as_int)
+            if value is None:  # held elsewhere: fill it here, then count
+                await self._hold(key)
+                value = await runtime.incr(key, delta, expires, self._codec.as_int)
+        except CounterError as exc:
+            raise ValidationError(f"incr {key!r}: {exc}") from None
+        if value is None:
+            raise PeerError(
+                f"incr {key!r}: no peer sent its value within {self.fetch_timeout:g} s; "
+                "nothing was changed"
+            )
+        self._counters.writes += 1
+        self._after_write(parts.engine, key=key)
+        await self._replicate(f"incr {key!r}")
+        return value
+
+    async def decr(self, key: str, delta: int = 1, ttl: float | None = None) -> int:
+        """Subtract ``delta`` from the integer at ``key`` (see :meth:`incr`)."""
+        if type(delta) is not int:
+            raise SerializationError(f"delta must be an int, not {type(delta).__name__}")
+        return await self.incr(key, -delta, ttl)
+
+    async def touch(self, key: str, ttl: float | None) -> bool:
+        """Make ``key`` expire ``ttl`` seconds from now (None: never), without rewriting
+        its value; False if it has no live value.
+
+        A ``set`` made meanwhile on another node always survives the touch: the new
+        expiry applies to the value it was given for, never to an older one (see
+        :mod:`crdtcache.core._entry`). Raises like :meth:`set`.
+        """
+        parts = self._running()
+        check_key(key, self._codec.max_key_chars)
+        check_ttl(ttl)
+        parts.runtime.check_writable()
+        expires = None if ttl is None else self._clock() + ttl
+        touched = await parts.runtime.touch(key, expires)
+        if touched:
+            self._counters.writes += 1
+            self._after_write(parts.engine, key=key)
+            await self._replicate(f"touch {key!r}")
+        return touched
+
+    async def expire(self, key: str, ttl: float | None) -> bool:
+        """The same as :meth:`touch` (the name Redis and cashews use)."""
+        return await self.touch(key, ttl)
+
+    def _expires(self, ttl: float | None) -> float | None:
+        """The absolute expiry of a value written now for ``ttl`` (None: ``default_ttl``)."""
+        seconds = self._config.default_ttl if ttl is None else ttl
+        return None if seconds is None else self._clock() + seconds
+
+    async def _hold(self, key: str) -> None:
+        """Fill the value of a key this node holds only as a stub (file, then peers)."""
+        parts = self._running()
+        replica = parts.replica
+        e = replica.lookup(key, self._clock())
+        if e is None or e.value is not NOT_HELD:
+            return
+        if parts.persistence is not None:
+            stored = parts.persistence.read(key)
+            if (
+                stored is not None
+                and stored.held
+                and (stored.ts, stored.origin) == (e.ts, e.origin)
+            ):
+                replica.merge_entry(key, stored, self._clock())
+                return
+        self._fetching[key] = self._fetching.get(key, 0) + 1
+        try:
+            await parts.runtime.fetch([key], self.fetch_timeout)
+        finally:
+            if self._fetching[key] == 1:
+                del self._fetching[key]
+            else:
+                self._fetching[key] -= 1
 
     async def invalidate(self, key: str) -> bool:
         """Like :meth:`delete`, reported as an ``invalidate`` event on this node.
@@ -804,6 +1094,15 @@ class Cache:
             f"<Cache {self._node_id} backend={self._config.backend} "
             f"strategy={self._config.sync_strategy} {self._state}>"
         )
+
+
+def _key_list(keys: Iterable[str], what: str) -> list[str]:
+    """``keys`` as a list; a str (an iterable of characters) is refused."""
+    if isinstance(keys, (str, bytes)):
+        raise SerializationError(
+            f"{what} takes an iterable of keys, not a single {type(keys).__name__}"
+        )
+    return list(keys)
 
 
 def _check_pattern(pattern: object) -> None:

@@ -103,14 +103,13 @@ _NOT_FOR: Final[dict[str, tuple[tuple[str, str], ...]]] = {
     ),
     "p2p": (),
 }
-# The largest max_value_bytes each backend carries. A p2p node reads its peers' frames,
-# and a redis instance the records of Redis, with the default limit until the wire
-# codec and the Redis reader are given the node's own (GossipConfig.max_value_bytes):
-# a larger value would be written here and refused by every other node.
+# The largest max_value_bytes each backend carries. Every reader of records is given
+# the node's own limit (GossipConfig.max_value_bytes): the wire codec, whose frames grow
+# with it (wire._framing.frame_limit), the snapshot and store readers, and Redis's.
 _MOST_VALUE_BYTES: Final = {
     "memory": MAX_VALUE_BYTES,
-    "p2p": DEFAULT_MAX_VALUE_BYTES,
-    "redis": DEFAULT_MAX_VALUE_BYTES,
+    "p2p": MAX_VALUE_BYTES,
+    "redis": MAX_VALUE_BYTES,
 }
 #: Why ``serializer="pickle"`` needs a cluster secret or TLS (said by the refusal).
 PICKLE_RISK: Final = (

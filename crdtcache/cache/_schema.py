@@ -18,7 +18,12 @@ A write takes up to three steps, in this order:
    ``max_value_bytes``.
 
 A read undoes them in reverse: a fresh copy of the stored value, ``loads``, then the
-adapter's validation (so ``get`` returns a new model instance). A value written by
+adapter's validation (so ``get`` returns a new model instance). A counter
+(``incr``/``decr``) is an int whatever the serializer: it is never serialized, so
+``loads`` is not applied to an int (a serializer's output is always bytes); the
+schema is. For the same reason a plain int is stored as it is under any
+serializer: ``incr`` counts from a value ``set`` wrote (in redis mode Redis reads
+it itself), as Django's Redis backend does. A value written by
 another node is checked when it arrives (:meth:`ValueCodec.check`): this node's
 ``max_key_chars`` and ``max_value_bytes`` (when lowered below the defaults, which
 the record readers apply), bytes when a serializer is set, and the schema; a value
@@ -39,6 +44,7 @@ from crdtcache.core import (
     decode_value,
     encode_value,
 )
+from crdtcache.core._counter import Counter
 from crdtcache.core._values import value_bytes
 
 __all__ = ["PICKLE_PROTOCOL", "ValueCodec"]
@@ -176,7 +182,9 @@ class ValueCodec:
                 ) from exc
         elif self.validator is not None:
             self._validate(key, value)
-        if self.dumps is not None:
+        if self.dumps is not None and type(value) is not int:
+            # An int is never serialized, so that incr/decr can count from it (in
+            # redis mode Redis itself reads it), as Django's Redis backend does.
             value = self._serialize(key, value)
         return encode_value(key, value, self.max_value_bytes)
 
@@ -204,7 +212,23 @@ class ValueCodec:
     def read(self, stored: object) -> Any:
         """The value a caller gets for ``stored``: a fresh copy, loaded, revalidated."""
         value = decode_value(stored)
-        return value if self.load is None else self.load(value)
+        if self.load is None:
+            return value
+        if self.loads is not None and type(value) is int:  # a counter: never serialized
+            return value if self.adapter is None else self._revalidate(value)
+        return self.load(value)
+
+    def as_int(self, stored: object) -> int:
+        """The int a counter starts from: the value of ``stored``, if it reads as an int.
+
+        Raises :class:`ValidationError` for any other value (a bool too).
+        """
+        value = self.read(stored)
+        if type(value) is not int:
+            raise ValidationError(
+                f"the value is {type(value).__name__}, not int: incr and decr need an int"
+            )
+        return value
 
     def check(self, key: str, stored: object) -> None:
         """Raise if a stored value from a peer must not be held here (see the module doc).
@@ -223,7 +247,7 @@ class ValueCodec:
                 f"value for {key!r} exceeds {self.max_value_bytes} bytes (max_value_bytes): "
                 f"it takes {size}"
             )
-        if self.loads is not None and type(stored) is not bytes:
+        if self.loads is not None and type(stored) not in (bytes, int, Counter):
             raise SerializationError(
                 f"value for {key!r} is {type(stored).__name__}, not the bytes of "
                 f"serializer {self.serializer_name} (is every node configured alike?)"

@@ -34,15 +34,16 @@ import concurrent.futures
 import inspect
 import logging
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, TypeVar
 
 from crdtcache._errors import CacheError, ConfigError
-from crdtcache.cache._cache import ABSENT, Cache
+from crdtcache.cache._cache import ABSENT, Cache, _key_list
 from crdtcache.cache._events import CacheEvent
 from crdtcache.cache._loop import new_event_loop
 from crdtcache.cache._options import CacheOptions, check_ttl, takes_options
 from crdtcache.cache._statistics import CacheStatistics, Health
+from crdtcache.core import check_key
 
 __all__ = ["SyncCache"]
 
@@ -184,8 +185,13 @@ class SyncCache:
         return value
 
     def set(self, key: str, value: Any, ttl: float | None = None) -> None:
-        """Store ``value`` (see :meth:`Cache.set`)."""
-        self._call(self._cache.set(key, value, ttl))
+        """Store ``value`` (see :meth:`Cache.set`).
+
+        The value is checked and serialized in the calling thread, as every write's.
+        """
+        cache = self._cache
+        check_key(key, cache._codec.max_key_chars)
+        self._call(cache._set_stored(key, cache._codec.dump(key, value), ttl))
 
     def delete(self, key: str) -> bool:
         """Delete ``key`` on every node (see :meth:`Cache.delete`)."""
@@ -206,6 +212,70 @@ class SyncCache:
     def keys(self, pattern: str = "*") -> list[str]:
         """Live keys matching a glob (see :meth:`Cache.keys`)."""
         return self._call(self._cache.keys(pattern))
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """The live values of ``keys`` by key (see :meth:`Cache.get_many`).
+
+        Local hits are answered in the calling thread; the rest in one loop call.
+        """
+        cache = self._cache
+        wanted = _key_list(keys, "get_many")
+        found: dict[str, Any] = {}
+        slow: list[str] = []
+        for key in wanted:
+            value = cache._read(key)
+            if value is ABSENT:
+                slow.append(key)
+                continue
+            found[key] = value
+            if cache._hit_cbs and self._loop is not None:
+                self._loop.call_soon_threadsafe(
+                    cache._reporter.emit, CacheEvent("hit", key, source="local")
+                )
+        if slow:
+            found.update(self._call(cache._get_many_slow(slow)))
+        return found
+
+    def set_many(self, mapping: Mapping[str, Any], ttl: float | None = None) -> None:
+        """Store every value of ``mapping`` as one batch (see :meth:`Cache.set_many`)."""
+        self._call(self._cache._set_many_stored(self._cache._dump_many(mapping), ttl))
+
+    def delete_many(self, keys: Iterable[str]) -> int:
+        """Delete ``keys``; how many were live (see :meth:`Cache.delete_many`)."""
+        return self._call(self._cache.delete_many(list(_key_list(keys, "delete_many"))))
+
+    def exists(self, key: str) -> bool:
+        """Whether ``key`` has a live value (see :meth:`Cache.exists`)."""
+        return self._call(self._cache.exists(key))
+
+    def ttl(self, key: str) -> float | None:
+        """Seconds left, None for no expiry, -1.0 for no live value (see :meth:`Cache.ttl`)."""
+        return self._call(self._cache.ttl(key))
+
+    def touch(self, key: str, ttl: float | None) -> bool:
+        """A new expiry for ``key``'s value, not rewriting it (see :meth:`Cache.touch`)."""
+        return self._call(self._cache.touch(key, ttl))
+
+    def expire(self, key: str, ttl: float | None) -> bool:
+        """The same as :meth:`touch`."""
+        return self._call(self._cache.touch(key, ttl))
+
+    def add(self, key: str, value: Any, ttl: float | None = None) -> bool:
+        """Store ``value`` only if ``key`` has no live value (see :meth:`Cache.add`).
+
+        Atomic among every thread using this cache; in p2p mode not across nodes.
+        """
+        cache = self._cache
+        check_key(key, cache._codec.max_key_chars)
+        return self._call(cache._add_stored(key, cache._codec.dump(key, value), ttl))
+
+    def incr(self, key: str, delta: int = 1, ttl: float | None = None) -> int:
+        """Add ``delta`` to the integer at ``key``; the new value (see :meth:`Cache.incr`)."""
+        return self._call(self._cache.incr(key, delta, ttl))
+
+    def decr(self, key: str, delta: int = 1, ttl: float | None = None) -> int:
+        """Subtract ``delta`` from the integer at ``key`` (see :meth:`Cache.decr`)."""
+        return self._call(self._cache.decr(key, delta, ttl))
 
     def get_or_set(self, key: str, loader: Callable[[], Any], ttl: float | None = None) -> Any:
         """The value of ``key``; on a miss ``loader()`` runs in this thread and fills it.

@@ -43,6 +43,8 @@ from collections.abc import Callable, Collection, Iterable
 from typing import Final
 
 from crdtcache.core import NOT_HELD, TOMBSTONE, Entry, Replica
+from crdtcache.core._counter import Counter
+from crdtcache.core._entry import stub_of
 from crdtcache.core._values import stored_size
 
 __all__ = ["MAX_REFERENCE_BITS", "LocalTier"]
@@ -125,7 +127,7 @@ class LocalTier:
             return new
         if self.admit is not None and new.origin != self.node and not self.admit(key, new):
             self.refused += 1
-            return Entry(NOT_HELD, new.ts, new.origin, new.expires)
+            return stub_of(new)
         self.count += 1
         self.nbytes += len(key) + stored_size(value)
         if self.on_over is not None and self.over:
@@ -172,11 +174,16 @@ class LocalTier:
         passes = 0
         while self.over:
             if self._hand >= len(self._ring):
-                self._ring = [k for k, e in entries.items() if _held(e)]
+                # Counters are never evicted to stubs (see Replica.evict), only dropped.
+                self._ring = [
+                    k
+                    for k, e in entries.items()
+                    if _held(e) and (forget or type(e.value) is not Counter)
+                ]
                 self._hand = 0
                 self.epoch = (self.epoch + 1) & 0xFF
                 passes += 1
-                if not self._ring:  # pragma: no cover - over implies something is held
+                if not self._ring:  # only counters are held (or nothing): none to evict
                     break
             key = self._ring[self._hand]
             self._hand += 1
@@ -199,8 +206,8 @@ class LocalTier:
                 reason = "memory"
             if forget:
                 replica.drop(key)
-            else:
-                replica.evict(key)
+            elif not replica.evict(key):
+                continue  # became a counter since the ring was built
             self.left.discard(key)
             evicted.append((key, reason))
         if self._hand >= len(self._ring):

@@ -39,15 +39,16 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
 from crdtcache._errors import ClockDriftError
-from crdtcache.core._batches import Chunk, RelayQueue, chunk, retransmits_for
+from crdtcache.core._batches import ENTRY_OVERHEAD, Chunk, RelayQueue, chunk, retransmits_for
 from crdtcache.core._completion import AckDone, Completion, FetchDone, Waits
 from crdtcache.core._config import EngineStatistics, GossipConfig, RandomSource
-from crdtcache.core._entry import NOT_HELD, Change, Entry, PatternTombstone
+from crdtcache.core._counter import Counter
+from crdtcache.core._entry import NOT_HELD, Change, Entry, PatternTombstone, stub_of
 from crdtcache.core._membership import (
     ALIVE,
     DEAD,
@@ -68,6 +69,7 @@ from crdtcache.core._messages import (
     SyncResponse,
 )
 from crdtcache.core._replica import Replica
+from crdtcache.core._values import stored_size
 
 __all__ = [
     "ALIVE",
@@ -138,6 +140,8 @@ class GossipEngine:
         #: stored would restart without it while its peers hold it, and its marks would
         #: then claim it. None: no durability to wait for.
         self.durable: int | None = None
+        # A join the replica minted is this node's write: it goes out like one.
+        replica.on_mint = self._queue_minted
 
     # ------------------------------------------------------------------ peers
     @property
@@ -199,6 +203,39 @@ class GossipEngine:
         self._queue_local(key, entry)
         return existed
 
+    def add(
+        self, key: str, stored: object, now: float, expires: float | None = None
+    ) -> Entry | None:
+        """Write ``key`` only if it has no live value here; the entry, or None if it had.
+
+        Atomic among the callers of this engine (it never waits). Not across nodes: two
+        nodes adding at once both succeed, and last-writer-wins keeps one value.
+        """
+        if self.replica.lookup(key, now) is not None:
+            return None
+        return self.set(key, stored, now, expires)
+
+    def touch(self, key: str, now: float, expires: float | None) -> Entry | None:
+        """Give the live value of ``key`` a new expiry and queue it; None if absent."""
+        entry = self.replica.touch(key, now, expires)
+        if entry is not None:
+            self._queue_local(key, entry)
+        return entry
+
+    def incr(
+        self,
+        key: str,
+        delta: int,
+        now: float,
+        expires: float | None,
+        as_int: Callable[[object], int],
+    ) -> Entry | None:
+        """Add ``delta`` to the counter of ``key`` and queue it (see :meth:`Replica.incr`)."""
+        entry = self.replica.incr(key, delta, now, expires, as_int)
+        if entry is not None:
+            self._queue_local(key, entry)
+        return entry
+
     def invalidate_pattern(self, pattern: str, now: float) -> list[Change]:
         """Remove every key matching ``pattern`` on every node (one pattern tombstone)."""
         tomb, changes = self.replica.invalidate_pattern(pattern, now)
@@ -216,6 +253,12 @@ class GossipEngine:
         self._pending.pop(key, None)
         self._pending[key] = entry
         self._change(Change(key, "delete" if entry.deleted else "set", self.node, entry.ts, False))
+
+    def _queue_minted(self, key: str, entry: Entry) -> None:
+        # Reported by the merge that minted it; only queued here. Its stamp is the
+        # newest this node issued, so _pending stays in stamp order.
+        self._pending.pop(key, None)
+        self._pending[key] = entry
 
     @property
     def pending(self) -> int:
@@ -311,8 +354,11 @@ class GossipEngine:
             )
             return [], 0
         if self.config.on_demand:
+            # A counter travels whole: a stub of it could replace a peer's copy, and
+            # the totals only this node holds would be lost.
             entries = [
-                (k, Entry(NOT_HELD, e.ts, e.origin, e.expires) if e.held else e) for k, e in entries
+                (k, stub_of(e) if e.held and type(e.value) is not Counter else e)
+                for k, e in entries
             ]
         chunks = self._chunk(entries, patterns)
         targets = self._targets(exclude=())
@@ -321,14 +367,18 @@ class GossipEngine:
             ack_id = self._waits.expect_acks(targets)
         out: list[Outgoing] = []
         since = self._stream_upto
-        for chunk_entries, chunk_patterns in chunks:
+        last = len(chunks) - 1
+        for i, (chunk_entries, chunk_patterns) in enumerate(chunks):
             upto = max(
                 [e.ts for _, e in chunk_entries] + [p.ts for p in chunk_patterns], default=since
             )
             # The claim is a fact about the message; a receiver that missed an earlier
-            # push has a mark below ``since`` and so does not advance on it.
+            # push has a mark below ``since`` and so does not advance on it. Only the
+            # last push of the batch asks for an ack: a link delivers in order, so its
+            # ack says the whole batch was applied (one ack per batch, not per part).
+            asks = ack_id if i == last else 0
             push = Push(
-                tuple(chunk_entries), tuple(chunk_patterns), self.node, since, upto, 0, ack_id
+                tuple(chunk_entries), tuple(chunk_patterns), self.node, since, upto, 0, asks
             )
             for peer in targets:
                 out.append(Outgoing(peer, push))
@@ -639,7 +689,11 @@ class GossipEngine:
         return e is not None and not e.held
 
     def _on_fetch(self, m: Fetch, now: float) -> FetchReply:
-        found = []
+        # One reply, so it is cut at about max_message_bytes (always one value, which
+        # the frame limit leaves room for): the asker counts the rest as not sent and
+        # asks for them again one by one.
+        found: list[tuple[str, Entry]] = []
+        budget = self.config.max_message_bytes
         durable = self.durable
         for key in m.keys:
             e = self.replica.lookup(key, now)
@@ -647,6 +701,10 @@ class GossipEngine:
                 continue
             if durable is not None and e.origin == self.node and e.ts > durable:
                 continue  # not stored yet: it may not leave (see ``durable``)
+            cost = len(key) + ENTRY_OVERHEAD + stored_size(e.value)
+            if found and cost > budget:
+                break
+            budget -= cost
             found.append((key, e))
         return FetchReply(m.request, tuple(found))
 

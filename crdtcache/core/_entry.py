@@ -11,12 +11,18 @@ from crdtcache.core._hlc import Stamp
 
 __all__ = [
     "NOT_HELD",
+    "NO_STAMP",
     "TOMBSTONE",
+    "Amended",
     "Change",
     "ChangeKind",
     "Entry",
+    "Lineage",
     "PatternTombstone",
     "compile_pattern",
+    "lineage",
+    "stub_of",
+    "with_value",
 ]
 
 
@@ -88,6 +94,83 @@ class Entry:
 
     def __repr__(self) -> str:
         return f"Entry({self.value!r}, {self.stamp!r}, expires={self.expires!r})"
+
+
+#: Which write a value descends from: ``(ts, origin, born)`` (see :class:`Amended`).
+Lineage = tuple[int, str, bool]
+#: The lineage stamp of a counter started where nothing was ever written.
+NO_STAMP: Final = (0, "")
+
+
+class Amended(Entry):
+    """An entry changed since its value was written: touched, or a counter.
+
+    ``(ts, origin)`` stamp the newest change (what marks, streams and anti-entropy
+    count); ``(vts, vorigin, born)`` is the value's *lineage*, the write it descends
+    from, and last-writer-wins compares lineages first (see
+    :mod:`crdtcache.core._replica`). So a ``touch`` -- the same value, a new expiry --
+    can never carry an old value back over a newer ``set`` made elsewhere: that set's
+    lineage is newer than the touched value's, whatever the touch's own stamp.
+
+    ``born`` marks a counter started on a key that held no live value: its lineage is
+    the stamp of what was there (a tombstone, an expired value, a pattern tombstone,
+    or :data:`NO_STAMP` for nothing at all), and ``born`` ranks it just above that
+    stamp, so every node that starts the counter from the same state starts the same
+    lineage, and their increments merge.
+    """
+
+    __slots__ = ("born", "vorigin", "vts")
+
+    def __init__(
+        self,
+        value: object,
+        ts: int,
+        origin: str,
+        expires: float | None,
+        vts: int,
+        vorigin: str,
+        born: bool = False,
+    ) -> None:
+        super().__init__(value, ts, origin, expires)
+        self.vts = vts
+        self.vorigin = vorigin
+        self.born = born
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Entry):
+            return NotImplemented
+        return (
+            type(other) is Amended
+            and Entry.__eq__(self, other)
+            and (self.vts, self.vorigin, self.born) == (other.vts, other.vorigin, other.born)
+        )
+
+    __hash__ = None  # equality by content, entries are not keys (as Entry)
+
+    def __repr__(self) -> str:
+        return (
+            f"Amended({self.value!r}, {self.stamp!r}, expires={self.expires!r}, "
+            f"lineage={self.vts}@{self.vorigin or '-'}{'+' if self.born else ''})"
+        )
+
+
+def lineage(e: Entry) -> Lineage:
+    """The write ``e``'s value descends from: its own stamp, unless :class:`Amended`."""
+    if type(e) is Amended:
+        return e.vts, e.vorigin, e.born
+    return e.ts, e.origin, False
+
+
+def with_value(e: Entry, value: object) -> Entry:
+    """``e`` with another stored value (a stub, a tombstone), its stamps and lineage kept."""
+    if type(e) is Amended:
+        return Amended(value, e.ts, e.origin, e.expires, e.vts, e.vorigin, e.born)
+    return Entry(value, e.ts, e.origin, e.expires)
+
+
+def stub_of(e: Entry) -> Entry:
+    """``e`` as a stub: its stamps and lineage without the value (``NOT_HELD``)."""
+    return with_value(e, NOT_HELD)
 
 
 def compile_pattern(pattern: str) -> re.Pattern[str]:

@@ -8,10 +8,18 @@ SQLite store and a Redis record. All four carry the same *record*::
     (key, kind, payload, ts, origin, expires)
 
 ``kind`` says how to read ``payload``: :data:`PLAIN` (an immutable scalar), :data:`PACKED`
-(the packed bytes of any other value), :data:`TOMB` (deleted: no payload) or
-:data:`STUB` (the stamp is known, the value is not held: no payload). ``ts`` is a packed
-HLC stamp (:mod:`~crdtcache.core._hlc`), ``origin`` the node that wrote it, ``expires``
-an absolute expiry in seconds since the epoch or None.
+(the packed bytes of any other value), :data:`TOMB` (deleted: no payload),
+:data:`STUB` (the stamp is known, the value is not held: no payload) or
+:data:`AMENDED` (an :class:`~crdtcache.core._entry.Amended` entry: touched, or a
+counter). ``ts`` is a packed HLC stamp (:mod:`~crdtcache.core._hlc`), ``origin`` the
+node that wrote it, ``expires`` an absolute expiry in seconds since the epoch or None.
+
+An amended record's payload is ``[inner kind, inner payload, vts, vorigin, born]``:
+the value as any record carries it, or with the inner kind :data:`COUNTER` a counter
+``[start, xts, xorigin, [[node, up, down], ...]]`` (:mod:`~crdtcache.core._counter`),
+then the lineage (``vorigin`` is ``""`` only in the lineage ``(0, "")`` of a counter
+started on nothing, which is ``born``). The lineage precedes the record's own stamp,
+and a counter's expiry stamp does not follow it.
 
 Every reader of a record validates it here, and only here, so the four agree on what
 is acceptable: a record one of them refuses, all refuse (a property test feeds the
@@ -32,7 +40,9 @@ rules, each a named limit:
 * a packed payload is the packed bytes of any other value (a list, dict, tuple, set,
   big int, datetime...: see :mod:`~crdtcache.core._packing` for the extension types),
   of at most ``max_value_bytes``, and exactly what packing its value produces
-  (:func:`~crdtcache.core._values.unpack_stored`).
+  (:func:`~crdtcache.core._values.unpack_stored`);
+* a counter has a 64-bit ``start``, at most :data:`MAX_COUNTER_PARTS` parts in strictly
+  ascending node order, and totals in ``[0, MAX_TOTAL]``.
 
 ``max_value_bytes`` is a keyword of every reader: the limit of the node that reads
 (``Cache(max_value_bytes=...)``, reaching the readers through
@@ -47,7 +57,8 @@ from typing import Any, Final
 
 import msgpack
 
-from crdtcache.core._entry import NOT_HELD, TOMBSTONE, Entry, PatternTombstone
+from crdtcache.core._counter import MAX_TOTAL, Counter, Part
+from crdtcache.core._entry import NO_STAMP, NOT_HELD, TOMBSTONE, Amended, Entry, PatternTombstone
 from crdtcache.core._hlc import MAX_NODE_ID_CHARS, MAX_TS
 from crdtcache.core._values import (
     DEFAULT_MAX_VALUE_BYTES,
@@ -60,7 +71,10 @@ from crdtcache.core._values import (
 )
 
 __all__ = [
+    "AMENDED",
+    "COUNTER",
     "KINDS",
+    "MAX_COUNTER_PARTS",
     "MAX_CLUSTER_CHARS",
     "MAX_NODE_ID_CHARS",
     "PACKED",
@@ -70,6 +84,7 @@ __all__ = [
     "InvalidRecord",
     "blob_stored",
     "check_cluster",
+    "check_counter",
     "check_expires",
     "check_key",
     "check_mark",
@@ -78,6 +93,7 @@ __all__ = [
     "check_pattern_record",
     "check_stored",
     "check_ts",
+    "entry_blob",
     "entry_from_blob",
     "entry_from_record",
     "pattern_from_record",
@@ -91,7 +107,13 @@ PLAIN: Final = 0
 PACKED: Final = 1
 TOMB: Final = 2
 STUB: Final = 3
-KINDS: Final = (PLAIN, PACKED, TOMB, STUB)
+AMENDED: Final = 4
+KINDS: Final = (PLAIN, PACKED, TOMB, STUB, AMENDED)
+#: The inner kind of a counter (only ever inside an :data:`AMENDED` payload).
+COUNTER: Final = 5
+#: Most parts a counter record may list (a local increment stops far earlier:
+#: ``MAX_COUNTER_NODES``; merged copies may hold more).
+MAX_COUNTER_PARTS: Final = 1 << 16
 #: Longest cluster name accepted (options, hello, mDNS).
 MAX_CLUSTER_CHARS: Final = MAX_NODE_ID_CHARS
 
@@ -242,13 +264,95 @@ def entry_from_record(
     """Validate one record and build its entry, or raise :class:`InvalidRecord`."""
     key = check_key(key)
     try:
-        stored = check_stored(kind, payload, max_value_bytes=max_value_bytes)
-        entry = Entry(
-            stored, check_ts(ts), check_node(origin, "origin node id"), check_expires(expires)
-        )
+        if kind == AMENDED and type(kind) is int:
+            entry: Entry = _amended(payload, ts, origin, expires, max_value_bytes)
+        else:
+            stored = check_stored(kind, payload, max_value_bytes=max_value_bytes)
+            entry = Entry(
+                stored, check_ts(ts), check_node(origin, "origin node id"), check_expires(expires)
+            )
     except InvalidRecord as exc:
         raise InvalidRecord(exc.problem, key) from None
     return key, entry
+
+
+def check_counter(payload: object) -> Counter:
+    """The counter of a ``[start, xts, xorigin, parts]`` payload, or raise."""
+    if type(payload) is not list or len(payload) != 4:
+        raise InvalidRecord("a counter must be a 4-item list [start, xts, xorigin, parts]")
+    start, xts, xorigin, raw_parts = payload
+    if type(start) is not int or not INT_MIN <= start <= INT_MAX:
+        raise InvalidRecord("a counter's start must be an int of 64 bits")
+    if type(raw_parts) is not list or len(raw_parts) > MAX_COUNTER_PARTS:
+        raise InvalidRecord(f"a counter's parts must be a list of at most {MAX_COUNTER_PARTS}")
+    parts: list[Part] = []
+    for raw in raw_parts:
+        if type(raw) is not list or len(raw) != 3:
+            raise InvalidRecord("a counter part must be a 3-item list [node, up, down]")
+        node, up, down = raw
+        check_node(node, "counter node id")
+        for total in (up, down):
+            if type(total) is not int or not 0 <= total <= MAX_TOTAL:
+                raise InvalidRecord(f"a counter total must be an int in [0, {MAX_TOTAL}]")
+        if parts and parts[-1].node >= node:
+            raise InvalidRecord("a counter's parts must be in strictly ascending node order")
+        parts.append(Part(node, up, down))
+    return Counter(start, tuple(parts), check_ts(xts), check_node(xorigin, "expiry origin"))
+
+
+def _counter_payload(c: Counter) -> list[Any]:
+    return [c.start, c.xts, c.xorigin, [list(p) for p in c.parts]]
+
+
+def _amended(
+    payload: object, ts: object, origin: object, expires: object, max_value_bytes: int
+) -> Amended:
+    """An amended entry from its payload and record fields (see the module doc), or raise."""
+    if type(payload) is not list or len(payload) != 5:
+        raise InvalidRecord(
+            "an amended value must be a 5-item list [kind, payload, vts, vorigin, born]"
+        )
+    inner_kind, inner, vts, vorigin, born = payload
+    ts, origin = check_ts(ts), check_node(origin, "origin node id")
+    if type(born) is not bool:
+        raise InvalidRecord("an amended value's born flag must be a bool")
+    if (vts, vorigin) == NO_STAMP and type(vts) is int and type(vorigin) is str:
+        if not born:
+            raise InvalidRecord("only a counter started on nothing has the lineage (0, '')")
+    else:
+        check_ts(vts)
+        check_node(vorigin, "lineage origin node id")
+    if (vts, vorigin) >= (ts, origin):
+        raise InvalidRecord("an amended value's lineage must precede its stamp")
+    stored: object
+    if inner_kind == COUNTER and type(inner_kind) is int:
+        counter = check_counter(inner)
+        if (counter.xts, counter.xorigin) > (ts, origin):
+            raise InvalidRecord("a counter's expiry stamp must not follow the record's")
+        stored = counter
+    elif inner_kind == AMENDED:
+        raise InvalidRecord("an amended value cannot hold another")
+    else:
+        stored = check_stored(inner_kind, inner, max_value_bytes=max_value_bytes)
+    return Amended(stored, ts, origin, check_expires(expires), vts, vorigin, born)
+
+
+def _inner(value: object) -> tuple[int, Any]:
+    """The ``(kind, payload)`` a stored value travels as inside an amended record."""
+    if value is TOMBSTONE:
+        return TOMB, None
+    if value is NOT_HELD:
+        return STUB, None
+    if type(value) is Packed:
+        return PACKED, bytes(value)
+    if type(value) is Counter:
+        return COUNTER, _counter_payload(value)
+    return PLAIN, value
+
+
+def _amended_payload(e: Amended) -> list[Any]:
+    kind, payload = _inner(e.value)
+    return [kind, payload, e.vts, e.vorigin, e.born]
 
 
 def entry_from_blob(
@@ -264,11 +368,14 @@ def entry_from_blob(
     """Like :func:`entry_from_record` for a medium that keeps values as bytes.
 
     ``blob`` is :func:`stored_blob`'s bytes for a held value and None for a tombstone
-    or stub. ``kind`` is the record kind where the medium keeps it (SQLite), or None
-    where it does not (Redis: no blob means a tombstone).
+    or stub; :func:`entry_blob` says what an amended entry's are. ``kind`` is the
+    record kind where the medium keeps it (SQLite), or None where it does not (Redis:
+    no blob means a tombstone; Redis keeps no amended entries).
     """
     key = check_key(key)
     try:
+        if type(kind) is int and (kind == AMENDED or (kind == STUB and blob is not None)):
+            return key, _amended_blob(kind, blob, ts, origin, expires, max_value_bytes)
         if kind is None and blob is None:
             stored: object = TOMBSTONE
         elif type(kind) is int and kind in (TOMB, STUB):
@@ -285,6 +392,8 @@ def entry_from_blob(
 
 def record_of(key: str, e: Entry) -> list[Any]:
     """The record of one entry: ``[key, kind, payload, ts, origin, expires]``."""
+    if type(e) is Amended:
+        return [key, AMENDED, _amended_payload(e), e.ts, e.origin, e.expires]
     v = e.value
     if v is TOMBSTONE:
         return [key, TOMB, None, e.ts, e.origin, e.expires]
@@ -307,6 +416,49 @@ def check_pattern_record(raw: object) -> PatternTombstone:
     if type(raw) is not list or len(raw) != 3:
         raise InvalidRecord("a pattern tombstone must be a 3-item list [pattern, ts, origin]")
     return pattern_from_record(*raw)
+
+
+def _amended_blob(
+    kind: int, blob: object, ts: object, origin: object, expires: object, max_value_bytes: int
+) -> Amended:
+    """An amended entry kept as bytes (see :func:`entry_blob`), or raise."""
+    if type(blob) is not bytes:
+        raise InvalidRecord(f"an amended value must be a blob, not {_show(blob)}")
+    try:
+        payload = msgpack.unpackb(
+            blob,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=max_value_bytes,
+            max_bin_len=max_value_bytes,
+            max_array_len=MAX_COUNTER_PARTS,
+            max_map_len=0,
+            max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises a wide family; all mean junk
+        raise InvalidRecord(f"amended value is not msgpack ({exc})") from None
+    if kind == STUB:
+        if type(payload) is not list or len(payload) != 3:
+            raise InvalidRecord("an amended stub must be a 3-item list [vts, vorigin, born]")
+        payload = [STUB, None, *payload]
+    return _amended(payload, ts, origin, expires, max_value_bytes)
+
+
+def entry_blob(e: Entry) -> tuple[int, bytes | None]:
+    """``(kind, blob)``: how a medium that keeps values as bytes (SQLite) keeps ``e``.
+
+    Plain and packed values are :func:`stored_blob`'s bytes, tombstones and stubs have
+    none. An amended entry is kind :data:`AMENDED` with its payload as msgpack, or, as
+    a stub, kind :data:`STUB` with its lineage ``[vts, vorigin, born]`` as msgpack: a
+    stub of either shape is then recognised by its kind alone (the store keeps the
+    value a stub of the same write would replace).
+    """
+    if type(e) is Amended:
+        if e.value is NOT_HELD:
+            return STUB, msgpack.packb([e.vts, e.vorigin, e.born], use_bin_type=True)
+        return AMENDED, msgpack.packb(_amended_payload(e), use_bin_type=True)
+    kind = stored_kind(e.value)
+    return kind, stored_blob(e.value) if kind <= PACKED else None
 
 
 # ------------------------------------------------------------------- blobs

@@ -38,7 +38,9 @@ __all__ = [
 #: Version of the gossip message set; peers (hello) and mDNS announcements carry it.
 #: 2: packed values may hold the extension types of ``core._packing`` (tuple, set,
 #: datetime, UUID, Decimal, big int...), which a version-1 node refuses as junk.
-PROTOCOL_VERSION: Final = 2
+#: 3: records of kind ``AMENDED`` (touched values and counters, ``core._format``),
+#: which a version-2 node refuses as junk.
+PROTOCOL_VERSION: Final = 3
 
 Entries = tuple[tuple[str, Entry], ...]
 Patterns = tuple[PatternTombstone, ...]

@@ -8,6 +8,19 @@ the winner of the resolver (LWW by HLC stamp by default), per pattern the newest
 stamp, per origin the greatest mark; so merge is commutative, associative and
 idempotent, and replicas that have merged the same writes in any order are equal.
 
+*Lineages: touches and counters.* An :class:`~crdtcache.core._entry.Amended` entry
+carries, besides its own stamp, the stamp of the write its value descends from (its
+lineage: see :func:`~crdtcache.core._entry.lineage`). Last-writer-wins orders entries
+by lineage first, then by stamp, so a ``touch`` (same value, new expiry, new stamp)
+replaces only copies of the same value, never a newer ``set`` made meanwhile, and a
+pattern tombstone covers an entry by its lineage. Two copies of one lineage of which
+one is a counter (:mod:`~crdtcache.core._counter`) are *joined*, not chosen between:
+per node the greater totals, the later expiry. A join that equals neither copy is
+*minted*: stored under a fresh stamp of this node, like a local write, and handed to
+:attr:`Replica.on_mint` so that it is sent on (marks promise that a node holds every
+write up to them or something that beats it; the minted entry is that something, and
+only a stamp of its own gets it to peers whose marks cover both copies' stamps).
+
 *Pattern tombstones.* An entry covered by a pattern tombstone (key matches, stamp at
 or before the tombstone's) is removed on sight and refused on arrival, so a read never
 has to consult patterns and the map holds only uncovered entries. With a custom
@@ -40,16 +53,22 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final, Protocol
 
 from crdtcache._errors import ClockDriftError
+from crdtcache.core._counter import Counter
 from crdtcache.core._entry import (
+    NO_STAMP,
     NOT_HELD,
     TOMBSTONE,
+    Amended,
     Change,
     Entry,
     PatternTombstone,
+    lineage,
+    stub_of,
+    with_value,
 )
 from crdtcache.core._hlc import HybridClock, Stamp, ts_at, ts_ms
 from crdtcache.core._patterns import MAX_PATTERN_TOMBSTONES, PatternIndex
@@ -58,6 +77,7 @@ from crdtcache.core._values import decode_value
 
 __all__ = [
     "TOMBSTONE_GRACE",
+    "MintListener",
     "Replica",
     "ReplicaObserver",
     "collect_due_ms",
@@ -110,8 +130,53 @@ class ReplicaObserver(Protocol):
         ...
 
 
+#: Told of every entry the replica minted by joining two copies of a counter.
+MintListener = Callable[[str, Entry], None]
+
+
 def _beats(ts: int, origin: str, other: Entry) -> bool:
     return ts > other.ts or (ts == other.ts and origin > other.origin)
+
+
+def _expiry_stamp(e: Entry) -> tuple[int, str]:
+    """The stamp of the write that set ``e``'s expiry (a counter keeps its own)."""
+    value = e.value
+    if type(value) is Counter:
+        return value.xts, value.xorigin
+    return e.ts, e.origin
+
+
+def _join(a: Entry, b: Entry) -> tuple[Counter, float | None] | None:
+    """Two held copies of one lineage joined, if either is a counter (module doc).
+
+    The counter holds every node's greater totals; the expiry is the one set later
+    (of two set by one write, the later instant: the join must not depend on order).
+    None when the copies are not joined but chosen between (no counter, or a stub).
+    """
+    av, bv = a.value, b.value
+    if type(av) is not Counter and type(bv) is not Counter:
+        return None
+    if av is TOMBSTONE or av is NOT_HELD or bv is TOMBSTONE or bv is NOT_HELD:
+        return None
+    ax, bx = _expiry_stamp(a), _expiry_stamp(b)
+    if ax > bx:
+        expires = a.expires
+    elif bx > ax:
+        expires = b.expires
+    else:
+        expires = None if a.expires is None or b.expires is None else max(a.expires, b.expires)
+    if type(av) is Counter and type(bv) is Counter:
+        return av.join(bv), expires
+    counter = av if type(av) is Counter else bv
+    assert type(counter) is Counter
+    return counter.with_expiry_stamp(*max(ax, bx)), expires
+
+
+def _lineage_covered(e: Amended, tomb: PatternTombstone) -> bool:
+    """Whether ``tomb`` covers an amended entry: by its lineage (module doc)."""
+    if e.born:  # born on that very stamp (or after): ranks just above it
+        return (e.vts, e.vorigin) < (tomb.ts, tomb.origin)
+    return (e.vts, e.vorigin) <= (tomb.ts, tomb.origin)
 
 
 class Replica:
@@ -149,6 +214,8 @@ class Replica:
         self.refused_drift = 0
         #: Told of every change to ``entries`` (see :class:`ReplicaObserver`).
         self.observers: tuple[ReplicaObserver, ...] = ()
+        #: Told of every entry minted by a join (module doc): the engine sends it on.
+        self.on_mint: MintListener | None = None
 
     def observe(self, observer: ReplicaObserver) -> None:
         """Add ``observer``; it sees every later change to the entry map."""
@@ -249,6 +316,67 @@ class Replica:
         """Delete ``key`` with a tombstone (replicated like a write)."""
         return self._write(key, TOMBSTONE, now, None)
 
+    def touch(self, key: str, now: float, expires: float | None) -> Entry | None:
+        """Give the live value of ``key`` a new absolute expiry (None: none); None if absent.
+
+        Written as an :class:`~crdtcache.core._entry.Amended` entry of the value's
+        lineage: it never replaces a newer write made elsewhere (module doc). The value
+        itself is not rewritten, and need not be held here (a stub is touched too).
+        """
+        e = self.lookup(key, now)
+        if e is None:
+            return None
+        ts = self.clock.tick(now)
+        value = e.value
+        if type(value) is Counter:
+            value = value.with_expiry_stamp(ts, self.node)
+        entry = self._put(key, Amended(value, ts, self.node, expires, *lineage(e)), e)
+        self.marks[self.node] = ts
+        self.high[self.node] = ts
+        return entry
+
+    def incr(
+        self,
+        key: str,
+        delta: int,
+        now: float,
+        expires: float | None,
+        as_int: Callable[[object], int],
+    ) -> Entry | None:
+        """Add ``delta`` to the counter of ``key``; the new entry, None if not held here.
+
+        A live counter gets this node's ``delta``; a live value becomes a counter
+        starting at ``as_int(stored value)`` (which raises for a value that is not an
+        int); both keep their expiry. Where no value is live, a counter of ``delta``
+        starts, expiring at ``expires``, born on whatever was there (module doc of
+        :mod:`~crdtcache.core._entry`). Returns None, changing nothing, when the live
+        value is a stub: the caller fetches it first. Raises
+        :class:`~crdtcache.core._counter.CounterError` for a counter that cannot take
+        ``delta`` (nothing changes either).
+        """
+        e = self.entries.get(key)
+        start: Counter | None = None
+        if e is not None and e.value is not TOMBSTONE and not e.expired(now):
+            if e.value is NOT_HELD:
+                return None
+            start = e.value if type(e.value) is Counter else None
+            if start is None:
+                start = Counter.started(as_int(e.value), e.ts, e.origin)
+            vts, vorigin, born = lineage(e)
+            expires = e.expires
+        else:
+            dead = (e.ts, e.origin) if e is not None else NO_STAMP
+            vts, vorigin = max(dead, self._newest_tomb(key))
+            born = True
+        ts = self.clock.tick(now)
+        if start is None:
+            start = Counter.started(0, ts, self.node)
+        counter = start.add(self.node, delta)
+        entry = self._put(key, Amended(counter, ts, self.node, expires, vts, vorigin, born), e)
+        self.marks[self.node] = ts
+        self.high[self.node] = ts
+        return entry
+
     def invalidate_pattern(self, pattern: str, now: float) -> tuple[PatternTombstone, list[Change]]:
         """Remove every key matching ``pattern``, as one replicated pattern tombstone."""
         stamp = self.clock.now(now)
@@ -286,6 +414,25 @@ class Replica:
                 return True
         return False
 
+    def _entry_covered(self, key: str, e: Entry) -> bool:
+        """Whether a pattern tombstone covers ``e`` (an amended entry: by its lineage)."""
+        if type(e) is not Amended:
+            return self._covered(key, e.ts, e.origin)
+        if e.vts > self._pattern_index.max_ts:
+            return False
+        return any(
+            _lineage_covered(e, tomb) and matcher.match(key)
+            for matcher, tomb in self._pattern_index.candidates(key)
+        )
+
+    def _newest_tomb(self, key: str) -> tuple[int, str]:
+        """The stamp of the newest pattern tombstone matching ``key`` (``NO_STAMP``: none)."""
+        newest = NO_STAMP
+        for matcher, tomb in self._pattern_index.candidates(key):
+            if (tomb.ts, tomb.origin) > newest and matcher.match(key):
+                newest = (tomb.ts, tomb.origin)
+        return newest
+
     def merge_entry(
         self, key: str, entry: Entry, now: float, *, observed: bool = False
     ) -> Change | None:
@@ -304,7 +451,7 @@ class Replica:
         if entry.ts > self.high.get(entry.origin, -1):
             self.high[entry.origin] = entry.ts
         if self.resolver is None:
-            if self._covered(key, entry.ts, entry.origin):
+            if self._entry_covered(key, entry):
                 return None
         elif self.patterns and self._pattern_beats(key, entry) is not None:
             return None
@@ -316,14 +463,53 @@ class Replica:
                     self._put(key, entry, local)
                 return None
             if self.resolver is None:
-                if not _beats(entry.ts, entry.origin, local):
-                    return None
+                if type(local) is Entry and type(entry) is Entry:  # the common case
+                    if not _beats(entry.ts, entry.origin, local):
+                        return None
+                else:
+                    return self._merge_lineages(key, local, entry, now)
             elif self._resolve(key, local, entry) is local:
                 return None
         self._put(key, entry, local)
         return Change(
             key, "delete" if entry.value is TOMBSTONE else "set", entry.origin, entry.ts, True
         )
+
+    def _merge_lineages(self, key: str, local: Entry, entry: Entry, now: float) -> Change | None:
+        """Last-writer-wins where either copy is amended: lineage first (module doc)."""
+        mine, theirs = lineage(local), lineage(entry)
+        if mine != theirs:
+            if theirs < mine:
+                return None
+            self._put(key, entry, local)
+            return Change(key, "delete" if entry.deleted else "set", entry.origin, entry.ts, True)
+        joined = _join(local, entry)
+        newer = (entry.ts, entry.origin) > (local.ts, local.origin)
+        if joined is not None:
+            counter, expires = joined
+            if local.value == counter and local.expires == expires:
+                if not (newer and entry.value == counter and entry.expires == expires):
+                    return None  # ours holds everything theirs does
+            elif not (entry.value == counter and entry.expires == expires):
+                return self._mint(key, local, counter, expires, now)
+        elif not newer:
+            return None
+        self._put(key, entry, local)
+        return Change(key, "delete" if entry.deleted else "set", entry.origin, entry.ts, True)
+
+    def _mint(
+        self, key: str, local: Entry, counter: Counter, expires: float | None, now: float
+    ) -> Change:
+        """Store a join of ``local``'s lineage under a fresh stamp of this node, and tell
+        :attr:`on_mint`."""
+        ts = self.clock.tick(now)
+        minted = Amended(counter, ts, self.node, expires, *lineage(local))
+        minted_entry = self._put(key, minted, local)
+        self.marks[self.node] = ts
+        self.high[self.node] = ts
+        if self.on_mint is not None:
+            self.on_mint(key, minted_entry)
+        return Change(key, "set", self.node, ts, True)
 
     def merge_pattern(self, tomb: PatternTombstone, now: float) -> list[Change]:
         """Merge a remote pattern tombstone; return the keys it removed."""
@@ -346,7 +532,11 @@ class Replica:
             gone = [
                 key
                 for key, e in self.entries.items()
-                if (e.ts < tomb.ts or (e.ts == tomb.ts and e.origin <= tomb.origin))
+                if (
+                    _lineage_covered(e, tomb)
+                    if isinstance(e, Amended)
+                    else (e.ts < tomb.ts or (e.ts == tomb.ts and e.origin <= tomb.origin))
+                )
                 and matcher.match(key)
             ]
         else:
@@ -422,11 +612,18 @@ class Replica:
 
     # ---------------------------------------------------------------- locality
     def evict(self, key: str) -> bool:
-        """Drop the value of ``key`` locally, keeping its stamp (never replicated)."""
+        """Drop the value of ``key`` locally, keeping its stamp (never replicated).
+
+        False if there is no held value, or it is a counter (never evicted to a stub).
+        """
         e = self.entries.get(key)
         if e is None or e.value is TOMBSTONE or e.value is NOT_HELD:
             return False
-        self._put(key, Entry(NOT_HELD, e.ts, e.origin, e.expires), e)
+        if type(e.value) is Counter:
+            # A stub cannot be joined: peers' copies could replace it and lose the
+            # totals only this node holds. A counter leaves by its TTL, or drop().
+            return False
+        self._put(key, stub_of(e), e)
         return True
 
     def drop(self, key: str) -> bool:
@@ -490,7 +687,7 @@ class Replica:
             grace_due = math.ceil(collect_due_ms(e.ts, self.tombstone_grace) / 1000.0)
             self._list(key, max(grace_due, due + 1))
         else:
-            self._put(key, Entry(TOMBSTONE, e.ts, e.origin, e.expires), e, relist=True)
+            self._put(key, with_value(e, TOMBSTONE), e, relist=True)
         return 0
 
     def _raise_collected(self, origin: str, ts: int) -> None:

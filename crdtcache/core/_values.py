@@ -25,6 +25,7 @@ from typing import Any, Final
 import msgpack
 
 from crdtcache._errors import SerializationError
+from crdtcache.core._counter import Counter
 from crdtcache.core._packing import (
     INT_MAX,
     INT_MIN,
@@ -129,10 +130,15 @@ def encode_value(key: str, value: object, max_bytes: int = DEFAULT_MAX_VALUE_BYT
 
 
 def decode_value(stored: object) -> Any:
-    """Return a value safe to hand to a caller (a fresh copy of a packed value)."""
+    """Return a value safe to hand to a caller (a fresh copy of a packed value).
+
+    A counter (:class:`~crdtcache.core._counter.Counter`) reads as its int.
+    """
     if type(stored) is Packed:
         # Bytes this process packed or checked: no check needed, only the hook.
         return msgpack.unpackb(stored, raw=False, strict_map_key=False, ext_hook=TRUSTED_EXT_HOOK)
+    if type(stored) is Counter:
+        return stored.total
     return stored
 
 
@@ -153,4 +159,6 @@ def stored_size(stored: object) -> int:
     """Approximate bytes a stored value carries (for ``max_memory`` and frame budgets)."""
     if type(stored) in (str, bytes, Packed):
         return len(stored)  # type: ignore[arg-type]  # sized types checked above
+    if type(stored) is Counter:
+        return 16 + 24 * len(stored.parts)
     return 8

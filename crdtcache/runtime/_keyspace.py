@@ -3,13 +3,17 @@
 In p2p mode every node's replica holds every key's stamp (values may be stubs), so the
 replica alone answers ``keys``, ``size``, ``snapshot`` and ``restore``; the redis
 runtime answers the same questions from Redis instead.
+
+The conditional writes (``add``, ``incr``, ``touch``) are decided here by this node's
+replica, in one step of the event loop: atomic among this node's callers, not across
+nodes (see :meth:`ReplicaKeySpace.add`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from crdtcache.core import DEFAULT_MAX_VALUE_BYTES, Change, Replica
+from crdtcache.core import DEFAULT_MAX_VALUE_BYTES, Change, GossipEngine, Replica, decode_value
 from crdtcache.core._entry import compile_pattern
 from crdtcache.store._snapshot import encode_snapshot, restore_snapshot
 
@@ -21,6 +25,8 @@ class ReplicaKeySpace:
 
     #: A key with no entry here is absent cluster-wide (modulo replication lag).
     answers_misses = False
+    #: The engine writes go through (set by the runtime).
+    engine: GossipEngine
 
     def __init__(
         self,
@@ -60,3 +66,31 @@ class ReplicaKeySpace:
         return restore_snapshot(
             self._replica, data, self._clock(), max_value_bytes=self._max_value_bytes
         )
+
+    # ------------------------------------------------------ conditional writes
+    async def add(self, key: str, stored: object, expires: float | None) -> bool:
+        """Write ``key`` if it has no live value in this replica; whether it wrote.
+
+        Atomic among this node's callers (decided without waiting). Not across nodes:
+        two nodes adding one key at once both write, both callers are told True, and
+        last-writer-wins keeps one of the values everywhere.
+        """
+        return self.engine.add(key, stored, self._clock(), expires) is not None
+
+    async def incr(
+        self, key: str, delta: int, expires: float | None, as_int: Callable[[object], int]
+    ) -> int | None:
+        """Add ``delta`` to the counter of ``key`` (a PN-counter); its new value.
+
+        None (nothing changed) when this node holds only the key's stamp: the caller
+        fills the value first. ``expires`` applies only to a counter this starts.
+        """
+        entry = self.engine.incr(key, delta, self._clock(), expires, as_int)
+        if entry is None:
+            return None
+        value: int = decode_value(entry.value)
+        return value
+
+    async def touch(self, key: str, expires: float | None) -> bool:
+        """Give ``key``'s live value a new expiry (None: none); False if it has none."""
+        return self.engine.touch(key, self._clock(), expires) is not None

@@ -191,6 +191,30 @@ class Runtime(Protocol):
         """Sorted live keys matching the glob, across the cluster's data."""
         ...
 
+    async def add(self, key: str, stored: object, expires: float | None) -> bool:
+        """Write ``key`` only if it has no live value; whether it wrote.
+
+        Atomic among this node's callers; across instances where the shared store
+        decides (redis), not across p2p nodes.
+        """
+        ...
+
+    async def incr(
+        self, key: str, delta: int, expires: float | None, as_int: Callable[[object], int]
+    ) -> int | None:
+        """Add ``delta`` to the integer at ``key``, keeping its expiry; the new value.
+
+        ``expires`` applies to a key this creates; ``as_int`` turns a stored value into
+        the int it counts from (and raises for one that is not an int). None when the
+        value is held elsewhere and this node must fill it first (p2p stubs).
+        """
+        ...
+
+    async def touch(self, key: str, expires: float | None) -> bool:
+        """Give ``key``'s live value a new absolute expiry (None: none), not rewriting
+        the value; False if the key has no live value."""
+        ...
+
     async def size(self) -> int:
         """How many live keys the cluster's data holds (may be a few seconds old)."""
         ...

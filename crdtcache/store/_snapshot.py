@@ -76,6 +76,7 @@ from crdtcache.core import (
     PatternTombstone,
     Replica,
 )
+from crdtcache.core._entry import with_value
 from crdtcache.core._format import (
     InvalidRecord,
     check_marks,
@@ -166,7 +167,7 @@ def encode_snapshot(replica: Replica, now: float, *, max_bytes: int = MAX_SNAPSH
     entries: list[list[Any]] = []
     for key, e in replica.entries.items():
         if e.value is not TOMBSTONE and e.expires is not None and e.expires <= now:
-            e = Entry(TOMBSTONE, e.ts, e.origin, e.expires)
+            e = with_value(e, TOMBSTONE)  # its lineage kept: see core._replica
         entries.append(record_of(key, e))
     body = {
         "node": replica.node,

@@ -96,16 +96,14 @@ from crdtcache.core import (
     Resolver,
 )
 from crdtcache.core._format import (
-    PACKED,
     InvalidRecord,
     check_expires,
     check_marks,
     check_node,
     check_ts,
+    entry_blob,
     entry_from_blob,
     pattern_from_record,
-    stored_blob,
-    stored_kind,
 )
 from crdtcache.core._hlc import ts_seconds, ts_span
 from crdtcache.core._replica import collection_horizon
@@ -149,12 +147,14 @@ _SCHEMA: Final = (
     "CREATE TABLE collected (origin TEXT PRIMARY KEY, ts INTEGER NOT NULL) WITHOUT ROWID",
 )
 # A stub never replaces the value of the same write: the file keeps what was evicted.
+# (Kinds: 0 plain, 1 packed, 3 stub, 4 amended; an amended stub is kind 3 as well:
+# see core._format.entry_blob.)
 _UPSERT_ENTRY: Final = (
     "INSERT INTO entries (key, kind, value, ts, origin, expires) VALUES (?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (key) DO UPDATE SET kind = excluded.kind, value = excluded.value,"
     " ts = excluded.ts, origin = excluded.origin, expires = excluded.expires"
     " WHERE NOT (excluded.kind = 3 AND entries.ts = excluded.ts"
-    " AND entries.origin = excluded.origin AND entries.kind IN (0, 1))"
+    " AND entries.origin = excluded.origin AND entries.kind IN (0, 1, 4))"
 )
 _UPSERT_PATTERN: Final = (
     "INSERT INTO patterns (pattern, ts, origin) VALUES (?, ?, ?)"
@@ -712,13 +712,10 @@ def _entry_row(key: str, e: Entry) -> tuple[str, int, bytes | None, int, str, fl
         expires = None if e.expires is None else _finite_expiry(e.expires)
     except InvalidRecord as exc:
         raise SerializationError(f"entry of {key!r} cannot be stored: {exc}") from None
-    kind = stored_kind(e.value)
-    blob: bytes | None = None  # tombstones and stubs carry no value
-    if kind <= PACKED:
-        try:
-            blob = stored_blob(e.value)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise SerializationError(f"value for {key!r} cannot be stored: {exc}") from exc
+    try:
+        kind, blob = entry_blob(e)  # tombstones and stubs carry no value
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise SerializationError(f"value for {key!r} cannot be stored: {exc}") from exc
     return key, kind, blob, e.ts, e.origin, expires
 
 

@@ -42,10 +42,11 @@ from crdtcache.core import (
     Replica,
     Resolver,
     Stamp,
+    decode_value,
     encode_value,
     pack_ts,
 )
-from crdtcache.core._entry import TOMBSTONE
+from crdtcache.core._entry import TOMBSTONE, lineage
 from crdtcache.store._sqlite import StoredState
 
 __all__ = ["NetworkStatistics", "SimNode", "SimulatedNetwork", "Write"]
@@ -73,7 +74,7 @@ class Write:
     value: Any
     stamp: Stamp
     expires: float | None
-    kind: Literal["set", "delete", "pattern"]
+    kind: Literal["set", "delete", "pattern", "incr", "touch"]
 
 
 @dataclass(slots=True)
@@ -368,6 +369,35 @@ class SimulatedNetwork:
         self.writes.append(Write(node, key, None, entry.stamp, None, "delete"))
         return entry.stamp
 
+    def incr(self, node: str, key: str, delta: int = 1, ttl: float | None = None) -> Stamp:
+        """Add ``delta`` to the counter ``key`` on ``node``; ``ttl`` if it starts one.
+
+        The counter's value must be held on ``node`` (raises ``LookupError`` for a
+        stub) and be an int (``TypeError`` otherwise).
+        """
+        n = self._live(node)
+        now = self.local_time(node)
+        expires = None if ttl is None else now + ttl
+        entry = n.engine.incr(key, delta, now, expires, _as_int)
+        if entry is None:
+            raise LookupError(f"{key!r} is a stub on {node}: fetch it first")
+        self.writes.append(Write(node, key, delta, entry.stamp, entry.expires, "incr"))
+        return entry.stamp
+
+    def touch(self, node: str, key: str, ttl: float | None) -> Stamp | None:
+        """Give ``key`` on ``node`` a new expiry (None: none); None if it is not live there.
+
+        ``expected`` does not model touches or counters: check them by their own
+        properties.
+        """
+        n = self._live(node)
+        now = self.local_time(node)
+        entry = n.engine.touch(key, now, None if ttl is None else now + ttl)
+        if entry is None:
+            return None
+        self.writes.append(Write(node, key, None, entry.stamp, entry.expires, "touch"))
+        return entry.stamp
+
     def invalidate_pattern(self, node: str, pattern: str) -> Stamp:
         """Invalidate every key matching ``pattern``, from ``node``."""
         n = self._live(node)
@@ -459,6 +489,8 @@ class SimulatedNetwork:
         held: set[_WriteId] = set()
         for n in self.nodes.values():
             held.update((False, k, Stamp(e.ts, e.origin)) for k, e in n.replica.entries.items())
+            # A touched value still carries the write it descends from.
+            held.update((False, k, Stamp(*lineage(e)[:2])) for k, e in n.replica.entries.items())
             held.update((True, p.pattern, p.stamp) for p in n.replica.patterns.values())
         flying: set[_WriteId] = set()
         for _, _, kind, payload in self._queue:
@@ -500,14 +532,15 @@ class SimulatedNetwork:
 
         Writes lost with a node's state (a restart without it, when no other replica
         and no message in flight carried them) are left out; writes held only by a
-        node that is down still count.
+        node that is down still count. Increments and touches are not modelled (they
+        are left out): counters and expiries are checked by their own properties.
         """
         now = self.now if now is None else now
         best: dict[str, Write] = {}
         writes = [w for w in self.writes if _write_id(w) not in self._lost]
         patterns = [w for w in writes if w.kind == "pattern"]
         for w in writes:
-            if w.kind == "pattern":
+            if w.kind in ("pattern", "incr", "touch"):
                 continue
             cur = best.get(w.key)
             if cur is None or w.stamp > cur.stamp:
@@ -520,6 +553,13 @@ class SimulatedNetwork:
                 continue
             out[key] = (w.value, w.stamp)
         return out
+
+
+def _as_int(stored: object) -> int:
+    value = decode_value(stored)
+    if type(value) is not int:
+        raise TypeError(f"not an int: {type(value).__name__}")
+    return value
 
 
 def _write_id(w: Write) -> _WriteId:

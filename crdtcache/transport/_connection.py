@@ -16,6 +16,7 @@ import ssl
 from typing import Any, Final
 
 from crdtcache._errors import ProtocolError
+from crdtcache.core import DEFAULT_MAX_VALUE_BYTES
 from crdtcache.core._link import LinkSession
 from crdtcache.transport._stream import Stream, StreamClosed
 from crdtcache.wire._auth import SEALED_OVERHEAD, FrameOpener, FrameSealer, SessionKeys
@@ -46,10 +47,13 @@ class Connection:
         dialed: bool,
         max_frame_bytes: int = MAX_FRAME_BYTES,
         send_buffer: int = MAX_SEND_BUFFER,
+        max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
     ) -> None:
         self.stream = stream
         self.dialed = dialed
         self.max_frame_bytes = max_frame_bytes
+        #: The node's value limit: a received record over it is junk.
+        self.max_value_bytes = max_value_bytes
         self.send_buffer = send_buffer
         peer = stream.extra("peername")
         self.remote_host: str = str(peer[0]) if isinstance(peer, tuple) else "?"
@@ -148,7 +152,7 @@ class Connection:
         body = await self.read_body()
         if self._opener is not None:
             body = self._opener.open(body)
-        return decode(body, self.max_frame_bytes)
+        return decode(body, self.max_frame_bytes, max_value_bytes=self.max_value_bytes)
 
     def send(self, body: bytes) -> bool:
         """Queue one encoded message; False if dropped (buffer full or closing).

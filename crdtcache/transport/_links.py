@@ -93,6 +93,7 @@ class Links:
             dialed=dialed,
             max_frame_bytes=node.max_frame_bytes,
             send_buffer=node.send_buffer,
+            max_value_bytes=node.engine.config.max_value_bytes,
         )
 
     # ------------------------------------------------------------- opening

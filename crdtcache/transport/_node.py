@@ -58,7 +58,7 @@ from crdtcache.transport._network import Listener, Network, TcpNetwork
 from crdtcache.transport._tls import check_tls_contexts
 from crdtcache.wire._auth import keyring
 from crdtcache.wire._codec import encode
-from crdtcache.wire._framing import MAX_FRAME_BYTES
+from crdtcache.wire._framing import frame_limit
 
 __all__ = [
     "HANDSHAKE_TIMEOUT",
@@ -132,7 +132,7 @@ class Node:
         ssl_client: _ssl.SSLContext | None = None,
         secret: bytes | Sequence[bytes] | None = None,
         clock: Callable[[], float] = time.time,
-        max_frame_bytes: int = MAX_FRAME_BYTES,
+        max_frame_bytes: int | None = None,
         max_connections: int = MAX_CONNECTIONS,
         send_buffer: int = MAX_SEND_BUFFER,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
@@ -156,7 +156,12 @@ class Node:
         self._clock = clock
         self._network: Network = network or TcpNetwork()
         rng: random.Random = self._network.random()
-        self.max_frame_bytes = max_frame_bytes
+        #: Largest frame read or sent: by default room for the largest value.
+        self.max_frame_bytes = (
+            frame_limit(engine.config.max_value_bytes)
+            if max_frame_bytes is None
+            else max_frame_bytes
+        )
         self.max_connections = max_connections
         self.send_buffer = send_buffer
         self.handshake_timeout = handshake_timeout

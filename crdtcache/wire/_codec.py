@@ -25,6 +25,7 @@ import msgpack
 
 from crdtcache._errors import ProtocolError
 from crdtcache.core import (
+    DEFAULT_MAX_VALUE_BYTES,
     MAX_KEY_CHARS,
     PROTOCOL_VERSION,
     Ack,
@@ -245,17 +246,17 @@ def _list(v: object, what: str) -> list[Any]:
     return v
 
 
-def _dec_entry(raw: object) -> tuple[str, Entry]:
+def _dec_entry(raw: object, limit: int) -> tuple[str, Entry]:
     if type(raw) is not list or len(raw) != 6:
         _bad("an entry must be a 6-item list")
     try:
-        return entry_from_record(*raw)
+        return entry_from_record(*raw, max_value_bytes=limit)
     except InvalidRecord as exc:
         _bad(str(exc))
 
 
-def _dec_entries(raw: object) -> tuple[tuple[str, Entry], ...]:
-    return tuple(_dec_entry(x) for x in _list(raw, "entries"))
+def _dec_entries(raw: object, limit: int) -> tuple[tuple[str, Entry], ...]:
+    return tuple(_dec_entry(x, limit) for x in _list(raw, "entries"))
 
 
 def _dec_patterns(raw: object) -> tuple[PatternTombstone, ...]:
@@ -279,11 +280,11 @@ def _arity(body: list[Any], n: int, name: str) -> None:
         _bad(f"{name} must have {n - 1} fields")
 
 
-def _push(obj: list[Any]) -> Push:
+def _push(obj: list[Any], limit: int = DEFAULT_MAX_VALUE_BYTES) -> Push:
     _arity(obj, 8, "push")
     origin = None if obj[3] is None else _str(obj[3], "push origin")
     return Push(
-        _dec_entries(obj[1]),
+        _dec_entries(obj[1], limit),
         _dec_patterns(obj[2]),
         origin,
         _int(obj[4], "since", -1),
@@ -293,7 +294,7 @@ def _push(obj: list[Any]) -> Push:
     )
 
 
-def _sync_response(obj: list[Any]) -> SyncResponse:
+def _sync_response(obj: list[Any], limit: int = DEFAULT_MAX_VALUE_BYTES) -> SyncResponse:
     _arity(obj, 8, "sync response")
     parts = _int(obj[3], "parts", 1, MAX_ITEMS)
     if type(obj[7]) is not bool:
@@ -302,7 +303,7 @@ def _sync_response(obj: list[Any]) -> SyncResponse:
         _int(obj[1], "exchange"),
         _int(obj[2], "part", 0, parts - 1),
         parts,
-        _dec_entries(obj[4]),
+        _dec_entries(obj[4], limit),
         _dec_patterns(obj[5]),
         _dec_marks(obj[6]),
         obj[7],
@@ -330,9 +331,9 @@ def _fetch(obj: list[Any]) -> Fetch:
     return Fetch(_int(obj[1], "request"), keys)
 
 
-def _fetch_reply(obj: list[Any]) -> FetchReply:
+def _fetch_reply(obj: list[Any], limit: int = DEFAULT_MAX_VALUE_BYTES) -> FetchReply:
     _arity(obj, 3, "fetch reply")
-    return FetchReply(_int(obj[1], "request"), _dec_entries(obj[2]))
+    return FetchReply(_int(obj[1], "request"), _dec_entries(obj[2], limit))
 
 
 def _hello(obj: list[Any]) -> Hello:
@@ -460,13 +461,32 @@ def _unpack(body: bytes, max_bytes: int) -> object:
         raise ProtocolError(f"undecodable frame: {type(exc).__name__}: {exc}") from exc
 
 
-def decode(body: bytes, max_bytes: int = MAX_FRAME_BYTES) -> WireMessage:
-    """Decode and validate one frame body; raise :class:`ProtocolError` on anything wrong."""
+#: The decoders of the messages that carry records: they take the value limit too.
+_VALUE_DECODERS: Final[dict[int, Callable[[list[Any], int], WireMessage]]] = {
+    _PUSH: _push,
+    _SYNC_RESP: _sync_response,
+    _FETCH_REPLY: _fetch_reply,
+}
+
+
+def decode(
+    body: bytes,
+    max_bytes: int = MAX_FRAME_BYTES,
+    *,
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+) -> WireMessage:
+    """Decode and validate one frame body; raise :class:`ProtocolError` on anything wrong.
+
+    ``max_value_bytes`` is the receiving node's value limit (a record over it is junk).
+    """
     if len(body) > max_bytes:
         _bad("frame over the size limit")
     obj = _unpack(body, max_bytes)
     if type(obj) is not list or not obj or type(obj[0]) is not int:
         _bad("a frame must be a list starting with a message type")
+    carrier = _VALUE_DECODERS.get(obj[0])
+    if carrier is not None:
+        return carrier(obj, max_value_bytes)
     decoder = _DECODERS.get(obj[0])
     if decoder is None:
         _bad(f"unknown message type {obj[0]}")

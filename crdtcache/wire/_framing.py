@@ -15,17 +15,33 @@ from typing import Final
 from crdtcache._errors import ProtocolError
 
 __all__ = [
+    "FRAME_OVERHEAD",
     "HEADER",
     "MAX_FRAME_BYTES",
     "FrameDecoder",
     "FrameTooLarge",
     "check_length",
     "encode_frame",
+    "frame_limit",
 ]
 
 #: Largest frame body accepted or sent by default (large transfers are split).
 MAX_FRAME_BYTES: Final = 4 << 20
+#: Room in a frame besides its largest value: one record (a key of up to 1024
+#: characters, stamps, expiry), the message around it, and a seal.
+FRAME_OVERHEAD: Final = 64 << 10
 HEADER: Final = struct.Struct(">I")
+
+
+def frame_limit(max_value_bytes: int) -> int:
+    """The largest frame of a node whose values may take ``max_value_bytes``.
+
+    A value travels whole, alone in its message when it is large: the limit grows with
+    ``max_value_bytes`` (never below :data:`MAX_FRAME_BYTES`), which bounds the memory
+    one connection needs to receive a frame. Nodes of one cluster must share
+    ``max_value_bytes``: a frame over a receiver's limit ends the link.
+    """
+    return max(MAX_FRAME_BYTES, max_value_bytes + FRAME_OVERHEAD)
 
 
 class FrameTooLarge(ProtocolError):

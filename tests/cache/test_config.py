@@ -100,7 +100,8 @@ def test_constructor_matches_the_spec() -> None:
         ({"max_value_bytes": 1.5}, "max_value_bytes"),
         ({"max_value_bytes": True}, "max_value_bytes"),
         ({"max_value_bytes": (32 << 20) + 1}, "max_value_bytes must be an int from 1 to 33554432"),
-        ({"max_value_bytes": 2 << 20, "backend": "p2p"}, "1048576 on backend='p2p'"),
+        ({"max_value_bytes": (32 << 20) + 1, "backend": "p2p"}, "from 1 to 33554432, not"),
+        ({"max_value_bytes": (32 << 20) + 1, "backend": "redis"}, "from 1 to 33554432, not"),
         ({"max_key_chars": 0}, "max_key_chars"),
         ({"max_key_chars": 1025}, "max_key_chars must be an int from 1 to 1024"),
         ({"serializer": "json"}, "serializer must be 'msgpack', 'pickle' or a"),
@@ -136,6 +137,9 @@ def test_good_options_are_accepted() -> None:
 
 def test_value_options_are_accepted() -> None:
     Cache(backend="memory", max_value_bytes=32 << 20, max_key_chars=250)
+    # Every reader is given the node's limit: p2p and redis carry 32 MiB values too.
+    Cache(backend="p2p", max_value_bytes=32 << 20)
+    Cache(backend="redis", max_value_bytes=32 << 20)
     Cache(backend="memory", serializer="pickle")  # no peer: no one else writes
     Cache(backend="p2p", serializer="pickle", secret=b"cluster-secret-of-16+")
     pair = (bytes, bytes)

@@ -13,6 +13,7 @@ import urllib.request
 import pytest
 
 import crdtcache
+from crdtcache.core import PROTOCOL_VERSION
 
 CLI = [sys.executable, "-m", "crdtcache.cli"]
 
@@ -20,7 +21,7 @@ CLI = [sys.executable, "-m", "crdtcache.cli"]
 def test_version() -> None:
     done = subprocess.run([*CLI, "--version"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0
-    assert done.stdout.strip() == f"crdtcache {crdtcache.__version__} (protocol 2)"
+    assert done.stdout.strip() == f"crdtcache {crdtcache.__version__} (protocol {PROTOCOL_VERSION})"
 
 
 def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

@@ -23,6 +23,8 @@ from hypothesis import strategies as st
 from crdtcache import CorruptStateError, ProtocolError
 from crdtcache.core import Entry, Packed, Push, decode_value, encode_value
 from crdtcache.core._format import (
+    AMENDED,
+    COUNTER,
     PACKED,
     PLAIN,
     STUB,
@@ -30,6 +32,7 @@ from crdtcache.core._format import (
     InvalidRecord,
     check_expires,
     entry_from_record,
+    record_of,
     stored_kind,
 )
 from crdtcache.core._hlc import MAX_TS
@@ -55,8 +58,10 @@ keys = st.one_of(
     st.integers(0, 5),
     st.none(),
 )
-kinds = st.one_of(st.sampled_from([PLAIN, PACKED, TOMB, STUB]), st.integers(-2, 9), st.just("x"))
-payloads = st.one_of(
+kinds = st.one_of(
+    st.sampled_from([PLAIN, PACKED, TOMB, STUB, AMENDED]), st.integers(-2, 9), st.just("x")
+)
+scalars = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(min_value=-(1 << 63), max_value=(1 << 64) - 1),
@@ -88,6 +93,26 @@ stamps = st.one_of(
     st.just(1.5),
 )
 origins = st.one_of(st.sampled_from(["a", "b"]), st.just(""), st.just("n" * 129), st.just(7))
+small_stamps = st.one_of(st.integers(0, 1 << 41), stamps)
+totals = st.one_of(st.integers(0, 9), st.just((1 << 64) - 1), st.just(1 << 64), st.just(-1))
+parts = st.lists(st.tuples(st.sampled_from(["a", "b", "c", ""]), totals, totals).map(list))
+counters = st.builds(
+    lambda start, xts, xorigin, ps, fix: [start, xts, xorigin, sorted(ps) if fix else ps],
+    st.one_of(st.integers(-9, 9), st.just(1 << 64), st.just("0")),
+    small_stamps,
+    origins,
+    parts,
+    st.booleans(),
+)
+amended = st.builds(
+    lambda kind, inner, vts, vorigin, born: [kind, inner, vts, vorigin, born],
+    st.one_of(st.sampled_from([PLAIN, PACKED, TOMB, STUB, COUNTER]), st.integers(-1, 6)),
+    st.one_of(scalars, counters),
+    small_stamps,
+    origins,
+    st.one_of(st.booleans(), st.just(1)),
+)
+payloads = st.one_of(scalars, amended, st.just([STUB, None, 0, "", True]))
 expiries = st.one_of(
     st.none(),
     st.floats(min_value=0, max_value=4e9),
@@ -133,8 +158,9 @@ def _snapshot(record: tuple[Any, ...]) -> Verdict | object:
 
 
 def _blob(kind: object, payload: object) -> object:
-    """How SQLite and Redis keep a payload: msgpack bytes for a scalar, packed as is."""
-    if kind == PLAIN and type(kind) is int:
+    """How SQLite and Redis keep a payload: msgpack bytes for a scalar or an amended
+    value (see ``entry_blob``), packed as is."""
+    if kind in (PLAIN, AMENDED) and type(kind) is int:
         try:
             return msgpack.packb(payload, use_bin_type=True)
         except (TypeError, ValueError, OverflowError):
@@ -142,9 +168,25 @@ def _blob(kind: object, payload: object) -> object:
     return payload
 
 
+def _sqlite_row(kind: object, payload: object) -> tuple[object, object]:
+    """``(kind, blob)`` of a row: an amended stub is kind STUB with its lineage."""
+    if (
+        kind == AMENDED
+        and type(kind) is int
+        and type(payload) is list
+        and len(payload) == 5
+        and payload[0] == STUB
+        and type(payload[0]) is int
+    ):
+        if payload[1] is not None:
+            return kind, NOT_REPRESENTABLE  # a stub's row has no room for a value
+        return STUB, _blob(PLAIN, payload[2:])
+    return kind, _blob(kind, payload)
+
+
 def _sqlite(record: tuple[Any, ...], path: Path) -> Verdict | object:
     key, kind, payload, ts, origin, expires = record
-    blob = _blob(kind, payload)
+    kind, blob = _sqlite_row(kind, payload)
     if blob is NOT_REPRESENTABLE or isinstance(blob, list):
         return NOT_REPRESENTABLE
     if type(expires) is float and math.isnan(expires):
@@ -152,7 +194,7 @@ def _sqlite(record: tuple[Any, ...], path: Path) -> Verdict | object:
     if type(key) is not str or type(origin) is not str:
         return NOT_REPRESENTABLE  # TEXT columns turn a number into its text
     if any(
-        type(v) is int and not -(1 << 63) <= v < (1 << 63) for v in (*record[:2], blob, *record[3:])
+        type(v) is int and not -(1 << 63) <= v < (1 << 63) for v in (key, kind, blob, *record[3:])
     ):
         return NOT_REPRESENTABLE  # beyond SQLite's INTEGER
     store = ReplicaStore(path)
@@ -275,3 +317,57 @@ def test_a_non_finite_expiry_is_refused_everywhere(expires: float) -> None:
     assert _redis(record) is None
     with pytest.raises(InvalidRecord, match="finite"):
         check_expires(expires)
+
+
+def _amended_entries() -> list[tuple[str, Entry]]:
+    """Every shape of amended entry a replica makes: touched, counted, shrunk, stubs."""
+    from crdtcache.core._entry import stub_of
+    from tests.core.test_lineage import as_int
+
+    a, b = make_replica("a"), make_replica("b")
+    a.set("touched", encode_value("touched", [1, "x"]), T0, T0 + 5)
+    a.touch("touched", T0 + 1, T0 + 50)
+    a.set("scalar", "v", T0)
+    a.touch("scalar", T0 + 1, None)
+    a.incr("born", 3, T0 + 2, T0 + 9, as_int)
+    a.set("from-int", 7, T0)
+    a.incr("from-int", -2, T0 + 2, None, as_int)
+    a.touch("from-int", T0 + 3, T0 + 70)
+    b.merge_entry("from-int", a.entries["from-int"], T0 + 3)
+    b.incr("from-int", 1, T0 + 4, None, as_int)
+    a.merge_entry("from-int", b.entries["from-int"], T0 + 5)  # a joins, nothing to mint
+    a.set("expiring", "x", T0, T0 + 4)
+    a.touch("expiring", T0 + 1, T0 + 2)
+    a.collect(T0 + 3)  # shrinks to a tombstone of its lineage
+    joined = ("joined", b.entries["from-int"])
+    return [*a.entries.items(), joined, ("stub", stub_of(a.entries["touched"]))]
+
+
+@pytest.mark.parametrize(("key", "entry"), _amended_entries(), ids=lambda x: str(x)[:20])
+def test_every_reader_accepts_every_amended_entry_a_replica_makes(
+    key: str, entry: Entry, tmp_path: Path
+) -> None:
+    record = tuple(record_of(key, entry))
+    for reader, verdict in _verdicts(record, tmp_path).items():
+        if verdict is NOT_REPRESENTABLE:
+            assert reader == "redis" or entry.value is not None, reader
+            continue
+        assert verdict == entry, reader
+
+
+def test_counter_and_lineage_junk_is_refused_with_a_reason() -> None:
+    good = ["k", AMENDED, [COUNTER, [0, 5, "a", [["a", 1, 0]]], 1, "a", False], 9, "a", None]
+    assert entry_from_record(*good)[1].value is not None
+    cases = {
+        "lineage must precede": [COUNTER, [0, 5, "a", []], 9, "a", False],
+        "strictly ascending": [COUNTER, [0, 5, "a", [["b", 1, 0], ["a", 1, 0]]], 1, "a", False],
+        "total must be": [COUNTER, [0, 5, "a", [["a", -1, 0]]], 1, "a", False],
+        "expiry stamp must not follow": [COUNTER, [0, 10, "a", []], 1, "a", False],
+        "only a counter started on nothing": [PLAIN, "v", 0, "", False],
+        "cannot hold another": [AMENDED, None, 1, "a", False],
+        "born flag": [PLAIN, "v", 1, "a", 1],
+        "5-item list": [PLAIN, "v", 1, "a"],
+    }
+    for problem, payload in cases.items():
+        with pytest.raises(InvalidRecord, match=problem):
+            entry_from_record("k", AMENDED, payload, 9, "a", None)

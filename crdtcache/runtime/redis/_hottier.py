@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from typing import Final, TypeAlias
 
 from crdtcache._errors import ClockDriftError
-from crdtcache.core import NOT_HELD, TOMBSTONE, Change, Entry, Replica
+from crdtcache.core import DEFAULT_MAX_VALUE_BYTES, NOT_HELD, TOMBSTONE, Change, Entry, Replica
 from crdtcache.core._format import InvalidRecord, blob_stored
 from crdtcache.runtime.redis._messages import AnnouncedWrite
 
@@ -77,7 +77,8 @@ class HotTier:
     """What reads, announcements and commits do to the hot tier (see module doc).
 
     ``covered(key, ts, origin)`` tells whether a known pattern tombstone covers a
-    write; ``on_drift`` is told of every stamp refused for clock drift.
+    write; ``on_drift`` is told of every stamp refused for clock drift;
+    ``max_value_bytes`` is this instance's limit for values announced inline.
     """
 
     def __init__(
@@ -87,8 +88,10 @@ class HotTier:
         local_ttl: float | None,
         covered: Callable[[str, int, str], bool],
         on_drift: Callable[[], None],
+        max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
     ) -> None:
         self.replica = replica
+        self._max_value_bytes = max_value_bytes
         self.listening = False
         #: How many times the tier was emptied because invalidations may have been missed.
         self.drops = 0
@@ -165,7 +168,8 @@ class HotTier:
             value: object = TOMBSTONE if deleted else NOT_HELD
             if blob is not None and local is not None and local.held:
                 try:
-                    value = blob_stored(blob)  # update in place, no read needed
+                    # Update in place, no read needed.
+                    value = blob_stored(blob, max_value_bytes=self._max_value_bytes)
                 except InvalidRecord:
                     value = NOT_HELD
             replica.merge_entry(key, Entry(value, ts, origin, expires), now, observed=True)

@@ -22,7 +22,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Final
 
 from crdtcache._errors import PeerError
-from crdtcache.core import NOT_HELD, Change, Entry, PatternTombstone
+from crdtcache.core import NOT_HELD, Change, Entry, PatternTombstone, decode_value
+from crdtcache.core._counter import Counter
+from crdtcache.core._entry import Amended
 from crdtcache.runtime.redis._commands import Commands
 from crdtcache.runtime.redis._hottier import FETCH_ATTEMPTS
 from crdtcache.runtime.redis._messages import stamp_text
@@ -178,13 +180,15 @@ class RedisKeySpace:
         :class:`PeerError` if Redis fails part-way (what was written stays: each
         write is a CRDT merge, so restoring again completes it).
         """
-        snap = decode_snapshot(data)
+        snap = decode_snapshot(data, max_value_bytes=self.protocol.engine.config.max_value_bytes)
         now = self._clock()
         newest = max([e.ts for _, e in snap.entries] + [p.ts for p in snap.patterns], default=0)
         self.protocol.replica.clock.check(newest, now)
         await self._load_patterns()
         changes = self.protocol.merge_patterns(snap.patterns, now)
-        entries = [(k, e) for k, e in snap.entries if e.value is not NOT_HELD]
+        # Redis decides last-writer-wins by stamp alone: a touched value or a counter
+        # from a p2p snapshot goes in as a plain value stamped like its last change.
+        entries = [(k, plain(e)) for k, e in snap.entries if e.value is not NOT_HELD]
         applied: list[Write] = []
         patterns = list(snap.patterns)
         for batch in batches(entries) if entries else iter([[]]):
@@ -214,3 +218,11 @@ class RedisKeySpace:
             if chosen:
                 self.records_cleaned += int(await self.commands.eval(CLEAN, chosen, [stamp]))
         await self.commands.eval(CLEANED, [self.protocol.layout.patterns], [tomb.pattern, stamp])
+
+
+def plain(e: Entry) -> Entry:
+    """``e`` without its lineage (see :mod:`crdtcache.core._entry`): a counter as its int."""
+    if type(e) is not Amended:
+        return e
+    value = decode_value(e.value) if type(e.value) is Counter else e.value
+    return Entry(value, e.ts, e.origin, e.expires)

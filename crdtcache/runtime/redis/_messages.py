@@ -53,7 +53,14 @@ from typing import Any, Final, TypeAlias
 
 import msgpack
 
-from crdtcache.core import MAX_KEY_CHARS, TOMBSTONE, Entry, PatternTombstone, Replica
+from crdtcache.core import (
+    DEFAULT_MAX_VALUE_BYTES,
+    MAX_KEY_CHARS,
+    TOMBSTONE,
+    Entry,
+    PatternTombstone,
+    Replica,
+)
 from crdtcache.core._format import (
     InvalidRecord,
     check_expires,
@@ -214,14 +221,24 @@ def parse_expiry(raw: object) -> float | None:
     return check_expires(expires)
 
 
-def record_entry(key: str, stamp: object, blob: object, expires: object) -> Entry:
+def record_entry(
+    key: str,
+    stamp: object,
+    blob: object,
+    expires: object,
+    *,
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+) -> Entry:
     """The entry of a Redis record's fields (``s``, ``v``, ``x``); raises :class:`InvalidRecord`.
 
     The stamp and expiry are kept as text in Redis; once parsed, the record is
-    validated by the one record format (:mod:`crdtcache.core._format`).
+    validated by the one record format (:mod:`crdtcache.core._format`), with the
+    reading instance's ``max_value_bytes``.
     """
     ts, origin = parse_stamp(stamp)
-    return entry_from_blob(key, None, blob, ts, origin, parse_expiry(expires))[1]
+    return entry_from_blob(
+        key, None, blob, ts, origin, parse_expiry(expires), max_value_bytes=max_value_bytes
+    )[1]
 
 
 # ---------------------------------------------------------------- messages

@@ -197,7 +197,11 @@ class RedisProtocol:
         self.patterns = PatternBook(self.replica)
         self.calls = ScriptCalls(self.layout, self.node, self.replica)
         self.hot = HotTier(
-            self.replica, local_ttl=local_ttl, covered=self.covered, on_drift=self._drift
+            self.replica,
+            local_ttl=local_ttl,
+            covered=self.covered,
+            on_drift=self._drift,
+            max_value_bytes=engine.config.max_value_bytes,
         )
         self.outbox = Outbox()
         self.writes = WritePath(
@@ -343,7 +347,9 @@ class RedisProtocol:
         if stamp is None:
             return None
         try:
-            return record_entry(key, stamp, blob, expires)
+            return record_entry(
+                key, stamp, blob, expires, max_value_bytes=self.engine.config.max_value_bytes
+            )
         except InvalidRecord as exc:
             # Someone else's data under our prefix, or damage: never served.
             self.counters.refused_records += 1
@@ -483,6 +489,30 @@ class RedisProtocol:
     def expect_acks(self) -> int:
         """A waiter for every live instance's ack of the next write; 0 if none is live."""
         return self.acks.expect(self.instances.live())
+
+    def conditional_done(
+        self, key: str, entry: Entry, now: float, *, replaced: tuple[int, str] | None = None
+    ) -> None:
+        """Redis applied a conditional write of this instance: hold it and report it.
+
+        ``entry`` is the write (see :mod:`._conditional`); a touch carries no value and
+        names the stamp it ``replaced``: a held copy of that write takes the touch's
+        stamp and expiry, any other copy is dropped (the next read fetches it).
+        """
+        hot = self.hot
+        if replaced is not None:
+            local = self.replica.entries.get(key)
+            if local is not None and local.held and (local.ts, local.origin) == replaced:
+                hot.merge_quietly(
+                    key, Entry(local.value, entry.ts, entry.origin, entry.expires), now
+                )
+                hot.settle(key, now)
+            elif local is not None:
+                hot.drop(key, local)
+        else:
+            hot.merge_quietly(key, entry, now)
+            hot.settle(key, now)
+        self._events.append(ChangesMade([Change(key, "set", self.node, entry.ts, False)]))
 
     # ============================================================== hot tier
     def hot_deadline(self) -> float | None:

@@ -12,6 +12,7 @@ Where each concept lives (all but this module and :mod:`._commands` without IO):
 :mod:`._topology`   which Redis a URL names: one server, a Redis Cluster, a Sentinel
 :mod:`._commands`   redis-py: clients, EVALSHA, pipelines, SCAN, one exception map
 :mod:`._writer`     sending batches: write-behind loop, write-through with acks
+:mod:`._conditional` add, incr, touch: one script each, decided by Redis
 :mod:`._keyspace`   fetches, keys, size, snapshot, restore, cleanup: reads of Redis
 this module         the runtime: subscription, heartbeat and tick loops, events
 ==================  =============================================================
@@ -81,7 +82,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from crdtcache._errors import PeerError
+from crdtcache._errors import PeerError, ValidationError
 from crdtcache.core import ALIVE, Change, Entry, GossipEngine, PatternTombstone, PeerEvent
 from crdtcache.runtime._protocol import (
     AdminHandler,
@@ -98,6 +99,7 @@ from crdtcache.runtime.redis._commands import (
     Subscription,
     reraise_cancellation,
 )
+from crdtcache.runtime.redis._conditional import ConditionalWriter, NotAnInteger
 from crdtcache.runtime.redis._keyspace import RedisKeySpace
 from crdtcache.runtime.redis._messages import (
     describe_instance,
@@ -113,7 +115,17 @@ from crdtcache.runtime.redis._protocol import (
     Evicted,
     RedisProtocol,
 )
-from crdtcache.runtime.redis._scripts import CLEAN, CLEANED, HEARTBEAT, PATTERN, STAT, WRITE
+from crdtcache.runtime.redis._scripts import (
+    ADD,
+    CLEAN,
+    CLEANED,
+    HEARTBEAT,
+    INCR,
+    PATTERN,
+    STAT,
+    TOUCH,
+    WRITE,
+)
 from crdtcache.runtime.redis._writer import BatchWriter
 from crdtcache.store._persistence import Persistence
 
@@ -230,6 +242,15 @@ class RedisRuntime:
             load_patterns=self._load_patterns,
             dispatch=self._dispatch,
         )
+        self.conditional = ConditionalWriter(
+            self.protocol,
+            self.commands,
+            self.writer,
+            clock=clock,
+            load_patterns=self._load_patterns,
+            dispatch=self._dispatch,
+            acks=strategy == "write-through",
+        )
         self.keyspace = RedisKeySpace(
             self.protocol,
             self.commands,
@@ -286,7 +307,9 @@ class RedisRuntime:
         self.commands.connect()
         try:
             await self.commands.command("PING")
-            await self.commands.load_scripts((WRITE, PATTERN, CLEAN, CLEANED, STAT, HEARTBEAT))
+            await self.commands.load_scripts(
+                (WRITE, PATTERN, CLEAN, CLEANED, STAT, HEARTBEAT, ADD, INCR, TOUCH)
+            )
             self._tasks.append(loop.create_task(self._subscription()))
             try:
                 await asyncio.wait_for(self._ready.wait(), CONNECT_TIMEOUT + COMMAND_TIMEOUT)
@@ -422,6 +445,27 @@ class RedisRuntime:
     async def keys(self, pattern: str) -> list[str]:
         """Live keys matching the glob, in Redis and in this node's unwritten writes."""
         return await self.keyspace.keys(pattern)
+
+    async def add(self, key: str, stored: object, expires: float | None) -> bool:
+        """Write ``key`` only if Redis holds no live value for it (atomic across instances)."""
+        return await self.conditional.add(key, stored, expires)
+
+    async def incr(
+        self, key: str, delta: int, expires: float | None, as_int: Callable[[object], int]
+    ) -> int | None:
+        """Add ``delta`` to the int Redis holds at ``key`` (INCRBY; its expiry kept).
+
+        ``as_int`` is not needed: Redis reads the value. Raises
+        :class:`~crdtcache.ValidationError` for a value that is not an int of 64 bits.
+        """
+        try:
+            return await self.conditional.incr(key, delta, expires)
+        except NotAnInteger as exc:
+            raise ValidationError(f"incr {key!r}: {exc}") from None
+
+    async def touch(self, key: str, expires: float | None) -> bool:
+        """Give ``key``'s live value in Redis a new expiry; False if it has none."""
+        return await self.conditional.touch(key, expires)
 
     async def size(self) -> int:
         """Live records in Redis (counted at most every few seconds, see ``_keyspace``)."""

@@ -17,7 +17,19 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Final
 
-__all__ = ["CLEAN", "CLEANED", "HEARTBEAT", "PATTERN", "STAT", "WRITE", "Script", "sharded"]
+__all__ = [
+    "ADD",
+    "CLEAN",
+    "CLEANED",
+    "HEARTBEAT",
+    "INCR",
+    "PATTERN",
+    "STAT",
+    "TOUCH",
+    "WRITE",
+    "Script",
+    "sharded",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,3 +244,169 @@ def sharded(script: Script) -> Script:
     """
     source = script.source.replace("redis.call('PUBLISH',", "redis.call('SPUBLISH',")
     return script if source == script.source else Script(script.name, source)
+
+
+# ------------------------------------------------------- conditional writes
+# add, incr and touch: Redis decides, so they are atomic across instances. Each runs
+# on one record and announces itself like a WRITE of one write. Shared helpers: a
+# record's live value (it has one, it has not expired by the server's clock, and the
+# newest pattern tombstone the caller knows to match the key -- its stamp text in
+# ``cover``, "" for none -- does not cover it), the patterns' version check (any
+# tombstone the caller has not loaded could cover the record: it must reload first),
+# msgpack bin framing of a value blob, and 64-bit integers as two 32-bit halves (Lua
+# numbers are doubles: exact to 2^53 only).
+_CONDITIONAL: Final = (
+    _PRELUDE
+    + """
+local function live_value(rec, cover, now)
+  local r = redis.call('HMGET', rec, 's', 'v', 'x')
+  local s, v, x = r[1], r[2], r[3]
+  if not s or not v then return s, nil, x end
+  if x and tonumber(x) * 1000 <= now then return s, nil, x end
+  if cover ~= '' and not lt(cover, s) then return s, nil, x end
+  return s, v, x
+end
+local function unknown_patterns(patterns, known)
+  local version = redis.call('HGET', patterns, '#') or '0'
+  if redis.call('HEXISTS', patterns, '') == 1 and version ~= known then return version end
+  return nil
+end
+local function bin(blob)
+  local n = #blob
+  if n < 256 then return struct.pack('>BB', 0xc4, n) .. blob end
+  if n < 65536 then return struct.pack('>BI2', 0xc5, n) .. blob end
+  return struct.pack('>BI4', 0xc6, n) .. blob
+end
+"""
+)
+
+#: Write one value only if its record holds no live value (SET NX inside the LWW rule).
+#: KEYS: patterns hash, record. ARGV: the patterns' version the caller holds, max drift
+#: ms, channel, message head (a writes message's header and first three items), stamp,
+#: value blob, expiry ("" none), PEXPIREAT ms ("" none), the write's part of the message,
+#: cover. Returns {1, receivers} written | {2, stamp} a live value is there | {0, stamp}
+#: a newer write is there (dead: retry with a newer stamp) | {-1, version} reload the
+#: patterns first | {-2, server ms} the stamp is too far ahead of the server's clock.
+ADD: Final = Script(
+    "add",
+    _CONDITIONAL
+    + """
+local known, drift, channel, head = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local stamp, blob, x, at, part, cover = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+local now = server_ms()
+if too_far_ahead(stamp, drift, now) then return {-2, now} end
+local unknown = unknown_patterns(KEYS[1], known)
+if unknown then return {-1, unknown} end
+local current, value = live_value(KEYS[2], cover, now)
+if value then return {2, current} end
+if current and not lt(current, stamp) then return {0, current} end
+redis.call('DEL', KEYS[2])
+if x == '' then
+  redis.call('HSET', KEYS[2], 's', stamp, 'v', blob)
+else
+  redis.call('HSET', KEYS[2], 's', stamp, 'v', blob, 'x', x)
+end
+if at ~= '' then redis.call('PEXPIREAT', KEYS[2], at) end
+return {1, redis.call('PUBLISH', channel, head .. '\\145' .. part)}
+""",
+)
+
+#: Add a 64-bit delta to the int a record holds, keeping its expiry (INCRBY with the
+#: record's stamp rule); a record without a live value starts from 0 with the given
+#: expiry. KEYS: patterns hash, record. ARGV: version, drift, channel, head, stamp,
+#: delta's high 32 bits (signed), its low 32 bits, expiry if new ("" none), PEXPIREAT
+#: if new ("" none), the part's start (a 6-array's header, key, ts, origin), cover.
+#: Returns {1, value blob, expiry ("" none), receivers} | {0, stamp} | {-1, version} |
+#: {-2, ms} as ADD | {-3, ""} the value is not an integer | {-4, ""} it would overflow.
+INCR: Final = Script(
+    "incr",
+    _CONDITIONAL
+    + """
+local function int_of(b)
+  local t, n = string.byte(b, 1), #b
+  local v
+  if n == 1 and t <= 0x7f then v = t
+  elseif n == 1 and t >= 0xe0 then v = t - 256
+  elseif n == 2 and t == 0xcc then v = string.byte(b, 2)
+  elseif n == 3 and t == 0xcd then v = struct.unpack('>I2', b, 2)
+  elseif n == 5 and t == 0xce then v = struct.unpack('>I4', b, 2)
+  elseif n == 2 and t == 0xd0 then v = struct.unpack('>i1', b, 2)
+  elseif n == 3 and t == 0xd1 then v = struct.unpack('>i2', b, 2)
+  elseif n == 5 and t == 0xd2 then v = struct.unpack('>i4', b, 2)
+  elseif n == 9 and (t == 0xd3 or t == 0xcf) then
+    local h = struct.unpack('>i4', b, 2)
+    if t == 0xcf and h < 0 then return nil end
+    return h, (struct.unpack('>I4', b, 6))
+  else return nil end
+  if v < 0 then return -1, v + 4294967296 end
+  return 0, v
+end
+local known, drift, channel, head = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local stamp, hi, lo, x_new, at_new = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local prefix, cover = ARGV[10], ARGV[11]
+local now = server_ms()
+if too_far_ahead(stamp, drift, now) then return {-2, now} end
+local unknown = unknown_patterns(KEYS[1], known)
+if unknown then return {-1, unknown} end
+local current, value, x = live_value(KEYS[2], cover, now)
+if current and not lt(current, stamp) then return {0, current} end
+local h, l = 0, 0
+if value then
+  h, l = int_of(value)
+  if not h then return {-3, ''} end
+end
+l = l + tonumber(lo)
+h = h + tonumber(hi)
+if l >= 4294967296 then l = l - 4294967296; h = h + 1 end
+if h > 2147483647 or h < -2147483648 then return {-4, ''} end
+local blob = struct.pack('>Bi4I4', 0xd3, h, l)
+if value then
+  redis.call('HSET', KEYS[2], 's', stamp, 'v', blob)
+else
+  redis.call('DEL', KEYS[2])
+  x = nil
+  if x_new == '' then
+    redis.call('HSET', KEYS[2], 's', stamp, 'v', blob)
+  else
+    x = x_new
+    redis.call('HSET', KEYS[2], 's', stamp, 'v', blob, 'x', x)
+  end
+  if at_new ~= '' then redis.call('PEXPIREAT', KEYS[2], at_new) end
+end
+local expires = x and struct.pack('>Bd', 0xcb, tonumber(x)) or '\\192'
+local message = head .. '\\145' .. prefix .. expires .. '\\194' .. bin(blob)
+return {1, blob, x or '', redis.call('PUBLISH', channel, message)}
+""",
+)
+
+#: Give a record's live value a new expiry and stamp, not rewriting the value. KEYS:
+#: patterns hash, record. ARGV: version, drift, channel, head, stamp, expiry ("" none),
+#: PEXPIREAT ("" none), the part but its last item (the value, inline if at most
+#: ``inline`` bytes), cover, inline. Returns {1, receivers, the stamp it replaced} |
+#: {3, ""} no live value | {0, stamp} | {-1, version} | {-2, ms} as ADD.
+TOUCH: Final = Script(
+    "touch",
+    _CONDITIONAL
+    + """
+local known, drift, channel, head = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local stamp, x, at, prefix, cover = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local now = server_ms()
+if too_far_ahead(stamp, drift, now) then return {-2, now} end
+local unknown = unknown_patterns(KEYS[1], known)
+if unknown then return {-1, unknown} end
+local current, value = live_value(KEYS[2], cover, now)
+if not value then return {3, ''} end
+if not lt(current, stamp) then return {0, current} end
+redis.call('HSET', KEYS[2], 's', stamp)
+if x == '' then
+  redis.call('HDEL', KEYS[2], 'x')
+  redis.call('PERSIST', KEYS[2])
+else
+  redis.call('HSET', KEYS[2], 'x', x)
+  redis.call('PEXPIREAT', KEYS[2], at)
+end
+local inline = '\\192'
+if #value <= tonumber(ARGV[10]) then inline = bin(value) end
+return {1, redis.call('PUBLISH', channel, head .. '\\145' .. prefix .. inline), current}
+""",
+)

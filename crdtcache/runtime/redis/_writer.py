@@ -81,6 +81,8 @@ class BatchWriter:
         self._wanted = asyncio.Event()
         self._reachable = asyncio.Event()
         self._ack_done: dict[int, asyncio.Future[None]] = {}
+        # Acks asked for by conditional writes (._conditional), awaited by the next flush.
+        self._awaited: list[int] = []
 
     def wake(self) -> None:
         """Writes are queued: write them within ``sync_interval``."""
@@ -99,13 +101,45 @@ class BatchWriter:
         if done is not None and not done.done():
             done.set_result(None)
 
+    def await_on_flush(self, ack_id: int) -> None:
+        """A conditional write asked for ``ack_id``: the next flush waits for it."""
+        self._awaited.append(ack_id)
+        if ack_id not in self._ack_done:
+            self._ack_done[ack_id] = asyncio.get_running_loop().create_future()
+        if not self.protocol.acks.missing(ack_id):
+            self.acked(ack_id)
+
     async def flush(self, *, ack: bool, timeout: float) -> frozenset[str]:
         """Write-through: write the pending writes now and wait for every live instance.
 
-        Returns the instances that did not acknowledge within ``timeout``. Raises
-        :class:`PeerError` if Redis did not take the writes: they are then dropped
-        from this instance too (nothing is left applied that Redis does not hold).
+        Also waits for the acknowledgements conditional writes asked for since the
+        last flush. Returns the instances that did not acknowledge within ``timeout``.
+        Raises :class:`PeerError` if Redis did not take the writes: they are then
+        dropped from this instance too (nothing is left applied that Redis does not
+        hold).
         """
+        awaited, self._awaited = self._awaited, []
+        if not awaited:
+            return await self._flush_writes(ack=ack, timeout=timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        missing: set[str] = set()
+        try:
+            for ack_id in awaited:
+                done = self._ack_done[ack_id]
+                with contextlib.suppress(TimeoutError):
+                    left = max(0.0, deadline - loop.time())
+                    await asyncio.wait_for(asyncio.shield(done), left)
+                missing |= self.protocol.acks.missing(ack_id)
+        finally:
+            for ack_id in awaited:
+                self.protocol.acks.release(ack_id)
+                self._ack_done.pop(ack_id, None)
+        left = max(0.0, deadline - loop.time())
+        return frozenset(missing) | await self._flush_writes(ack=ack, timeout=left)
+
+    async def _flush_writes(self, *, ack: bool, timeout: float) -> frozenset[str]:
+        """:meth:`flush` for the writes of the outbox."""
         proto = self.protocol
         proto.take()
         entries, patterns = proto.outbox.take_all()
