@@ -68,5 +68,7 @@ class EngineStatistics:
     full_syncs_sent: int = 0
     syncs_completed: int = 0
     refused_drift: int = 0
+    #: Sync answers to no pull of this node's in flight (merged, their marks ignored).
+    unsolicited_responses: int = 0
     events_dropped: int = 0
     collected: int = 0

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -457,6 +457,7 @@ class GossipEngine:
             ok
             and m.origin is not None
             and m.origin == sender
+            and self._marks_within_drift(sender, {sender: m.upto}, now)
             and not self.replica.advance_stream(m.origin, m.since, m.upto)
         ):
             # A gap: an earlier push from the sender was lost. Ask it for what we
@@ -531,13 +532,17 @@ class GossipEngine:
             raise ValueError("sync response part out of range")
         key = (sender, m.exchange)
         state = self._inbound.get(key)
+        info = self.peers.get(sender)
         if state is None:
+            if info is None or info.pulling != m.exchange:
+                return self._unsolicited(sender, m, now)
             state = _Inbound(sender, now, m.parts, listed=set() if m.full else None)
             self._inbound[key] = state
+        elif m.parts != state.parts or m.full != (state.listed is not None):
+            state.ok = False  # parts that disagree about the answer: adopt and forget nothing
         if m.part in state.seen:
             return []  # a duplicate: merging again would be harmless, but skip the work
         state.seen.add(m.part)
-        info = self.peers.get(sender)
         if info is not None and info.pulling == m.exchange:
             info.pull_activity = now
         _, _, ok = self._merge(sender, m.entries, m.patterns, now)
@@ -549,6 +554,8 @@ class GossipEngine:
         del self._inbound[key]
         if info is not None and info.pulling == m.exchange:
             info.pulling = None
+        if state.ok and not self._marks_within_drift(sender, m.marks, now):
+            state.ok = False
         if state.ok:
             if state.listed is not None:
                 for change in self.replica.forget_unlisted(state.listed, m.marks):
@@ -556,6 +563,33 @@ class GossipEngine:
             self.replica.advance_marks(m.marks)
             self.stats.syncs_completed += 1
         return []
+
+    def _unsolicited(self, sender: str, m: SyncResponse, now: float) -> list[Outgoing]:
+        """A sync answer to no pull of ours in flight: its entries only, like a relay.
+
+        Its marks and its ``full`` flag mean something only for an exchange this node
+        started with that peer: adopting marks nobody asked for would stop this node
+        asking for what it lacks, and the forget rule of a full answer would drop every
+        entry the marks "cover" (an unsolicited full answer wiped a node). The entries
+        are merged like any push (no marks move), so a late part is not lost.
+        """
+        self.stats.unsolicited_responses += 1
+        log.debug("sync answer %d from %s answers no pull of ours", m.exchange, sender)
+        self._merge(sender, m.entries, m.patterns, now)
+        return []
+
+    def _marks_within_drift(self, sender: str, marks: Mapping[str, int], now: float) -> bool:
+        """Whether ``marks`` may be adopted: none is more than ``max_drift`` ahead.
+
+        A mark claims every write up to it; one from the future would make this node
+        stop asking for writes not made yet, and is refused like a drifting stamp.
+        """
+        highest = max(marks.values(), default=-1)
+        if self.replica.clock.within_drift(highest, now):
+            return True
+        self.stats.refused_drift += 1
+        log.error("refused the marks of %s: a stamp is beyond max_drift", sender)
+        return False
 
     # ---------------------------------------------------------------- fetch
     def fetch(self, keys: Sequence[str], now: float) -> list[Outgoing]:
