@@ -118,14 +118,17 @@ class LocalTier:
 
     def replacing(self, key: str, old: Entry | None, new: Entry) -> Entry:
         """Account for ``new`` replacing ``old``; returns the entry to store instead."""
-        if old is not None:
-            self._leave(key, old, removed=new.value is TOMBSTONE)
         value = new.value
-        if value is TOMBSTONE or value is NOT_HELD:
-            return new
-        if self.admit is not None and new.origin != self.node and not self.admit(key, new):
+        held = value is not TOMBSTONE and value is not NOT_HELD
+        # The schema gate runs first: if it raises, nothing has been counted yet.
+        if held and self.admit is not None and new.origin != self.node and not self.admit(key, new):
             self.refused += 1
-            return Entry(NOT_HELD, new.ts, new.origin, new.expires)
+            new = Entry(NOT_HELD, new.ts, new.origin, new.expires)
+            held = False
+        if old is not None:
+            self._leave(key, old, removed=value is TOMBSTONE)
+        if not held:
+            return new
         self.count += 1
         self.nbytes += len(key) + stored_size(value)
         if self.on_over is not None and self.over:

@@ -159,10 +159,11 @@ class Replica:
     def _put(
         self, key: str, entry: Entry, previous: Entry | None, *, relist: bool = False
     ) -> Entry:
+        # Computed before any observer is told: nothing after the first one can fail.
+        # (An observer may store a NOT_HELD stub instead, with the same due second.)
+        due = self._due_second(entry)
         for observer in self.observers:
             entry = observer.replacing(key, previous, entry)
-        # Computed before the map changes: nothing after the assignment can fail.
-        due = self._due_second(entry)
         if (
             due is not None
             and not relist
@@ -302,7 +303,8 @@ class Replica:
                 self.refused_drift += 1
                 raise
         if entry.ts > self.high.get(entry.origin, -1):
-            self.high[entry.origin] = entry.ts
+            self.high[entry.origin] = entry.ts  # an upper bound: raising it is always safe
+        # Everything that can fail (a resolver is user code) runs before the map changes.
         if self.resolver is None:
             if self._covered(key, entry.ts, entry.origin):
                 return None

@@ -147,7 +147,13 @@ class Links:
             log.debug("replacing the connection to %s", session.peer)
             self.by_session[replaced].abort()
         node._spawn(self._read_loop(conn, session))
-        self._joined(conn, session)
+        try:
+            self._joined(conn, session)
+        except Exception as exc:  # a bug of ours must cost one link, never the node
+            self.protocol_errors += 1
+            log.exception("dropping connection from %s: unexpected error", conn.label)
+            self.drop(conn, f"unexpected error: {exc!r}")
+            return None
         return conn
 
     async def _refused(self, conn: Connection, exc: Exception) -> None:
