@@ -139,13 +139,13 @@ class Connection:
         self.frames_received += 1
         return frames[0]
 
-    async def read_message(self) -> WireMessage:
-        """Read, open (if secured) and decode one frame.
+    async def read_message(self, max_bytes: int | None = None) -> WireMessage:
+        """Read, open (if secured) and decode one frame (``max_bytes`` lowers the limit).
 
         Raises :class:`ProtocolError` for junk (:class:`~crdtcache.wire._auth.AuthError`
         for a frame that is not authentic), ``StreamClosed`` when the stream ends.
         """
-        body = await self.read_body()
+        body = await self.read_body(max_bytes)
         if self._opener is not None:
             body = self._opener.open(body)
         return decode(body, self.max_frame_bytes)
