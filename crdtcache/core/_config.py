@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from crdtcache.core._patterns import MAX_MESSAGE_PATTERNS
 from crdtcache.core._values import DEFAULT_MAX_VALUE_BYTES, MAX_VALUE_BYTES
 
 __all__ = ["EngineStatistics", "GossipConfig", "RandomSource"]
@@ -33,6 +34,9 @@ class GossipConfig:
     exchange_timeout: float = 10.0
     max_message_entries: int = 4096
     max_message_bytes: int = 1 << 20
+    #: Pattern tombstones per message (each costs the receiver a scan of its map); at
+    #: most :data:`~crdtcache.core._patterns.MAX_MESSAGE_PATTERNS`, what receivers accept.
+    max_message_patterns: int = MAX_MESSAGE_PATTERNS
     on_demand: bool = False
     #: Epidemic mode: how many flushes relay each new item; None = ceil(log2(N + 1) / 2).
     retransmits: int | None = None
@@ -50,6 +54,8 @@ class GossipConfig:
             raise ValueError("fanout must be None (every peer) or at least 1")
         if self.max_message_entries < 1 or self.max_message_bytes < 1024:
             raise ValueError("message limits too small")
+        if not 1 <= self.max_message_patterns <= MAX_MESSAGE_PATTERNS:
+            raise ValueError(f"max_message_patterns must be in [1, {MAX_MESSAGE_PATTERNS}]")
         if not 1 <= self.max_value_bytes <= MAX_VALUE_BYTES:
             raise ValueError(f"max_value_bytes must be in [1, {MAX_VALUE_BYTES}]")
 
@@ -68,6 +74,8 @@ class EngineStatistics:
     full_syncs_sent: int = 0
     syncs_completed: int = 0
     refused_drift: int = 0
+    #: Remote pattern tombstones refused because the replica holds as many as it may.
+    refused_patterns: int = 0
     #: Sync answers to no pull of this node's in flight (merged, their marks ignored).
     unsolicited_responses: int = 0
     events_dropped: int = 0

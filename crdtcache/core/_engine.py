@@ -43,7 +43,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from crdtcache._errors import ClockDriftError
+from crdtcache._errors import CacheError, ClockDriftError
 from crdtcache.core._batches import Chunk, RelayQueue, chunk, retransmits_for
 from crdtcache.core._completion import AckDone, Completion, FetchDone, Waits
 from crdtcache.core._config import EngineStatistics, GossipConfig, RandomSource
@@ -67,6 +67,7 @@ from crdtcache.core._messages import (
     SyncRequest,
     SyncResponse,
 )
+from crdtcache.core._patterns import PatternLimitError
 from crdtcache.core._replica import Replica
 
 __all__ = [
@@ -100,6 +101,30 @@ class _Inbound:
     seen: set[int] = field(default_factory=set)
     ok: bool = True
     listed: set[str] | None = None
+
+
+def _cap_patterns(part: Chunk, cap: int) -> list[Chunk]:
+    """Cut ``part`` so that no piece holds more than ``cap`` pattern tombstones.
+
+    Items stay in stamp order across the pieces (entries and tombstones interleaved as
+    in ``part``), so that the stream claims of consecutive pushes still chain.
+    """
+    entries, patterns = part
+    if len(patterns) <= cap:
+        return [part]
+    items = sorted(
+        [(e.ts, 0, i) for i, (_, e) in enumerate(entries)]
+        + [(p.ts, 1, i) for i, p in enumerate(patterns)]
+    )
+    pieces: list[Chunk] = [([], [])]
+    for _, is_pattern, i in items:
+        if is_pattern:
+            if len(pieces[-1][1]) == cap:
+                pieces.append(([], []))
+            pieces[-1][1].append(patterns[i])
+        else:
+            pieces[-1][0].append(entries[i])
+    return pieces
 
 
 class GossipEngine:
@@ -342,7 +367,10 @@ class GossipEngine:
         self, entries: Sequence[tuple[str, Entry]], patterns: Sequence[PatternTombstone]
     ) -> list[Chunk]:
         cfg = self.config
-        return chunk(entries, patterns, cfg.max_message_entries, cfg.max_message_bytes)
+        chunks = chunk(entries, patterns, cfg.max_message_entries, cfg.max_message_bytes)
+        if len(patterns) <= cfg.max_message_patterns:
+            return chunks
+        return [part for c in chunks for part in _cap_patterns(c, cfg.max_message_patterns)]
 
     def _targets(self, exclude: Sequence[str]) -> list[str]:
         live = [
@@ -408,19 +436,16 @@ class GossipEngine:
         fresh: list[tuple[str, Entry]] = []
         fresh_patterns: list[PatternTombstone] = []
         ok = True
-        for tomb in patterns:
-            held = replica.patterns.get(tomb.pattern)
-            try:
-                changes = replica.merge_pattern(tomb, now)
-            except ClockDriftError as exc:
-                ok = self._refuse(sender, exc)
-                continue
+        if patterns:
             # New here only if it replaced what we held (which may be this very object
             # when messages are not copied, as in the simulator).
-            if held is not tomb and replica.patterns.get(tomb.pattern) is tomb:
-                fresh_patterns.append(tomb)
-            for change in changes:
+            held = {t.pattern: replica.patterns.get(t.pattern) for t in patterns}
+            removed, taken, refused = replica.merge_patterns(patterns, now)
+            fresh_patterns = [t for t in taken if held[t.pattern] is not t]
+            for change in removed:
                 self._change(change)
+            for exc in refused:
+                ok = self._refuse(sender, exc)
         applied = 0
         # One drift check on the greatest stamp covers the whole batch; only when it
         # fails is each entry checked on its own (to refuse just the offenders).
@@ -445,9 +470,18 @@ class GossipEngine:
         self.stats.entries_applied += applied
         return fresh, fresh_patterns, ok
 
-    def _refuse(self, sender: str, exc: ClockDriftError) -> bool:
-        self.stats.refused_drift += 1
-        log.error("refused an entry from %s: %s", sender, exc)
+    def _refuse(self, sender: str, exc: CacheError) -> bool:
+        """Count a refused item (its marks then stay where they are); returns False.
+
+        A stamp beyond ``max_drift`` and a pattern tombstone beyond the replica's cap are
+        refusals, not junk: the link stays, and the item is asked for again later.
+        """
+        if isinstance(exc, PatternLimitError):
+            self.stats.refused_patterns += 1
+            log.warning("refused a pattern tombstone from %s: %s", sender, exc)
+        else:
+            self.stats.refused_drift += 1
+            log.error("refused an entry from %s: %s", sender, exc)
         return False
 
     def _on_push(self, sender: str, m: Push, now: float) -> list[Outgoing]:

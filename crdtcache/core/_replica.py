@@ -40,19 +40,26 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final, Protocol
 
-from crdtcache._errors import ClockDriftError
+from crdtcache._errors import CacheError, ClockDriftError
 from crdtcache.core._entry import (
     NOT_HELD,
     TOMBSTONE,
     Change,
     Entry,
     PatternTombstone,
+    compile_pattern,
 )
 from crdtcache.core._hlc import HybridClock, Stamp, ts_at, ts_ms
-from crdtcache.core._patterns import MAX_PATTERN_TOMBSTONES, PatternIndex
+from crdtcache.core._patterns import (
+    MAX_PATTERN_TOMBSTONES,
+    PatternIndex,
+    PatternLimitError,
+    literal_prefix,
+    union_of,
+)
 from crdtcache.core._resolver import Resolver, Version
 from crdtcache.core._values import decode_value
 
@@ -328,7 +335,10 @@ class Replica:
         )
 
     def merge_pattern(self, tomb: PatternTombstone, now: float) -> list[Change]:
-        """Merge a remote pattern tombstone; return the keys it removed."""
+        """Merge a remote pattern tombstone; return the keys it removed.
+
+        Raises :class:`ClockDriftError` or :class:`PatternLimitError` (nothing changed).
+        """
         try:
             self.clock.observe(tomb.ts, now)
         except ClockDriftError:
@@ -336,29 +346,116 @@ class Replica:
             raise
         return self._apply_pattern(tomb, remote=True)
 
+    def merge_patterns(
+        self, tombs: Sequence[PatternTombstone], now: float
+    ) -> tuple[list[Change], list[PatternTombstone], list[CacheError]]:
+        """Merge the remote pattern tombstones of one message, with one scan of the map.
+
+        The outcome is that of :meth:`merge_pattern` on each in turn, but the map is
+        scanned once for all of them (through the union of their globs), not once each.
+        Returns the keys removed, the tombstones that were new here, and one error per
+        tombstone refused (:class:`ClockDriftError`, :class:`PatternLimitError`; the
+        others still apply).
+        """
+        refused: list[CacheError] = []
+        if self.resolver is not None:  # a resolver decides key by key: one at a time
+            changes: list[Change] = []
+            fresh: list[PatternTombstone] = []
+            for tomb in tombs:
+                try:
+                    changes += self.merge_pattern(tomb, now)
+                except (ClockDriftError, PatternLimitError) as exc:
+                    refused.append(exc)
+                    continue
+                if self.patterns.get(tomb.pattern) is tomb:
+                    fresh.append(tomb)
+            return changes, fresh, refused
+        newest: dict[str, PatternTombstone] = {}
+        for tomb in tombs:
+            try:
+                self.clock.observe(tomb.ts, now)
+            except ClockDriftError as exc:
+                self.refused_drift += 1
+                refused.append(exc)
+                continue
+            held = newest.get(tomb.pattern) or self.patterns.get(tomb.pattern)
+            if held is None or (held.ts, held.origin) < (tomb.ts, tomb.origin):
+                newest[tomb.pattern] = tomb
+        index = self._pattern_index
+        accepted: list[PatternTombstone] = []
+        new = new_unanchored = 0
+        for pattern, tomb in newest.items():
+            if not index.admits(pattern, new, new_unanchored):
+                refused.append(index.refusal(pattern, new, new_unanchored))
+                continue
+            accepted.append(tomb)
+            if pattern not in self.patterns:
+                new += 1
+                new_unanchored += not literal_prefix(pattern)
+        return self._remove_covered(accepted, remote=True), accepted, refused
+
     def _apply_pattern(self, tomb: PatternTombstone, *, remote: bool) -> list[Change]:
         current = self.patterns.get(tomb.pattern)
         if current is not None and (current.ts, current.origin) >= (tomb.ts, tomb.origin):
             return []
-        matcher = self._pattern_index.put(tomb)  # raises PatternLimitError: nothing changed
-        if tomb.ts > self.high.get(tomb.origin, -1):
-            self.high[tomb.origin] = tomb.ts
-        changes: list[Change] = []
+        index = self._pattern_index
+        if not index.admits(tomb.pattern):
+            raise index.refusal(tomb.pattern)  # before any work: nothing changed
         if self.resolver is None:
-            gone = [
-                key
-                for key, e in self.entries.items()
-                if (e.ts < tomb.ts or (e.ts == tomb.ts and e.origin <= tomb.origin))
-                and matcher.match(key)
-            ]
-        else:
-            deletion = Entry(TOMBSTONE, tomb.ts, tomb.origin)
-            gone = [
-                key
-                for key, e in self.entries.items()
-                if matcher.match(key) and self._resolve(key, e, deletion) is deletion
-            ]
-        for key in gone:
+            return self._remove_covered([tomb], remote=remote)
+        matcher = compile_pattern(tomb.pattern)
+        deletion = Entry(TOMBSTONE, tomb.ts, tomb.origin)
+        # The resolver (user code) may raise: every decision is taken before any change.
+        gone = [
+            (key, tomb)
+            for key, e in self.entries.items()
+            if matcher.match(key) and self._resolve(key, e, deletion) is deletion
+        ]
+        return self._hold_patterns([(tomb, matcher)], gone, remote=remote)
+
+    def _remove_covered(self, tombs: list[PatternTombstone], *, remote: bool) -> list[Change]:
+        """Hold ``tombs`` (each admitted, newer than its glob's) and drop what they cover.
+
+        One pass of the union of their globs over the map finds the candidates; each is
+        given to the first tombstone (in order) that covers it.
+        """
+        if not tombs:
+            return []
+        compiled = [(tomb, compile_pattern(tomb.pattern)) for tomb in tombs]
+        entries = self.entries
+        newest = max(t.ts for t in tombs)
+        union = union_of(m for _, m in compiled)
+        candidates = [k for k in filter(union.match, entries) if entries[k].ts <= newest]
+        gone: list[tuple[str, PatternTombstone]] = []
+        for tomb, matcher in compiled:
+            if not candidates:
+                break
+            rest: list[str] = []
+            for key in candidates:
+                e = entries[key]
+                if (e.ts < tomb.ts or (e.ts == tomb.ts and e.origin <= tomb.origin)) and (
+                    matcher.match(key)
+                ):
+                    gone.append((key, tomb))
+                else:
+                    rest.append(key)
+            candidates = rest
+        return self._hold_patterns(compiled, gone, remote=remote)
+
+    def _hold_patterns(
+        self,
+        compiled: list[tuple[PatternTombstone, re.Pattern[str]]],
+        gone: list[tuple[str, PatternTombstone]],
+        *,
+        remote: bool,
+    ) -> list[Change]:
+        """File the tombstones and drop the keys they cover (decided by the caller)."""
+        for tomb, matcher in compiled:
+            self._pattern_index.put(tomb, matcher)  # admitted already: cannot raise
+            if tomb.ts > self.high.get(tomb.origin, -1):
+                self.high[tomb.origin] = tomb.ts
+        changes: list[Change] = []
+        for key, tomb in gone:
             e = self._pop(key)
             if e.value is not TOMBSTONE:
                 changes.append(

@@ -59,6 +59,7 @@ from crdtcache.core._format import (
 )
 from crdtcache.core._hlc import MAX_TS
 from crdtcache.core._messages import AdminReply, AdminRequest, Bye, Hello, LinkMessage, PeerList
+from crdtcache.core._patterns import MAX_MESSAGE_PATTERNS
 from crdtcache.wire._framing import MAX_FRAME_BYTES
 
 __all__ = [
@@ -89,8 +90,6 @@ __all__ = [
 
 #: Most entries, keys or marks one message may carry.
 MAX_ITEMS: Final = 1 << 16
-#: Most pattern tombstones one message may carry (each may cost a scan of the map).
-MAX_MESSAGE_PATTERNS: Final = 64
 #: Most items (elements of every array, keys and values of every map) in one frame.
 MAX_FRAME_ITEMS: Final = 1 << 19
 #: A frame may hold one container (array or map) per this many bytes of its body...
