@@ -23,7 +23,6 @@ from crdtcache.core import (
     Replica,
     pack_ts,
 )
-from crdtcache.core._patterns import MAX_MESSAGE_PATTERNS
 from crdtcache.transport import Node, encode
 
 
@@ -57,6 +56,8 @@ async def test_tombstones_beyond_the_replica_cap_are_refused_and_the_link_stays(
 async def test_a_message_over_the_per_message_cap_is_refused_as_junk(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    from crdtcache.core._patterns import MAX_MESSAGE_PATTERNS
+
     caplog.set_level(logging.WARNING, logger="crdtcache.transport._node")
     nodes = await start_cluster(2, prefix="percap")
     intruder = await RawPeer.join(nodes[0])
@@ -73,6 +74,8 @@ async def test_a_message_over_the_per_message_cap_is_refused_as_junk(
 
 
 async def test_many_local_invalidations_reach_a_peer_within_the_cap() -> None:
+    from crdtcache.core._patterns import MAX_MESSAGE_PATTERNS
+
     a, b = await start_cluster(2, prefix="many")
     try:
         count = 3 * MAX_MESSAGE_PATTERNS + 5
