@@ -69,6 +69,7 @@ from crdtcache.core._messages import (
 )
 from crdtcache.core._patterns import PatternLimitError
 from crdtcache.core._replica import Replica
+from crdtcache.core._throttle import LogThrottle
 
 __all__ = [
     "ALIVE",
@@ -156,6 +157,8 @@ class GossipEngine:
         self._changes: deque[Change] = deque(maxlen=MAX_PENDING_EVENTS)
         self._peer_events: deque[PeerEvent] = deque(maxlen=MAX_PENDING_EVENTS)
         self._completions: deque[Completion] = deque(maxlen=MAX_PENDING_EVENTS)
+        # Refusals are caused by peers: a burst of lines per kind, then counts.
+        self._log = LogThrottle(log)
 
     # ------------------------------------------------------------------ peers
     @property
@@ -445,7 +448,7 @@ class GossipEngine:
             for change in removed:
                 self._change(change)
             for exc in refused:
-                ok = self._refuse(sender, exc)
+                ok = self._refuse(sender, exc, now)
         applied = 0
         # One drift check on the greatest stamp covers the whole batch; only when it
         # fails is each entry checked on its own (to refuse just the offenders).
@@ -460,7 +463,7 @@ class GossipEngine:
             try:
                 merged = replica.merge_entry(key, entry, now, observed=observed)
             except ClockDriftError as exc:
-                ok = self._refuse(sender, exc)
+                ok = self._refuse(sender, exc, now)
                 continue
             if merged is not None:
                 applied += 1
@@ -470,7 +473,7 @@ class GossipEngine:
         self.stats.entries_applied += applied
         return fresh, fresh_patterns, ok
 
-    def _refuse(self, sender: str, exc: CacheError) -> bool:
+    def _refuse(self, sender: str, exc: CacheError, now: float) -> bool:
         """Count a refused item (its marks then stay where they are); returns False.
 
         A stamp beyond ``max_drift`` and a pattern tombstone beyond the replica's cap are
@@ -478,10 +481,11 @@ class GossipEngine:
         """
         if isinstance(exc, PatternLimitError):
             self.stats.refused_patterns += 1
-            log.warning("refused a pattern tombstone from %s: %s", sender, exc)
+            kind, level = "refused pattern tombstones", logging.WARNING
         else:
             self.stats.refused_drift += 1
-            log.error("refused an entry from %s: %s", sender, exc)
+            kind, level = "refused stamps", logging.ERROR
+        self._log.log(now, kind, level, "refused an item from %s: %s", sender, exc)
         return False
 
     def _on_push(self, sender: str, m: Push, now: float) -> list[Outgoing]:
@@ -622,7 +626,13 @@ class GossipEngine:
         if self.replica.clock.within_drift(highest, now):
             return True
         self.stats.refused_drift += 1
-        log.error("refused the marks of %s: a stamp is beyond max_drift", sender)
+        self._log.log(
+            now,
+            "refused stamps",
+            logging.ERROR,
+            "refused the marks of %s: beyond max_drift",
+            sender,
+        )
         return False
 
     # ---------------------------------------------------------------- fetch
@@ -691,6 +701,7 @@ class GossipEngine:
             self.stats.collected += dropped
             for change in expired:
                 self._change(change)
+        self._log.flush(now)
         stale = [k for k, s in self._inbound.items() if now - s.started > cfg.exchange_timeout]
         for k in stale:
             del self._inbound[k]

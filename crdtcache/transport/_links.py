@@ -37,6 +37,7 @@ from crdtcache.core._link import (
     SelfDial,
 )
 from crdtcache.core._messages import AdminReply, AdminRequest, Bye
+from crdtcache.core._throttle import LogThrottle
 from crdtcache.discovery._base import PeerAddress
 from crdtcache.transport._connection import Connection
 from crdtcache.transport._handshake import open_link
@@ -69,6 +70,12 @@ class Links:
         self.auth_failures = 0
         self.handshake_failures = 0
         self.closed_counts = [0, 0, 0, 0]  # bytes and frames of closed connections
+        #: Lines that peers cause (refusals, drops): a burst per kind, then counts.
+        self.throttle = LogThrottle(log)
+
+    def _say(self, kind: str, level: int, message: str, *args: Any, **kwargs: Any) -> None:
+        """Log a line a peer caused: rate-limited per kind, the rest counted."""
+        self.throttle.log(self.node._clock(), kind, level, message, *args, **kwargs)
 
     # ------------------------------------------------------------- queries
     def link_to(self, node_id: str | None) -> Connection | None:
@@ -101,7 +108,9 @@ class Links:
             return
         if len(self.streams) >= node.max_connections:
             self.refused_connections += 1
-            log.warning(
+            self._say(
+                "refused connections",
+                logging.WARNING,
                 "refusing a connection from %s: %d streams open (limit %d)",
                 stream.extra("peername"),
                 len(self.streams),
@@ -151,7 +160,13 @@ class Links:
             self._joined(conn, session)
         except Exception as exc:  # a bug of ours must cost one link, never the node
             self.protocol_errors += 1
-            log.exception("dropping connection from %s: unexpected error", conn.label)
+            self._say(
+                "links dropped for an unexpected error",
+                logging.ERROR,
+                "dropping connection from %s: unexpected error",
+                conn.label,
+                exc_info=exc,
+            )
             self.drop(conn, f"unexpected error: {exc!r}")
             return None
         return conn
@@ -170,9 +185,21 @@ class Links:
                 "(it may have refused this node's certificate)"
             )
         node_id = self.node.node_id
-        log.warning("dropping connection from %s: %s", conn.label, reason, extra={"node": node_id})
+        self._say(
+            "failed handshakes",
+            logging.WARNING,
+            "dropping connection from %s: %s",
+            conn.label,
+            reason,
+            extra={"node": node_id},
+        )
         if not isinstance(exc, PeerError):  # a bug of ours: show where
-            log.error("unexpected handshake error", exc_info=exc)
+            self._say(
+                "unexpected handshake errors",
+                logging.ERROR,
+                "unexpected handshake error",
+                exc_info=exc,
+            )
         reply = getattr(exc, "reply", None)
         if isinstance(reply, bytes):
             # Tell a peer speaking the other mode why, so its log says so too.
@@ -210,18 +237,36 @@ class Links:
         except StreamClosed as exc:
             if exc.truncated:
                 self.protocol_errors += 1
-                log.warning("dropping connection from %s: truncated frame", conn.label)
+                self._say(
+                    "dropped links",
+                    logging.WARNING,
+                    "dropping connection from %s: truncated frame",
+                    conn.label,
+                )
         except ProtocolError as exc:
             self.protocol_errors += 1
             self.auth_failures += isinstance(exc, IdentityError)
             node_id = self.node.node_id
-            log.warning("dropping connection from %s: %s", conn.label, exc, extra={"node": node_id})
+            self._say(
+                "dropped links",
+                logging.WARNING,
+                "dropping connection from %s: %s",
+                conn.label,
+                exc,
+                extra={"node": node_id},
+            )
             reason = str(exc)
         except StreamError as exc:
             reason = str(exc)
         except Exception as exc:  # a bug of ours must cost one link, never the node
             self.protocol_errors += 1
-            log.exception("dropping connection from %s: unexpected error", conn.label)
+            self._say(
+                "links dropped for an unexpected error",
+                logging.ERROR,
+                "dropping connection from %s: unexpected error",
+                conn.label,
+                exc_info=exc,
+            )
             reason = f"unexpected error: {exc!r}"
         finally:
             self.drop(conn, reason)

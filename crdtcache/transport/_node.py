@@ -251,6 +251,7 @@ class Node:
                 task.cancel()
             await asyncio.wait(list(self._tasks), timeout=1.0)
         self.links.abort()
+        self.links.throttle.flush(self._clock(), force=True)
         for waiter in self._waiters.values():
             if not waiter.done():
                 waiter.set_result(None)
@@ -345,6 +346,7 @@ class Node:
         try:
             self._deliver(self.engine.tick(now))
             self._after_engine()
+            self.links.throttle.flush(now)
             for conn in list(self.links.by_session.values()):
                 if conn.stalled_since is None:
                     continue
