@@ -23,7 +23,8 @@ def test_a_burst_per_kind_then_a_count_when_the_window_ends(
     throttle.flush(9.0)  # the window is still open: nothing said yet
     assert [r.getMessage() for r in caplog.records][-1] == "separate budget"
     throttle.flush(10.1)
-    assert caplog.records[-1].getMessage() == "47 more drops in the last 10 s (not logged one by one)"
+    said = "47 more drops in the last 10 s (not logged one by one)"
+    assert caplog.records[-1].getMessage() == said
     assert caplog.records[-1].levelno == logging.WARNING
     assert throttle.log(10.2, "drops", logging.WARNING, "a new window")
 
