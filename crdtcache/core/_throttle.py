@@ -61,6 +61,7 @@ class LogThrottle:
             current = self._windows[kind] = _Window(now)
         if current.logged < self.burst:
             current.logged += 1
+            kwargs.setdefault("stacklevel", 2)  # the line that asked, not this one
             self.logger.log(level, message, *args, **kwargs)
             return True
         current.held += 1

@@ -84,6 +84,11 @@ class Connection:
         return f"{host}:{0 if self.session is None else self.session.peer_port}"
 
     @property
+    def progressed(self) -> bool:
+        """Whether the peer did anything yet: a frame header received, or TLS done."""
+        return self.bytes_received > 0 or self.tls
+
+    @property
     def secured(self) -> bool:
         """Whether frames are sealed (after an authenticated handshake)."""
         return self._sealer is not None

@@ -13,8 +13,15 @@ class only does the IO, the counting and the one log line per refused or dropped
 
 A reader task ends on any exception (junk from the peer, a broken stream, a bug of
 ours): the link is dropped and logged, the node goes on, and nothing reaches the event
-loop's "exception never retrieved" handler. A stream beyond ``max_connections`` is
-refused before its handshake.
+loop's "exception never retrieved" handler.
+
+*Capacity.* Established links accepted from peers are capped (``max_connections``); a
+stream beyond is refused before its handshake. Accepted streams still in their
+handshake have a smaller pool of their own (``max_handshakes``), so unauthenticated
+streams can never take the room of established peers: when the pool is full, the
+oldest idle handshake (nothing received yet, else the oldest) is dropped to make room,
+never the newcomer, and any accepted stream without progress for
+``handshake_idle_timeout`` is dropped. Streams this node dials count against neither.
 """
 
 from __future__ import annotations
@@ -67,6 +74,11 @@ class Links:
         self._admin_waiters: dict[tuple[LinkSession, int], asyncio.Future[AdminReply]] = {}
         self.protocol_errors = 0
         self.refused_connections = 0
+        self.evicted_handshakes = 0
+        # Dropped by _evict: their failing handshake is not logged a second time.
+        self._evicted: set[Connection] = set()
+        #: Accepted streams in their handshake, oldest first.
+        self.handshaking: dict[Connection, None] = {}
         self.auth_failures = 0
         self.handshake_failures = 0
         self.closed_counts = [0, 0, 0, 0]  # bytes and frames of closed connections
@@ -106,22 +118,66 @@ class Links:
             log.debug("refusing a connection from %s: shutting down", stream.extra("peername"))
             stream.abort()
             return
-        if len(self.streams) >= node.max_connections:
-            self.refused_connections += 1
-            self._say(
-                "refused connections",
-                logging.WARNING,
-                "refusing a connection from %s: %d streams open (limit %d)",
-                stream.extra("peername"),
-                len(self.streams),
-                node.max_connections,
-            )
+        if self._full(stream.extra("peername")):
             stream.abort()
             return
-        # A failed handshake has been logged once already; letting it escape would make
-        # asyncio log it again ("Unhandled exception in client_connected_cb").
-        with contextlib.suppress(SelfDial, PeerError):
-            await self.open(self.connection(stream, dialed=False))
+        if len(self.handshaking) >= node.max_handshakes:
+            self._evict(self._idlest(), "the handshake slots are full")
+        conn = self.connection(stream, dialed=False)
+        self.handshaking[conn] = None
+        idle = asyncio.get_running_loop().call_later(
+            node.handshake_idle_timeout, self._check_idle, conn
+        )
+        try:
+            # A failed handshake has been logged once already; letting it escape would
+            # make asyncio log it again ("Unhandled exception in client_connected_cb").
+            with contextlib.suppress(SelfDial, PeerError):
+                await self.open(conn)
+        finally:
+            idle.cancel()
+            self.handshaking.pop(conn, None)
+
+    def _full(self, who: object) -> bool:
+        """Whether the accepted links are at their cap (then counted and logged)."""
+        accepted = sum(1 for c in self.by_session.values() if not c.dialed)
+        if accepted < self.node.max_connections:
+            return False
+        self.refused_connections += 1
+        self._say(
+            "refused connections",
+            logging.WARNING,
+            "refusing a connection from %s: %d links accepted (limit %d)",
+            who,
+            accepted,
+            self.node.max_connections,
+        )
+        return True
+
+    def _idlest(self) -> Connection:
+        """The handshake to drop for a newcomer: the oldest that received nothing, else
+        the oldest (a genuine peer finishes in a few round trips; it is rarely either)."""
+        for conn in self.handshaking:
+            if not conn.progressed:
+                return conn
+        return next(iter(self.handshaking))
+
+    def _check_idle(self, conn: Connection) -> None:
+        if conn in self.handshaking and not conn.progressed:
+            self._evict(conn, f"nothing received for {self.node.handshake_idle_timeout:.1f} s")
+
+    def _evict(self, conn: Connection, why: str) -> None:
+        """Drop a stream in its handshake (its ``open`` then fails and cleans up)."""
+        self.handshaking.pop(conn, None)
+        self._evicted.add(conn)
+        self.evicted_handshakes += 1
+        self._say(
+            "evicted handshakes",
+            logging.WARNING,
+            "dropping connection from %s during its handshake: %s",
+            conn.label,
+            why,
+        )
+        conn.abort()
 
     async def open(self, conn: Connection) -> Connection | None:
         """Run the handshake and register the link.
@@ -145,6 +201,12 @@ class Links:
         except Exception as exc:
             await self._refused(conn, exc)
             raise exc if isinstance(exc, PeerError) else ProtocolError(str(exc)) from exc
+        if not conn.dialed and self._full(conn.label):
+            # Checked again once open: streams accepted together all passed the first
+            # check, only the cap's worth of them may stay.
+            self.streams.pop(conn, None)
+            conn.abort()
+            return None
         kept, replaced = self.mesh.register(session) if not node._closing else (False, None)
         if not kept:
             log.debug("keeping the existing connection to %s", session.peer)
@@ -174,6 +236,10 @@ class Links:
     async def _refused(self, conn: Connection, exc: Exception) -> None:
         """Count and log a failed handshake once; tell the peer why if it is worth it."""
         self.streams.pop(conn, None)
+        if conn in self._evicted:  # logged and counted when it was dropped
+            self._evicted.discard(conn)
+            conn.abort()
+            return
         self.handshake_failures += 1
         self.protocol_errors += isinstance(exc, ProtocolError)
         self.auth_failures += isinstance(exc, IdentityError)

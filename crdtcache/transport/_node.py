@@ -61,8 +61,10 @@ from crdtcache.wire._codec import encode
 from crdtcache.wire._framing import MAX_FRAME_BYTES
 
 __all__ = [
+    "HANDSHAKE_IDLE_TIMEOUT",
     "HANDSHAKE_TIMEOUT",
     "MAX_CONNECTIONS",
+    "MAX_HANDSHAKES",
     "Node",
     "TransportStatistics",
     "parse_address",
@@ -72,8 +74,16 @@ log = logging.getLogger(__name__)
 
 #: Seconds a new stream has to complete its handshake (TLS, authentication, hellos).
 HANDSHAKE_TIMEOUT: Final = 5.0
-#: Streams (handshaking or established) accepted at once; more are refused.
+#: Established links accepted from peers at once; beyond, a new stream is refused.
+#: Links this node dialled are not counted (they have limits of their own).
 MAX_CONNECTIONS: Final = 256
+#: Accepted streams still in their handshake at once. A smaller pool than the links:
+#: unauthenticated streams can never take the room of established peers, and when it
+#: is full the oldest idle one makes room for the newcomer.
+MAX_HANDSHAKES: Final = 64
+#: Seconds an accepted stream may go without progress (its first frame, or its TLS
+#: handshake done) before it is dropped: a silent stream holds a slot only briefly.
+HANDSHAKE_IDLE_TIMEOUT: Final = 1.0
 #: Seconds between periodic engine ticks (heartbeats, anti-entropy, collection).
 TICK_INTERVAL: Final = 0.05
 #: Seconds a peer's send buffer may stay over the limit before the link is dropped.
@@ -104,6 +114,9 @@ class TransportStatistics:
     auth_failures: int
     handshake_failures: int
     refused_connections: int
+    #: Accepted streams dropped mid-handshake: idle too long, or the oldest idle one
+    #: when the handshake slots were full.
+    evicted_handshakes: int
     authenticated: bool
     tls: bool
     #: Connected peers: node id -> the address they listen on.
@@ -134,8 +147,10 @@ class Node:
         clock: Callable[[], float] = time.time,
         max_frame_bytes: int = MAX_FRAME_BYTES,
         max_connections: int = MAX_CONNECTIONS,
+        max_handshakes: int = MAX_HANDSHAKES,
         send_buffer: int = MAX_SEND_BUFFER,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        handshake_idle_timeout: float = HANDSHAKE_IDLE_TIMEOUT,
         tick_interval: float = TICK_INTERVAL,
         client_mode: bool = False,
         network: Network | None = None,
@@ -158,8 +173,10 @@ class Node:
         rng: random.Random = self._network.random()
         self.max_frame_bytes = max_frame_bytes
         self.max_connections = max_connections
+        self.max_handshakes = max_handshakes
         self.send_buffer = send_buffer
         self.handshake_timeout = handshake_timeout
+        self.handshake_idle_timeout = handshake_idle_timeout
         self.tick_interval = tick_interval
         self.incarnation = rng.getrandbits(62) + 1
         #: A client only asks for cache operations: no gossip, not dialled back or announced.
@@ -463,6 +480,7 @@ class Node:
             auth_failures=links.auth_failures,
             handshake_failures=links.handshake_failures,
             refused_connections=links.refused_connections,
+            evicted_handshakes=links.evicted_handshakes,
             authenticated=bool(self._keyring),
             tls=self._ssl_server is not None,
             peer_addresses=self.connected_peers(),
