@@ -284,7 +284,8 @@ class Links:
         self.node._member_joined(session.peer)
         announcements, dials = self.mesh.joined(session)
         for dial in dials:
-            self.node._dialer.want(PeerAddress(dial.host, dial.port, dial.node), seed=False)
+            address = PeerAddress(dial.host, dial.port, dial.node)
+            self.node._dialer.want(address, seed=False, source=session.peer)
         for announce in announcements:
             self.by_session[announce.link].send(encode(announce.message))
         log.info("connected to %s%s", conn.label, " (authenticated)" if conn.secured else "")
@@ -351,7 +352,8 @@ class Links:
             if waiter is not None and not waiter.done():
                 waiter.set_result(event.reply)
         elif isinstance(event, Dial):
-            self.node._dialer.want(PeerAddress(event.host, event.port, event.node), seed=False)
+            address = PeerAddress(event.host, event.port, event.node)
+            self.node._dialer.want(address, seed=False, source=peer)
 
     def drop(self, conn: Connection, reason: str) -> None:
         """Close ``conn``; if it was its peer's link, the peer is lost (idempotent)."""

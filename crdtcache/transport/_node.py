@@ -52,7 +52,7 @@ from crdtcache.core._link import (
 from crdtcache.core._messages import Message
 from crdtcache.discovery._base import Discovery, PeerAddress
 from crdtcache.transport._connection import MAX_SEND_BUFFER, Connection
-from crdtcache.transport._dialer import Dialer
+from crdtcache.transport._dialer import FORGET_SILENT_AFTER, Dialer
 from crdtcache.transport._links import Links
 from crdtcache.transport._network import Listener, Network, TcpNetwork
 from crdtcache.transport._tls import check_tls_contexts
@@ -117,6 +117,8 @@ class TransportStatistics:
     #: Accepted streams dropped mid-handshake: idle too long, or the oldest idle one
     #: when the handshake slots were full.
     evicted_handshakes: int
+    #: Addresses named by peers or discovery and not dialled (beyond the caps).
+    ignored_hints: int
     authenticated: bool
     tls: bool
     #: Connected peers: node id -> the address they listen on.
@@ -151,6 +153,7 @@ class Node:
         send_buffer: int = MAX_SEND_BUFFER,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         handshake_idle_timeout: float = HANDSHAKE_IDLE_TIMEOUT,
+        forget_silent_after: float = FORGET_SILENT_AFTER,
         tick_interval: float = TICK_INTERVAL,
         client_mode: bool = False,
         network: Network | None = None,
@@ -183,6 +186,7 @@ class Node:
         self.client_mode = client_mode
         self.mesh = Mesh(Identity(self.node_id, cluster, 0, self.incarnation))
         self._dialer = Dialer(self, rng)
+        self._dialer.forget_silent_after = forget_silent_after
         self.links = Links(self)
         self._address: str | None = None
         self._listener: Listener | None = None
@@ -481,6 +485,7 @@ class Node:
             handshake_failures=links.handshake_failures,
             refused_connections=links.refused_connections,
             evicted_handshakes=links.evicted_handshakes,
+            ignored_hints=self._dialer.ignored_hints,
             authenticated=bool(self._keyring),
             tls=self._ssl_server is not None,
             peer_addresses=self.connected_peers(),
