@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from crdtcache.core._membership import MAX_MEMBERS
 from crdtcache.core._patterns import MAX_MESSAGE_PATTERNS
 from crdtcache.core._values import DEFAULT_MAX_VALUE_BYTES, MAX_VALUE_BYTES
 
@@ -30,6 +31,10 @@ class GossipConfig:
     heartbeat_interval: float = 0.5
     suspect_after: float = 2.0
     dead_after: float = 6.0
+    #: Seconds after which a dead peer is forgotten (it is added again if it returns).
+    forget_dead_after: float = 3600.0
+    #: Peers tracked at most: a newcomer replaces the peer dead the longest.
+    max_peers: int = MAX_MEMBERS
     gc_interval: float = 5.0
     exchange_timeout: float = 10.0
     max_message_entries: int = 4096
@@ -50,6 +55,10 @@ class GossipConfig:
                 raise ValueError(f"{name} must be positive")
         if not 0 < self.suspect_after <= self.dead_after:
             raise ValueError("need 0 < suspect_after <= dead_after")
+        if self.forget_dead_after < self.dead_after:
+            raise ValueError("need forget_dead_after >= dead_after")
+        if self.max_peers < 1:
+            raise ValueError("max_peers must be at least 1")
         if self.fanout is not None and self.fanout < 1:
             raise ValueError("fanout must be None (every peer) or at least 1")
         if self.max_message_entries < 1 or self.max_message_bytes < 1024:
@@ -76,6 +85,8 @@ class EngineStatistics:
     refused_drift: int = 0
     #: Remote pattern tombstones refused because the replica holds as many as it may.
     refused_patterns: int = 0
+    #: Messages from a peer not taken into the full peer table (ignored).
+    ignored_messages: int = 0
     #: Sync answers to no pull of this node's in flight (merged, their marks ignored).
     unsolicited_responses: int = 0
     events_dropped: int = 0

@@ -138,7 +138,7 @@ class GossipEngine:
         self.node = replica.node
         self.rng = rng
         self.config = config or GossipConfig()
-        self.membership = Membership(self.node)
+        self.membership = Membership(self.node, self.config.max_peers)
         self.stats = EngineStatistics()
         self._pending: dict[str, Entry] = {}
         self._pending_patterns: list[PatternTombstone] = []
@@ -395,8 +395,14 @@ class GossipEngine:
 
     # --------------------------------------------------------------- receive
     def handle(self, sender: str, message: Message, now: float) -> list[Outgoing]:
-        """Process one message from ``sender``; return what to send in reply."""
+        """Process one message from ``sender``; return what to send in reply.
+
+        A sender the full peer table has no room for is ignored (and counted).
+        """
         out = self._heard(sender, now)
+        if sender not in self.membership:
+            self.stats.ignored_messages += 1
+            return []
         if isinstance(message, Push):
             out += self._on_push(sender, message, now)
         elif isinstance(message, SyncRequest):
@@ -716,6 +722,8 @@ class GossipEngine:
             self._peer_event(event)
             if event.state == DEAD:
                 self._peer_gone(event.peer)
+        # Dead long enough: forgotten (a node id used once, then gone, is not kept).
+        self.membership.forget_dead(now, cfg.forget_dead_after)
         due = self.membership.due_pings(now, cfg.heartbeat_interval)
         return [Outgoing(peer, Ping(0)) for peer in due]
 

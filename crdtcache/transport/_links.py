@@ -281,7 +281,15 @@ class Links:
             # no gossip, only cache operations.
             log.debug("connected to %s (client link)", conn.label)
             return
-        self.node._member_joined(session.peer)
+        if not self.node._member_joined(session.peer):
+            self._say(
+                "refused members",
+                logging.WARNING,
+                "dropping connection from %s: the peer table is full (max_peers)",
+                conn.label,
+            )
+            self.drop(conn, "the peer table is full")
+            return
         announcements, dials = self.mesh.joined(session)
         for dial in dials:
             address = PeerAddress(dial.host, dial.port, dial.node)

@@ -302,9 +302,11 @@ class Node:
         stream = await self._network.connect(address.host, address.port)
         return await self.links.open(self.links.connection(stream, dialed=True))
 
-    def _member_joined(self, peer: str) -> None:
+    def _member_joined(self, peer: str) -> bool:
+        """A member link opened; False if the engine's peer table has no room for it."""
         self._deliver(self.engine.peer_reachable(peer, self._clock()))
         self._after_engine()
+        return peer in self.engine.peers
 
     def _handle(self, peer: str, message: Message) -> None:
         try:

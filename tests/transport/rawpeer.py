@@ -104,6 +104,10 @@ class RawPeer:
         """Close the stream (no goodbye)."""
         self.writer.close()
 
+    async def barrier_or_none(self, seconds: float = 0.1) -> None:
+        """Give the node ``seconds`` to handle what was sent (a client gets no answer)."""
+        await self.drain(seconds)
+
     async def barrier(self, request: int = 1) -> None:
         """Wait until the node handled everything sent so far (a fetch is answered in order)."""
         self.send(Fetch(request, ()))
