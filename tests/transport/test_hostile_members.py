@@ -11,7 +11,7 @@ from conftest import FAST, wait_for
 from rawpeer import RawPeer
 
 from crdtcache import Cache
-from crdtcache.cache._health import NAMED_PEERS, assess
+from crdtcache.cache._health import assess
 from crdtcache.cache._statistics import Counters
 from crdtcache.core import DEAD, GossipConfig, GossipEngine, HybridClock, Ping, Replica
 from crdtcache.runtime._protocol import PeerState, RuntimeStatistics
@@ -75,6 +75,8 @@ async def test_a_full_table_of_live_peers_refuses_a_newcomer_link() -> None:
 
 
 def test_health_names_a_few_peers_and_counts_the_rest() -> None:
+    from crdtcache.cache._health import NAMED_PEERS
+
     peers = tuple(PeerState(f"gone-{i:05}", None, DEAD) for i in range(20_000))
     health = assess(
         Counters(), RuntimeStatistics(peers=peers), _engine("h").stats, refused_values=0
