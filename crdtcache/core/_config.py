@@ -37,6 +37,8 @@ class GossipConfig:
     max_peers: int = MAX_MEMBERS
     gc_interval: float = 5.0
     exchange_timeout: float = 10.0
+    #: Seconds between anti-entropy answers to one peer, past a small burst.
+    answer_interval: float = 0.25
     max_message_entries: int = 4096
     max_message_bytes: int = 1 << 20
     #: Pattern tombstones per message (each costs the receiver a scan of its map); at
@@ -50,7 +52,13 @@ class GossipConfig:
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
 
     def __post_init__(self) -> None:
-        for name in ("sync_interval", "anti_entropy_interval", "heartbeat_interval", "gc_interval"):
+        for name in (
+            "sync_interval",
+            "anti_entropy_interval",
+            "heartbeat_interval",
+            "gc_interval",
+            "answer_interval",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if not 0 < self.suspect_after <= self.dead_after:
@@ -80,6 +88,8 @@ class EngineStatistics:
     entries_applied: int = 0
     sync_requests_sent: int = 0
     sync_entries_sent: int = 0
+    #: Anti-entropy requests replaced by a newer one from the same peer before answered.
+    sync_requests_replaced: int = 0
     full_syncs_sent: int = 0
     syncs_completed: int = 0
     refused_drift: int = 0

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from crdtcache._errors import CacheError, ClockDriftError
+from crdtcache.core._answers import SyncAnswers
 from crdtcache.core._batches import Chunk, RelayQueue, chunk, retransmits_for
 from crdtcache.core._completion import AckDone, Completion, FetchDone, Waits
 from crdtcache.core._config import EngineStatistics, GossipConfig, RandomSource
@@ -153,6 +154,8 @@ class GossipEngine:
         self._relay = RelayQueue()
         self._exchange_seq = 0
         self._inbound: dict[tuple[str, int], _Inbound] = {}
+        # Answers to peers' anti-entropy requests, built a slice at a time.
+        self._answers = SyncAnswers(self.config, self.stats)
         self._waits = Waits()
         self._changes: deque[Change] = deque(maxlen=MAX_PENDING_EVENTS)
         self._peer_events: deque[PeerEvent] = deque(maxlen=MAX_PENDING_EVENTS)
@@ -177,6 +180,7 @@ class GossipEngine:
     def remove_peer(self, peer: str) -> None:
         """Forget ``peer`` (it left the cluster for good)."""
         event = self.membership.remove(peer)
+        self._answers.forget(peer)
         if event is not None:
             self._peer_event(event)
             self._peer_gone(peer)
@@ -199,8 +203,14 @@ class GossipEngine:
         if info is None:
             return
         info.pulling = None
+        self._answers.forget(peer)  # nothing can be sent to it now
         self._peer_gone(peer)
         self._peer_event(self.membership.unlinked(info))
+
+    def set_congested(self, peer: str, congested: bool) -> None:
+        """The driver's word on ``peer``'s send buffer: while full, no answer is built
+        or sent to it (it would only be dropped)."""
+        self._answers.congested(peer, congested)
 
     def live_peers(self) -> list[str]:
         """Ids of peers not considered dead and not known to be unreachable."""
@@ -550,25 +560,25 @@ class GossipEngine:
         return self._pull(peer, now, force=True)
 
     def _on_sync_request(self, sender: str, m: SyncRequest, now: float) -> list[Outgoing]:
-        replica = self.replica
-        full = replica.needs_full_state(m.marks)
-        entries, patterns = replica.full_state() if full else replica.changes_since(m.marks)
-        marks = dict(replica.marks)
-        chunks = self._chunk(entries, patterns)
-        out = [
-            Outgoing(
-                sender,
-                SyncResponse(m.exchange, i, len(chunks), tuple(ce), tuple(cp), marks, full),
-            )
-            for i, (ce, cp) in enumerate(chunks)
-        ]
-        self.stats.sync_entries_sent += len(entries)
-        self.stats.full_syncs_sent += full
+        # The answer is built in slices (see crdtcache.core._answers): the first now,
+        # the rest on later ticks, so that no request holds the node up for long.
+        self._answers.request(sender, m, now)
+        out = self._answers.step(self.replica, now, only=sender)
         info = self.peers[sender]
-        info.last_sent = now
+        if out:
+            info.last_sent = now
         # Push-pull: the requester has writes we lack; ask for them in the same round.
+        marks = self.replica.marks
         if info.pulling is None and any(ts > marks.get(o, -1) for o, ts in m.marks.items()):
             out += self._pull(sender, now)
+        return out
+
+    def _answer_step(self, now: float) -> list[Outgoing]:
+        out = self._answers.step(self.replica, now)
+        for peer in {o.peer for o in out}:
+            info = self.peers.get(peer)
+            if info is not None:
+                info.last_sent = now
         return out
 
     def _on_sync_response(self, sender: str, m: SyncResponse, now: float) -> list[Outgoing]:
@@ -701,6 +711,8 @@ class GossipEngine:
             live = self.live_peers()
             if live:
                 out += self._pull(self._sample(live, 1)[0], now)
+        if self._answers.pending():
+            out += self._answer_step(now)
         if now >= self._next_gc:
             self._next_gc = now + cfg.gc_interval
             dropped, expired = self.replica.collect(now)
@@ -734,6 +746,9 @@ class GossipEngine:
             soon = min(soon, self._next_sync)
         if self._pending or self._pending_patterns or self._relay:
             soon = min(soon, self._next_flush)
+        answers = self._answers.next_time()
+        if answers is not None:
+            soon = min(soon, answers)
         return soon
 
     # ---------------------------------------------------------------- events

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from crdtcache._errors import CacheError, PeerError, ProtocolError
 from crdtcache.core._link import (
@@ -54,7 +54,10 @@ from crdtcache.wire._codec import encode
 if TYPE_CHECKING:
     from crdtcache.transport._node import Node
 
-__all__ = ["Links"]
+__all__ = ["YIELD_EVERY", "Links"]
+
+#: A link's reader lets other tasks run after this many messages in a row.
+YIELD_EVERY: Final = 16
 
 # Log lines keep the node's logger name: operators (and tests) filter on it.
 log = logging.getLogger("crdtcache.transport._node")
@@ -301,6 +304,7 @@ class Links:
     # ------------------------------------------------------------- reading
     async def _read_loop(self, conn: Connection, session: LinkSession) -> None:
         reason = "closed by peer"
+        handled = 0
         try:
             while True:
                 message = await conn.read_message()
@@ -309,6 +313,11 @@ class Links:
                 if isinstance(message, Bye):
                     reason = "peer said goodbye"
                     break
+                handled += 1
+                if handled % YIELD_EVERY == 0:
+                    # A read that finds its bytes buffered does not yield: without this,
+                    # one peer's burst of frames would hold the loop until it is spent.
+                    await asyncio.sleep(0)
         except StreamClosed as exc:
             if exc.truncated:
                 self.protocol_errors += 1

@@ -22,9 +22,11 @@ messages to the mesh and gossip to ``engine.handle``; a periodic callback calls
 ``engine.tick``; a write wakes a one-shot flush at the engine's next flush time.
 Whatever the engine returns is encoded once per message and written to each peer's
 connection, whose send buffer is bounded (a stuck peer loses frames, repaired by
-anti-entropy, and is dropped if it stays stuck). A write-through flush and a fetch
-wait on futures that :class:`~crdtcache.core._completion.AckDone` and ``FetchDone``
-resolve; an admin request waits for its reply, or fails when its link drops.
+anti-entropy, and is dropped if it stays stuck); the engine is told which peers'
+buffers are filling up, and builds no anti-entropy answer for them meanwhile. A
+write-through flush and a fetch wait on futures that
+:class:`~crdtcache.core._completion.AckDone` and ``FetchDone`` resolve; an admin
+request waits for its reply, or fails when its link drops.
 
 Any exception while reading or handling a link's message drops that link, with one
 log line; it never escapes into the event loop.
@@ -367,6 +369,10 @@ class Node:
             return
         now = self._clock()
         try:
+            for peer, conn in self.connections().items():
+                # A peer whose send buffer is half full gets no anti-entropy answer
+                # built for it until it drains (the frames would only be dropped).
+                self.engine.set_congested(peer, conn.buffered() > conn.send_buffer // 2)
             self._deliver(self.engine.tick(now))
             self._after_engine()
             self.links.throttle.flush(now)
