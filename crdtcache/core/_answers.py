@@ -208,8 +208,7 @@ class SyncAnswers:
     def _start(self, replica: Replica, peer: str, m: SyncRequest, now: float) -> _Answer:
         """Take the snapshot an answer to ``m`` is built from."""
         asked = m.marks
-        full = replica.needs_full_state(asked)
-        marks = dict(replica.marks)
+        marks, full = replica.answer_terms(asked)
         self.stats.full_syncs_sent += full
         if full:
             patterns = list(replica.patterns.values())

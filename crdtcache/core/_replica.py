@@ -33,6 +33,25 @@ entry the full state does not list but the sender's marks cover (:meth:`forget_u
 A *write* delayed in flight longer than the grace period can still reappear, as in
 Cassandra's ``gc_grace_seconds``: keep the grace period well above the longest
 partition you expect a node to come back from with its state.
+
+*Shedding and the floor.* A node short of room may forget a stub or a tombstone
+written by another node, stamp and all (:meth:`shed`; its own writes are never shed,
+so every write is kept by its origin until superseded or collected). Forgetting a
+stamp would let an older write of that key win again here, so the replica keeps one
+number, ``floor``: the greatest stamp it ever shed. A remote write for a key it does
+not hold, stamped at or below the floor, is refused (counted in ``refused_floor``):
+such a key reads as absent, *at worst a miss*, never as an older version. Writes above
+the floor are taken as usual, so the floor costs only writes older than what was shed.
+
+Shedding also breaks the promise of marks for the keys shed, and the promise others
+take from this node's answers. So a node with a floor answers anti-entropy
+(:meth:`answer_terms`) with its marks only for origins the requester already covers up
+to the floor (above it this node is complete: nothing above the floor was shed or
+refused), and never with a full state (whose forget rule would make the requester
+drop what this node merely shed): a requester behind the floor gets the entries, and
+raises its marks from a peer that shed nothing, or from the stream of their origin.
+A restart forgets the floor (it is not stored): a key shed before may then take an
+older write from a peer that lags behind.
 """
 
 from __future__ import annotations
@@ -154,6 +173,11 @@ class Replica:
         self._pattern_index = PatternIndex(self.patterns, max_patterns)
         #: Remote entries refused for clock drift.
         self.refused_drift = 0
+        #: The greatest stamp shed for lack of room (-1: none); see the module doc.
+        self.floor = -1
+        #: Entries shed, and remote writes refused for being at or below the floor.
+        self.shed_entries = 0
+        self.refused_floor = 0
         #: Told of every change to ``entries`` (see :class:`ReplicaObserver`).
         self.observers: tuple[ReplicaObserver, ...] = ()
 
@@ -311,6 +335,10 @@ class Replica:
                 raise
         if entry.ts > self.high.get(entry.origin, -1):
             self.high[entry.origin] = entry.ts  # an upper bound: raising it is always safe
+        if entry.ts <= self.floor and key not in self.entries:
+            # This key may have been shed with a newer stamp: never let an older win.
+            self.refused_floor += 1
+            return None
         # Everything that can fail (a resolver is user code) runs before the map changes.
         if self.resolver is None:
             if self._covered(key, entry.ts, entry.origin):
@@ -527,6 +555,36 @@ class Replica:
             return False
         self._put(key, Entry(NOT_HELD, e.ts, e.origin, e.expires), e)
         return True
+
+    def shed(self, key: str) -> bool:
+        """Forget a stub or tombstone another node wrote, for room; raises the floor.
+
+        Returns False (nothing done) for a held value, this node's own write, or an
+        absent key. See the module doc for what the floor then refuses.
+        """
+        e = self.entries.get(key)
+        if e is None or e.held or e.origin == self.node:
+            return False
+        self._pop(key)
+        if e.ts > self.floor:
+            self.floor = e.ts
+        self.shed_entries += 1
+        return True
+
+    def answer_terms(self, asked: Mapping[str, int]) -> tuple[dict[str, int], bool]:
+        """The marks to send a peer that asked with ``asked``, and whether the answer is
+        a full state (see the module doc: a node with a floor vouches for less)."""
+        full = self.needs_full_state(asked)
+        floor = self.floor
+        if floor < 0:
+            return dict(self.marks), full
+        collected = self.collected
+        marks = {
+            origin: ts
+            for origin, ts in self.marks.items()
+            if asked.get(origin, -1) >= max(floor, collected.get(origin, -1) if full else -1)
+        }
+        return marks, False
 
     def drop(self, key: str) -> bool:
         """Forget ``key`` locally, stamp and all (never replicated; see ``evict``).
