@@ -284,7 +284,7 @@ def test_a_replicating_node_keeps_its_store_wal_and_shm_private(tmp_path: Path, 
 
     path = tmp_path / "node.db"
 
-    async def scenario() -> list[Path]:
+    async def scenario() -> dict[str, int]:
         writer = Cache(backend="p2p", discovery="none")
         await writer.start()
         assert writer.address is not None
@@ -298,16 +298,14 @@ def test_a_replicating_node_keeps_its_store_wal_and_shm_private(tmp_path: Path, 
                     break
                 await asyncio.sleep(0.01)
             await asyncio.sleep(0.3)  # a persistence batch
-            return sorted(tmp_path.iterdir())
+            return {p.name: _mode(p) for p in tmp_path.iterdir()}  # while open
         finally:
             await stored.close()
             await writer.close()
 
     with _umask(mask):
-        files = asyncio.run(scenario())
-    names = {p.name for p in files}
+        modes = asyncio.run(scenario())
     # (No -shm file: the store locks exclusively, so SQLite keeps the WAL index in
     # memory; any file beside the store that does appear is checked all the same.)
-    assert {"node.db", "node.db-wal"} <= names, names
-    for p in files:
-        assert _mode(p) == FILE_MODE, p
+    assert {"node.db", "node.db-wal"} <= set(modes), modes
+    assert all(mode == FILE_MODE for mode in modes.values()), modes
