@@ -24,14 +24,18 @@ Four mechanisms, each enough for one job:
    its mark for the node without anti-entropy. A write-through flush asks for acks;
    an :class:`~crdtcache.core._completion.AckDone` says when every peer applied it.
 2. *Anti-entropy.* Every ``anti_entropy_interval`` the engine sends its marks to a
-   random live peer, which answers with what lies above them (split into parts); the
-   receiver adopts the answerer's marks once all parts have merged. A receiver that
-   sees the requester ahead asks back (push-pull). A peer that comes back up is
-   synced with at once: catch-up, not flush.
+   random live peer, which answers with what lies above them (split into parts, built
+   a slice at a time, one answer per peer at a bounded rate: see
+   :mod:`~crdtcache.core._answers`); the receiver adopts the answerer's marks once all
+   parts have merged, and only for the exchange it has in flight with that peer (an
+   answer nobody asked for is merged like a relay; marks beyond ``max_drift`` are
+   refused). A receiver that sees the requester ahead asks back (push-pull). A peer
+   that comes back up is synced with at once: catch-up, not flush.
 3. *Membership.* Every message is a sign of life; quiet links carry :class:`Ping`.
    A peer silent for ``suspect_after`` is suspect, for ``dead_after`` dead (the
-   transition table of :mod:`~crdtcache.core._membership`). Nobody waits for a lost
-   peer: the acks and fetches it owed complete without it.
+   transition table of :mod:`~crdtcache.core._membership`), and forgotten after
+   ``forget_dead_after``; the table holds at most ``max_peers``. Nobody waits for a
+   lost peer: the acks and fetches it owed complete without it.
 4. *Collection.* Every ``gc_interval`` the replica drops expired tombstones.
 """
 
