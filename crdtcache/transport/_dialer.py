@@ -4,8 +4,9 @@ One task per wanted address. Seeds are wanted for as long as the node runs. Ever
 other address is a *hint* (from discovery, a peer's peer list, or a peer that dialled
 this node) and hints come from anyone who can talk to the node, so they are bounded:
 
-* at most :data:`MAX_HINTS_PER_SOURCE` wanted at once per source (a peer, or
-  discovery) and :data:`MAX_HINTED_DIALS` in all; more are ignored and counted;
+* at most :data:`MAX_HINTS_PER_SOURCE` wanted at once per peer that named them, and
+  :data:`MAX_HINTED_DIALS` in all (discovery, configured by the operator, has only
+  the latter); more are ignored and counted;
 * a hint that never led to a link is given up after ``forget_silent_after`` seconds
   (:data:`FORGET_SILENT_AFTER`), one that did after :data:`FORGET_AFTER` seconds of
   failures (either may be reported again);
@@ -54,7 +55,8 @@ MAX_BACKOFF: Final = 5.0
 FORGET_AFTER: Final = 120.0
 #: Seconds to keep redialling a hinted address that never led to a link.
 FORGET_SILENT_AFTER: Final = 10.0
-#: Hinted addresses wanted at once, per source and in all (seeds are not counted).
+#: Hinted addresses wanted at once, per peer that named them and in all (seeds are
+#: not counted).
 MAX_HINTS_PER_SOURCE: Final = 32
 MAX_HINTED_DIALS: Final = 256
 #: The source of the addresses discovery reports.
@@ -138,6 +140,8 @@ class Dialer:
         hints = [w for w in self.wanted.values() if not w.seed]
         if len(hints) >= MAX_HINTED_DIALS:
             return False
+        if source == DISCOVERY:
+            return True
         return sum(1 for w in hints if w.source == source) < MAX_HINTS_PER_SOURCE
 
     async def _maintain(self, key: str, wanted: _Wanted) -> None:
