@@ -50,6 +50,7 @@ lock on each hit.
 from __future__ import annotations
 
 import heapq
+import sys
 from collections.abc import Callable, Collection, Iterable
 from typing import Final
 
@@ -68,6 +69,10 @@ MAX_REFERENCE_BITS: Final = 1 << 22
 _MIN_REFERENCE_BITS: Final = 1 << 10
 
 Admit = Callable[[str, Entry], bool]
+
+
+def _cap(bound: int | None) -> int:
+    return sys.maxsize if bound is None else bound
 
 
 def _held(entry: Entry | None) -> bool:
@@ -105,6 +110,11 @@ class LocalTier:
         self.stub_bytes = 0
         #: Most stubs and tombstones kept (None: bounded by ``max_memory`` only, if set).
         self.max_stubs = None if max_size is None else STUBS_PER_VALUE * max_size
+        # The bounds as plain ints (no bound: the largest int), so that ``over``, asked
+        # on every write, is three comparisons.
+        self._size_cap = _cap(max_size)
+        self._stub_cap = _cap(self.max_stubs)
+        self._memory_cap = _cap(max_memory)
         #: Stubs and tombstones given up for room.
         self.shed = 0
         #: Remote values refused by ``admit``.
@@ -185,9 +195,9 @@ class LocalTier:
     def over(self) -> bool:
         """True while a bound is exceeded."""
         return (
-            (self.max_size is not None and self.count > self.max_size)
-            or (self.max_memory is not None and self.nbytes + self.stub_bytes > self.max_memory)
-            or (self.max_stubs is not None and self.stubs > self.max_stubs)
+            self.count > self._size_cap
+            or self.stubs > self._stub_cap
+            or self.nbytes + self.stub_bytes > self._memory_cap
         )
 
     def _stubs_first(self) -> bool:
