@@ -284,9 +284,10 @@ class Replica:
     def invalidate_pattern(self, pattern: str, now: float) -> tuple[PatternTombstone, list[Change]]:
         """Remove every key matching ``pattern``, as one replicated pattern tombstone."""
         stamp = self.clock.now(now)
-        self.marks[self.node] = stamp.ts
         tomb = PatternTombstone(pattern, stamp.ts, self.node)
-        return tomb, self._apply_pattern(tomb, remote=False)
+        changes = self._apply_pattern(tomb, remote=False)  # may raise: nothing changed
+        self.marks[self.node] = stamp.ts
+        return tomb, changes
 
     # ----------------------------------------------------------------- merging
     def _resolve(self, key: str, local: Entry, remote: Entry) -> Entry:

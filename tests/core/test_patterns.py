@@ -51,8 +51,10 @@ def test_the_number_of_pattern_tombstones_is_capped() -> None:
     for i in range(3):
         replica.invalidate_pattern(f"p{i}:*", T)
     replica.set("p9:k", "v", T)
+    marks = dict(replica.marks)
     with pytest.raises(PatternLimitError, match="limit"):
         replica.invalidate_pattern("p9:*", T)
+    assert replica.marks == marks  # refused before anything changed
     assert "p9:*" not in replica.patterns and replica.lookup("p9:k", T) is not None
     remote = PatternTombstone("q:*", pack_ts(int(T * 1000), 9), "peer")
     with pytest.raises(PatternLimitError):
