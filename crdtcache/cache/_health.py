@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 from crdtcache.cache._statistics import Counters, Health
 from crdtcache.core import DEAD, SUSPECT, EngineStatistics
 from crdtcache.runtime._protocol import RuntimeStatistics
 
-__all__ = ["assess"]
+__all__ = ["NAMED_PEERS", "assess"]
+
+#: Peers a reason names at most; the count says how many there are.
+NAMED_PEERS: Final = 5
 
 
 def assess(
@@ -35,7 +40,7 @@ def assess(
     for state, each, label in ((SUSPECT, 10, "suspect"), (DEAD, 15, "down")):
         ids = sorted(p.id for p in runtime.peers if p.state == state)
         if ids:
-            take(min(30, each * len(ids)), f"{len(ids)} peer(s) {label}: {', '.join(ids)}")
+            take(min(30, each * len(ids)), f"{len(ids)} peer(s) {label}: {_some(ids)}")
     p99 = counters.sync_window.summary().p99
     if p99 is not None and p99 > 1000:
         take(20, f"sync latency p99 {p99:.0f} ms")
@@ -58,3 +63,10 @@ def assess(
     if engine.events_dropped:
         take(5, f"{engine.events_dropped} change events dropped")
     return Health(max(0, score), tuple(reasons))
+
+
+def _some(ids: list[str]) -> str:
+    """The first :data:`NAMED_PEERS` ids, and how many more (a reason stays short)."""
+    shown = ", ".join(ids[:NAMED_PEERS])
+    more = len(ids) - NAMED_PEERS
+    return f"{shown} and {more} more" if more > 0 else shown

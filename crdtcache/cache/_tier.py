@@ -27,6 +27,16 @@ cannot push out the keys being read, which a mark-on-write CLOCK lets happen onc
 every key in the ring looks recent. The key being written is spared by the eviction
 its own write triggers (``keep``): it is the most recently used key.
 
+*Entries without a value.* Stubs (a value evicted, or never held) and tombstones keep a
+stamp each, so a peer that writes many keys would leave as many behind however small
+``max_size``. They are counted too (``stubs``, ``stub_bytes``: key length plus
+:data:`STUB_BYTES` each), and bounded: at most :data:`STUBS_PER_VALUE` times
+``max_size`` of them, and within ``max_memory`` with the values (values are evicted
+first, while stubs take no more than half of it). Past a bound the oldest stamps go,
+by :meth:`Replica.shed <crdtcache.core.Replica.shed>` (this node's own writes are never
+shed; the replica then refuses older writes for keys it no longer holds: at worst a
+miss), or outright for a node whose replica is not the authority (``forget``).
+
 Marks live in one ``bytearray`` indexed by the key's hash. Two keys may share a mark,
 which can spare a cold key undeservedly but never costs a recently used key its
 protection, since marks are never cleared, only outdated by later epochs. So a hit is
@@ -39,6 +49,8 @@ lock on each hit.
 
 from __future__ import annotations
 
+import heapq
+import sys
 from collections.abc import Callable, Collection, Iterable
 from typing import Final
 
@@ -47,13 +59,22 @@ from crdtcache.core._counter import Counter
 from crdtcache.core._entry import stub_of
 from crdtcache.core._values import stored_size
 
-__all__ = ["MAX_REFERENCE_BITS", "LocalTier"]
+__all__ = ["MAX_REFERENCE_BITS", "STUBS_PER_VALUE", "STUB_BYTES", "LocalTier"]
+
+#: Stubs and tombstones kept at most per value ``max_size`` allows.
+STUBS_PER_VALUE: Final = 16
+#: What an entry without a value costs beyond its key (dict slot, entry, stamp), bytes.
+STUB_BYTES: Final = 150
 
 #: Upper bound on the reference-bit array (bytes); larger tiers share bits.
 MAX_REFERENCE_BITS: Final = 1 << 22
 _MIN_REFERENCE_BITS: Final = 1 << 10
 
 Admit = Callable[[str, Entry], bool]
+
+
+def _cap(bound: int | None) -> int:
+    return sys.maxsize if bound is None else bound
 
 
 def _held(entry: Entry | None) -> bool:
@@ -86,6 +107,18 @@ class LocalTier:
         #: Held values and their bytes (key length + stored size).
         self.count = 0
         self.nbytes = 0
+        #: Entries without a value (stubs and tombstones), and their estimated bytes.
+        self.stubs = 0
+        self.stub_bytes = 0
+        #: Most stubs and tombstones kept (None: bounded by ``max_memory`` only, if set).
+        self.max_stubs = None if max_size is None else STUBS_PER_VALUE * max_size
+        # The bounds as plain ints (no bound: the largest int), so that ``over``, asked
+        # on every write, is three comparisons.
+        self._size_cap = _cap(max_size)
+        self._stub_cap = _cap(self.max_stubs)
+        self._memory_cap = _cap(max_memory)
+        #: Stubs and tombstones given up for room.
+        self.shed = 0
         #: Remote values refused by ``admit``.
         self.refused = 0
         #: Keys whose held value was removed (deleted, invalidated, expired) since
@@ -111,23 +144,34 @@ class LocalTier:
 
     def recount(self, items: Iterable[tuple[str, Entry]]) -> None:
         """Recompute ``count`` and ``nbytes`` from scratch."""
-        count = nbytes = 0
+        count = nbytes = stubs = stub_bytes = 0
         for key, e in items:
             if _held(e):
                 count += 1
                 nbytes += len(key) + stored_size(e.value)
+            else:
+                stubs += 1
+                stub_bytes += len(key) + STUB_BYTES
         self.count, self.nbytes = count, nbytes
+        self.stubs, self.stub_bytes = stubs, stub_bytes
 
     def replacing(self, key: str, old: Entry | None, new: Entry) -> Entry:
         """Account for ``new`` replacing ``old``; returns the entry to store instead."""
-        if old is not None:
-            self._leave(key, old, removed=new.value is TOMBSTONE)
         value = new.value
-        if value is TOMBSTONE or value is NOT_HELD:
-            return new
-        if self.admit is not None and new.origin != self.node and not self.admit(key, new):
+        held = value is not TOMBSTONE and value is not NOT_HELD
+        # The schema gate runs first: if it raises, nothing has been counted yet.
+        if held and self.admit is not None and new.origin != self.node and not self.admit(key, new):
             self.refused += 1
-            return stub_of(new)
+            new = stub_of(new)
+            held = False
+        if old is not None:
+            self._leave(key, old, removed=value is TOMBSTONE)
+        if not held:
+            self.stubs += 1
+            self.stub_bytes += len(key) + STUB_BYTES
+            if self.on_over is not None and self.over:
+                self.on_over()
+            return new
         self.count += 1
         self.nbytes += len(key) + stored_size(value)
         if self.on_over is not None and self.over:
@@ -145,13 +189,58 @@ class LocalTier:
             self.nbytes -= len(key) + stored_size(value)
             if removed:
                 self.left.add(key)
+        else:
+            self.stubs -= 1
+            self.stub_bytes -= len(key) + STUB_BYTES
 
     @property
     def over(self) -> bool:
         """True while a bound is exceeded."""
-        return (self.max_size is not None and self.count > self.max_size) or (
-            self.max_memory is not None and self.nbytes > self.max_memory
+        return (
+            self.count > self._size_cap
+            or self.stubs > self._stub_cap
+            or self.nbytes + self.stub_bytes > self._memory_cap
         )
+
+    def _stubs_first(self) -> bool:
+        """Whether the next room must come from stubs rather than values."""
+        if self.max_stubs is not None and self.stubs > self.max_stubs:
+            return True
+        memory = self.max_memory
+        return (
+            memory is not None
+            and self.nbytes + self.stub_bytes > memory
+            and (self.stub_bytes > memory // 2 or self.count == 0)
+        )
+
+    def _shed(self, replica: Replica, *, forget: bool, keep: Collection[str]) -> int:
+        """Give up a batch of stubs and tombstones, the oldest stamps first; how many.
+
+        A batch takes them down to 90% of ``max_stubs``, or to a quarter of
+        ``max_memory``, so that the scan it takes is paid once per many entries.
+        """
+        if self.max_stubs is not None and self.stubs > self.max_stubs:
+            excess = self.stubs - self.max_stubs * 9 // 10
+        else:
+            assert self.max_memory is not None  # (_stubs_first said so)
+            average = self.stub_bytes // max(1, self.stubs)
+            excess = (self.stub_bytes - self.max_memory // 4) // max(1, average) + 1
+        node = replica.node
+        oldest = heapq.nsmallest(
+            excess,
+            (
+                (e.ts, k)
+                for k, e in replica.entries.items()
+                if not _held(e) and (forget or e.origin != node) and k not in keep
+            ),
+        )
+        for _, key in oldest:
+            if forget:
+                replica.drop(key)
+            else:
+                replica.shed(key)
+        self.shed += len(oldest)
+        return len(oldest)
 
     def touch(self, key: str) -> None:
         """Mark ``key`` recently used (safe from any thread)."""
@@ -173,6 +262,10 @@ class LocalTier:
         bits, mask = self.bits, self.mask
         passes = 0
         while self.over:
+            if self._stubs_first():
+                if not self._shed(replica, forget=forget, keep=keep):
+                    break  # nothing left that may be shed (this node's own writes)
+                continue
             if self._hand >= len(self._ring):
                 # Counters are never evicted to stubs (see Replica.evict), only dropped.
                 self._ring = [
@@ -183,7 +276,7 @@ class LocalTier:
                 self._hand = 0
                 self.epoch = (self.epoch + 1) & 0xFF
                 passes += 1
-                if not self._ring:  # only counters are held (or nothing): none to evict
+                if not self._ring:  # nothing evictable is held: only counters or stubs
                     break
             key = self._ring[self._hand]
             self._hand += 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from crdtcache.core._membership import MAX_MEMBERS
+from crdtcache.core._patterns import MAX_MESSAGE_PATTERNS
 from crdtcache.core._values import DEFAULT_MAX_VALUE_BYTES, MAX_VALUE_BYTES
 
 __all__ = ["EngineStatistics", "GossipConfig", "RandomSource"]
@@ -29,10 +31,19 @@ class GossipConfig:
     heartbeat_interval: float = 0.5
     suspect_after: float = 2.0
     dead_after: float = 6.0
+    #: Seconds after which a dead peer is forgotten (it is added again if it returns).
+    forget_dead_after: float = 3600.0
+    #: Peers tracked at most: a newcomer replaces the peer dead the longest.
+    max_peers: int = MAX_MEMBERS
     gc_interval: float = 5.0
     exchange_timeout: float = 10.0
+    #: Seconds between anti-entropy answers to one peer, past a small burst.
+    answer_interval: float = 0.25
     max_message_entries: int = 4096
     max_message_bytes: int = 1 << 20
+    #: Pattern tombstones per message (each costs the receiver a scan of its map); at
+    #: most :data:`~crdtcache.core._patterns.MAX_MESSAGE_PATTERNS`, what receivers accept.
+    max_message_patterns: int = MAX_MESSAGE_PATTERNS
     on_demand: bool = False
     #: Epidemic mode: how many flushes relay each new item; None = ceil(log2(N + 1) / 2).
     retransmits: int | None = None
@@ -41,15 +52,27 @@ class GossipConfig:
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
 
     def __post_init__(self) -> None:
-        for name in ("sync_interval", "anti_entropy_interval", "heartbeat_interval", "gc_interval"):
+        for name in (
+            "sync_interval",
+            "anti_entropy_interval",
+            "heartbeat_interval",
+            "gc_interval",
+            "answer_interval",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if not 0 < self.suspect_after <= self.dead_after:
             raise ValueError("need 0 < suspect_after <= dead_after")
+        if self.forget_dead_after < self.dead_after:
+            raise ValueError("need forget_dead_after >= dead_after")
+        if self.max_peers < 1:
+            raise ValueError("max_peers must be at least 1")
         if self.fanout is not None and self.fanout < 1:
             raise ValueError("fanout must be None (every peer) or at least 1")
         if self.max_message_entries < 1 or self.max_message_bytes < 1024:
             raise ValueError("message limits too small")
+        if not 1 <= self.max_message_patterns <= MAX_MESSAGE_PATTERNS:
+            raise ValueError(f"max_message_patterns must be in [1, {MAX_MESSAGE_PATTERNS}]")
         if not 1 <= self.max_value_bytes <= MAX_VALUE_BYTES:
             raise ValueError(f"max_value_bytes must be in [1, {MAX_VALUE_BYTES}]")
 
@@ -65,8 +88,16 @@ class EngineStatistics:
     entries_applied: int = 0
     sync_requests_sent: int = 0
     sync_entries_sent: int = 0
+    #: Anti-entropy requests replaced by a newer one from the same peer before answered.
+    sync_requests_replaced: int = 0
     full_syncs_sent: int = 0
     syncs_completed: int = 0
     refused_drift: int = 0
+    #: Remote pattern tombstones refused because the replica holds as many as it may.
+    refused_patterns: int = 0
+    #: Messages from a peer not taken into the full peer table (ignored).
+    ignored_messages: int = 0
+    #: Sync answers to no pull of this node's in flight (merged, their marks ignored).
+    unsolicited_responses: int = 0
     events_dropped: int = 0
     collected: int = 0

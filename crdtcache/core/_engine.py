@@ -24,14 +24,18 @@ Four mechanisms, each enough for one job:
    its mark for the node without anti-entropy. A write-through flush asks for acks;
    an :class:`~crdtcache.core._completion.AckDone` says when every peer applied it.
 2. *Anti-entropy.* Every ``anti_entropy_interval`` the engine sends its marks to a
-   random live peer, which answers with what lies above them (split into parts); the
-   receiver adopts the answerer's marks once all parts have merged. A receiver that
-   sees the requester ahead asks back (push-pull). A peer that comes back up is
-   synced with at once: catch-up, not flush.
+   random live peer, which answers with what lies above them (split into parts, built
+   a slice at a time, one answer per peer at a bounded rate: see
+   :mod:`~crdtcache.core._answers`); the receiver adopts the answerer's marks once all
+   parts have merged, and only for the exchange it has in flight with that peer (an
+   answer nobody asked for is merged like a relay; marks beyond ``max_drift`` are
+   refused). A receiver that sees the requester ahead asks back (push-pull). A peer
+   that comes back up is synced with at once: catch-up, not flush.
 3. *Membership.* Every message is a sign of life; quiet links carry :class:`Ping`.
    A peer silent for ``suspect_after`` is suspect, for ``dead_after`` dead (the
-   transition table of :mod:`~crdtcache.core._membership`). Nobody waits for a lost
-   peer: the acks and fetches it owed complete without it.
+   transition table of :mod:`~crdtcache.core._membership`), and forgotten after
+   ``forget_dead_after``; the table holds at most ``max_peers``. Nobody waits for a
+   lost peer: the acks and fetches it owed complete without it.
 4. *Collection.* Every ``gc_interval`` the replica drops expired tombstones.
 """
 
@@ -39,11 +43,12 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from crdtcache._errors import ClockDriftError
+from crdtcache._errors import CacheError, ClockDriftError
+from crdtcache.core._answers import SyncAnswers
 from crdtcache.core._batches import ENTRY_OVERHEAD, Chunk, RelayQueue, chunk, retransmits_for
 from crdtcache.core._completion import AckDone, Completion, FetchDone, Waits
 from crdtcache.core._config import EngineStatistics, GossipConfig, RandomSource
@@ -68,7 +73,9 @@ from crdtcache.core._messages import (
     SyncRequest,
     SyncResponse,
 )
+from crdtcache.core._patterns import PatternLimitError
 from crdtcache.core._replica import Replica
+from crdtcache.core._throttle import LogThrottle
 from crdtcache.core._values import stored_size
 
 __all__ = [
@@ -104,6 +111,30 @@ class _Inbound:
     listed: set[str] | None = None
 
 
+def _cap_patterns(part: Chunk, cap: int) -> list[Chunk]:
+    """Cut ``part`` so that no piece holds more than ``cap`` pattern tombstones.
+
+    Items stay in stamp order across the pieces (entries and tombstones interleaved as
+    in ``part``), so that the stream claims of consecutive pushes still chain.
+    """
+    entries, patterns = part
+    if len(patterns) <= cap:
+        return [part]
+    items = sorted(
+        [(e.ts, 0, i) for i, (_, e) in enumerate(entries)]
+        + [(p.ts, 1, i) for i, p in enumerate(patterns)]
+    )
+    pieces: list[Chunk] = [([], [])]
+    for _, is_pattern, i in items:
+        if is_pattern:
+            if len(pieces[-1][1]) == cap:
+                pieces.append(([], []))
+            pieces[-1][1].append(patterns[i])
+        else:
+            pieces[-1][0].append(entries[i])
+    return pieces
+
+
 class GossipEngine:
     """One node's gossip protocol, driven by ``handle`` and ``tick`` (see module doc)."""
 
@@ -114,7 +145,7 @@ class GossipEngine:
         self.node = replica.node
         self.rng = rng
         self.config = config or GossipConfig()
-        self.membership = Membership(self.node)
+        self.membership = Membership(self.node, self.config.max_peers)
         self.stats = EngineStatistics()
         self._pending: dict[str, Entry] = {}
         self._pending_patterns: list[PatternTombstone] = []
@@ -129,6 +160,8 @@ class GossipEngine:
         self._relay = RelayQueue()
         self._exchange_seq = 0
         self._inbound: dict[tuple[str, int], _Inbound] = {}
+        # Answers to peers' anti-entropy requests, built a slice at a time.
+        self._answers = SyncAnswers(self.config, self.stats, self.node)
         self._waits = Waits()
         self._changes: deque[Change] = deque(maxlen=MAX_PENDING_EVENTS)
         self._peer_events: deque[PeerEvent] = deque(maxlen=MAX_PENDING_EVENTS)
@@ -139,9 +172,11 @@ class GossipEngine:
         #: (:meth:`made_durable`). A node killed after sending a write it had not
         #: stored would restart without it while its peers hold it, and its marks would
         #: then claim it. None: no durability to wait for.
-        self.durable: int | None = None
+        self._durable: int | None = None
         # A join the replica minted is this node's write: it goes out like one.
         replica.on_mint = self._queue_minted
+        # Refusals are caused by peers: a burst of lines per kind, then counts.
+        self._log = LogThrottle(log)
 
     # ------------------------------------------------------------------ peers
     @property
@@ -160,6 +195,7 @@ class GossipEngine:
     def remove_peer(self, peer: str) -> None:
         """Forget ``peer`` (it left the cluster for good)."""
         event = self.membership.remove(peer)
+        self._answers.forget(peer)
         if event is not None:
             self._peer_event(event)
             self._peer_gone(peer)
@@ -182,8 +218,14 @@ class GossipEngine:
         if info is None:
             return
         info.pulling = None
+        self._answers.forget(peer)  # nothing can be sent to it now
         self._peer_gone(peer)
         self._peer_event(self.membership.unlinked(info))
+
+    def set_congested(self, peer: str, congested: bool) -> None:
+        """The driver's word on ``peer``'s send buffer: while full, no answer is built
+        or sent to it (it would only be dropped)."""
+        self._answers.congested(peer, congested)
 
     def live_peers(self) -> list[str]:
         """Ids of peers not considered dead and not known to be unreachable."""
@@ -279,9 +321,19 @@ class GossipEngine:
         return entries, patterns
 
     # ------------------------------------------------------------ durability
+    @property
+    def durable(self) -> int | None:
+        """Own writes stamped above this wait to be stored (None: no gate; see __init__)."""
+        return self._durable
+
+    @durable.setter
+    def durable(self, ts: int | None) -> None:
+        self._durable = ts
+        self._answers.durable = ts  # answers started from now on hold back the rest
+
     def made_durable(self, ts: int) -> None:
         """The driver stored this node's own writes up to ``ts``: they may leave now."""
-        if self.durable is not None and ts > self.durable:
+        if self._durable is not None and ts > self._durable:
             self.durable = ts
 
     @property
@@ -311,21 +363,6 @@ class GossipEngine:
         patterns = [p for p in self._pending_patterns if p.ts <= durable]
         self._pending_patterns = [p for p in self._pending_patterns if p.ts > durable]
         return entries, patterns
-
-    def _claimable(
-        self,
-        entries: list[tuple[str, Entry]],
-        patterns: list[PatternTombstone],
-        marks: dict[str, int],
-    ) -> tuple[list[tuple[str, Entry]], list[PatternTombstone], dict[str, int]]:
-        """Leave out own writes not durable yet, and never claim them in ``marks``."""
-        durable = self.durable
-        if durable is None or marks.get(self.node, -1) <= durable:
-            return entries, patterns, marks
-        node = self.node
-        entries = [(k, e) for k, e in entries if e.origin != node or e.ts <= durable]
-        patterns = [p for p in patterns if p.origin != node or p.ts <= durable]
-        return entries, patterns, {**marks, node: durable}
 
     # ------------------------------------------------------------ delta push
     def flush(self, now: float, *, ack: bool = False) -> tuple[list[Outgoing], int]:
@@ -445,7 +482,10 @@ class GossipEngine:
         self, entries: Sequence[tuple[str, Entry]], patterns: Sequence[PatternTombstone]
     ) -> list[Chunk]:
         cfg = self.config
-        return chunk(entries, patterns, cfg.max_message_entries, cfg.max_message_bytes)
+        chunks = chunk(entries, patterns, cfg.max_message_entries, cfg.max_message_bytes)
+        if len(patterns) <= cfg.max_message_patterns:
+            return chunks
+        return [part for c in chunks for part in _cap_patterns(c, cfg.max_message_patterns)]
 
     def _targets(self, exclude: Sequence[str]) -> list[str]:
         live = [
@@ -467,8 +507,14 @@ class GossipEngine:
 
     # --------------------------------------------------------------- receive
     def handle(self, sender: str, message: Message, now: float) -> list[Outgoing]:
-        """Process one message from ``sender``; return what to send in reply."""
+        """Process one message from ``sender``; return what to send in reply.
+
+        A sender the full peer table has no room for is ignored (and counted).
+        """
         out = self._heard(sender, now)
+        if sender not in self.membership:
+            self.stats.ignored_messages += 1
+            return []
         if isinstance(message, Push):
             out += self._on_push(sender, message, now)
         elif isinstance(message, SyncRequest):
@@ -511,19 +557,16 @@ class GossipEngine:
         fresh: list[tuple[str, Entry]] = []
         fresh_patterns: list[PatternTombstone] = []
         ok = True
-        for tomb in patterns:
-            held = replica.patterns.get(tomb.pattern)
-            try:
-                changes = replica.merge_pattern(tomb, now)
-            except ClockDriftError as exc:
-                ok = self._refuse(sender, exc)
-                continue
+        if patterns:
             # New here only if it replaced what we held (which may be this very object
             # when messages are not copied, as in the simulator).
-            if held is not tomb and replica.patterns.get(tomb.pattern) is tomb:
-                fresh_patterns.append(tomb)
-            for change in changes:
+            held = {t.pattern: replica.patterns.get(t.pattern) for t in patterns}
+            removed, taken, refused = replica.merge_patterns(patterns, now)
+            fresh_patterns = [t for t in taken if held[t.pattern] is not t]
+            for change in removed:
                 self._change(change)
+            for exc in refused:
+                ok = self._refuse(sender, exc, now)
         applied = 0
         # One drift check on the greatest stamp covers the whole batch; only when it
         # fails is each entry checked on its own (to refuse just the offenders).
@@ -538,7 +581,7 @@ class GossipEngine:
             try:
                 merged = replica.merge_entry(key, entry, now, observed=observed)
             except ClockDriftError as exc:
-                ok = self._refuse(sender, exc)
+                ok = self._refuse(sender, exc, now)
                 continue
             if merged is not None:
                 applied += 1
@@ -548,9 +591,19 @@ class GossipEngine:
         self.stats.entries_applied += applied
         return fresh, fresh_patterns, ok
 
-    def _refuse(self, sender: str, exc: ClockDriftError) -> bool:
-        self.stats.refused_drift += 1
-        log.error("refused an entry from %s: %s", sender, exc)
+    def _refuse(self, sender: str, exc: CacheError, now: float) -> bool:
+        """Count a refused item (its marks then stay where they are); returns False.
+
+        A stamp beyond ``max_drift`` and a pattern tombstone beyond the replica's cap are
+        refusals, not junk: the link stays, and the item is asked for again later.
+        """
+        if isinstance(exc, PatternLimitError):
+            self.stats.refused_patterns += 1
+            kind, level = "refused pattern tombstones", logging.WARNING
+        else:
+            self.stats.refused_drift += 1
+            kind, level = "refused stamps", logging.ERROR
+        self._log.log(now, kind, level, "refused an item from %s: %s", sender, exc)
         return False
 
     def _on_push(self, sender: str, m: Push, now: float) -> list[Outgoing]:
@@ -560,6 +613,7 @@ class GossipEngine:
             ok
             and m.origin is not None
             and m.origin == sender
+            and self._marks_within_drift(sender, {sender: m.upto}, now)
             and not self.replica.advance_stream(m.origin, m.since, m.upto)
         ):
             # A gap: an earlier push from the sender was lost. Ask it for what we
@@ -608,25 +662,25 @@ class GossipEngine:
         return self._pull(peer, now, force=True)
 
     def _on_sync_request(self, sender: str, m: SyncRequest, now: float) -> list[Outgoing]:
-        replica = self.replica
-        full = replica.needs_full_state(m.marks)
-        entries, patterns = replica.full_state() if full else replica.changes_since(m.marks)
-        entries, patterns, marks = self._claimable(entries, patterns, dict(replica.marks))
-        chunks = self._chunk(entries, patterns)
-        out = [
-            Outgoing(
-                sender,
-                SyncResponse(m.exchange, i, len(chunks), tuple(ce), tuple(cp), marks, full),
-            )
-            for i, (ce, cp) in enumerate(chunks)
-        ]
-        self.stats.sync_entries_sent += len(entries)
-        self.stats.full_syncs_sent += full
+        # The answer is built in slices (see crdtcache.core._answers): the first now,
+        # the rest on later ticks, so that no request holds the node up for long.
+        self._answers.request(sender, m, now)
+        out = self._answers.step(self.replica, now, only=sender)
         info = self.peers[sender]
-        info.last_sent = now
+        if out:
+            info.last_sent = now
         # Push-pull: the requester has writes we lack; ask for them in the same round.
+        marks = self.replica.marks
         if info.pulling is None and any(ts > marks.get(o, -1) for o, ts in m.marks.items()):
             out += self._pull(sender, now)
+        return out
+
+    def _answer_step(self, now: float) -> list[Outgoing]:
+        out = self._answers.step(self.replica, now)
+        for peer in {o.peer for o in out}:
+            info = self.peers.get(peer)
+            if info is not None:
+                info.last_sent = now
         return out
 
     def _on_sync_response(self, sender: str, m: SyncResponse, now: float) -> list[Outgoing]:
@@ -634,13 +688,17 @@ class GossipEngine:
             raise ValueError("sync response part out of range")
         key = (sender, m.exchange)
         state = self._inbound.get(key)
+        info = self.peers.get(sender)
         if state is None:
+            if info is None or info.pulling != m.exchange:
+                return self._unsolicited(sender, m, now)
             state = _Inbound(sender, now, m.parts, listed=set() if m.full else None)
             self._inbound[key] = state
+        elif m.parts != state.parts or m.full != (state.listed is not None):
+            state.ok = False  # parts that disagree about the answer: adopt and forget nothing
         if m.part in state.seen:
             return []  # a duplicate: merging again would be harmless, but skip the work
         state.seen.add(m.part)
-        info = self.peers.get(sender)
         if info is not None and info.pulling == m.exchange:
             info.pull_activity = now
         _, _, ok = self._merge(sender, m.entries, m.patterns, now)
@@ -652,6 +710,8 @@ class GossipEngine:
         del self._inbound[key]
         if info is not None and info.pulling == m.exchange:
             info.pulling = None
+        if state.ok and not self._marks_within_drift(sender, m.marks, now):
+            state.ok = False
         if state.ok:
             if state.listed is not None:
                 for change in self.replica.forget_unlisted(state.listed, m.marks):
@@ -659,6 +719,39 @@ class GossipEngine:
             self.replica.advance_marks(m.marks)
             self.stats.syncs_completed += 1
         return []
+
+    def _unsolicited(self, sender: str, m: SyncResponse, now: float) -> list[Outgoing]:
+        """A sync answer to no pull of ours in flight: its entries only, like a relay.
+
+        Its marks and its ``full`` flag mean something only for an exchange this node
+        started with that peer: adopting marks nobody asked for would stop this node
+        asking for what it lacks, and the forget rule of a full answer would drop every
+        entry the marks "cover" (an unsolicited full answer wiped a node). The entries
+        are merged like any push (no marks move), so a late part is not lost.
+        """
+        self.stats.unsolicited_responses += 1
+        log.debug("sync answer %d from %s answers no pull of ours", m.exchange, sender)
+        self._merge(sender, m.entries, m.patterns, now)
+        return []
+
+    def _marks_within_drift(self, sender: str, marks: Mapping[str, int], now: float) -> bool:
+        """Whether ``marks`` may be adopted: none is more than ``max_drift`` ahead.
+
+        A mark claims every write up to it; one from the future would make this node
+        stop asking for writes not made yet, and is refused like a drifting stamp.
+        """
+        highest = max(marks.values(), default=-1)
+        if self.replica.clock.within_drift(highest, now):
+            return True
+        self.stats.refused_drift += 1
+        self._log.log(
+            now,
+            "refused stamps",
+            logging.ERROR,
+            "refused the marks of %s: beyond max_drift",
+            sender,
+        )
+        return False
 
     # ---------------------------------------------------------------- fetch
     def fetch(self, keys: Sequence[str], now: float) -> list[Outgoing]:
@@ -732,12 +825,15 @@ class GossipEngine:
             live = self.live_peers()
             if live:
                 out += self._pull(self._sample(live, 1)[0], now)
+        if self._answers.pending():
+            out += self._answer_step(now)
         if now >= self._next_gc:
             self._next_gc = now + cfg.gc_interval
             dropped, expired = self.replica.collect(now)
             self.stats.collected += dropped
             for change in expired:
                 self._change(change)
+        self._log.flush(now)
         stale = [k for k, s in self._inbound.items() if now - s.started > cfg.exchange_timeout]
         for k in stale:
             del self._inbound[k]
@@ -752,6 +848,8 @@ class GossipEngine:
             self._peer_event(event)
             if event.state == DEAD:
                 self._peer_gone(event.peer)
+        # Dead long enough: forgotten (a node id used once, then gone, is not kept).
+        self.membership.forget_dead(now, cfg.forget_dead_after)
         due = self.membership.due_pings(now, cfg.heartbeat_interval)
         return [Outgoing(peer, Ping(0)) for peer in due]
 
@@ -762,6 +860,9 @@ class GossipEngine:
             soon = min(soon, self._next_sync)
         if self._pending or self._pending_patterns or self._relay:
             soon = min(soon, self._next_flush)
+        answers = self._answers.next_time()
+        if answers is not None:
+            soon = min(soon, answers)
         return soon
 
     # ---------------------------------------------------------------- events

@@ -53,6 +53,7 @@ rules, each a named limit:
 from __future__ import annotations
 
 import math
+import reprlib
 from typing import Any, Final
 
 import msgpack
@@ -138,8 +139,19 @@ class InvalidRecord(ValueError):
         self.key = key
 
 
+def _shower() -> reprlib.Repr:
+    shown = reprlib.Repr()  # (keyword arguments only from Python 3.12)
+    shown.maxlevel, shown.maxstring, shown.maxother = 2, 40, 40
+    shown.maxlist = shown.maxdict = shown.maxtuple = shown.maxset = 4
+    return shown
+
+
+#: How refusals show a value: a few levels and characters (a hostile one may be huge).
+_SHOWN: Final = _shower()
+
+
 def _show(value: object) -> str:
-    text = repr(value)
+    text = _SHOWN.repr(value)
     return f"{type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
 
 

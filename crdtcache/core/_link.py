@@ -32,7 +32,8 @@ Once open, a message is routed: a :data:`Message` to the engine (:class:`Gossip`
 :class:`Bye` ends the link (:class:`Left`), admin requests and replies are correlated
 by request id (a reply nobody asked for is dropped; requests still pending when the
 link closes are returned by :meth:`LinkSession.close` so their askers fail at once).
-A client (``port`` 0) follows no gossip: it gets no gossip, no peer list, no dial-back.
+A client (``port`` 0) follows no gossip: it gets no gossip, no peer list, no dial-back,
+and what gossip or peer lists it sends are ignored (it never becomes a member).
 
 The :class:`Mesh` is the node's set of open links, one per peer:
 
@@ -96,6 +97,8 @@ OPEN: Final = "open"
 CLOSED: Final = "closed"
 
 _GOSSIP: Final = (Push, Ack, SyncRequest, SyncResponse, Ping, Fetch, FetchReply)
+#: Peers of one peer list looked at (the dialer has its own, smaller, caps).
+MAX_OFFERED: Final = 256
 
 #: Why a hello was refused, as a :class:`Refuse` tells its sender (codes, never names).
 REFUSE_VERSION: Final = "version"
@@ -285,11 +288,14 @@ class LinkSession:
                 return []  # late (we gave up) or never asked: nothing waits for it
             self._asked.discard(message.request)
             return [AdminAnswered(message)]
-        if self.local.client:
-            return []  # a client follows no gossip
-        if isinstance(message, PeerList):
-            return [_Offered(message.peers)]
-        if isinstance(message, _GOSSIP):
+        if isinstance(message, (PeerList, *_GOSSIP)):
+            if not self.member:
+                # A client follows no gossip, and a client peer's gossip and peer lists
+                # are not taken: it listens nowhere, so it is no member (and must not
+                # make this node dial anywhere).
+                return []
+            if isinstance(message, PeerList):
+                return [_Offered(message.peers[:MAX_OFFERED])]
             return [Gossip(message)]
         raise ProtocolError(f"a {type(message).__name__} after the handshake")
 

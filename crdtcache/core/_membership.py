@@ -21,6 +21,11 @@ as a :class:`PeerEvent` for the engine to queue, so the caller sees every transi
 A peer that is *unlinked* (the driver reports no link) stays in the table, gets no
 pushes and is not awaited by write-through, until it is heard again.
 
+*Bounded.* Anyone who can open a link can announce a new node id, so the table is
+capped (``limit``): a newcomer takes the place of the peer dead the longest, and is
+refused when none is dead. A peer dead for ``forget_after`` seconds is forgotten
+(:meth:`Membership.forget_dead`); if it comes back it is added again.
+
 No IO: time is passed in, like everywhere in :mod:`crdtcache.core`.
 """
 
@@ -34,6 +39,7 @@ __all__ = [
     "ALIVE",
     "DEAD",
     "HEARD",
+    "MAX_MEMBERS",
     "LOST",
     "QUIET",
     "SILENT",
@@ -64,6 +70,8 @@ TRANSITIONS: Final[dict[tuple[str, str], str]] = {
 
 #: A dead peer is pinged this many times less often than a live one.
 DEAD_PING_FACTOR: Final = 4
+#: Peers a node keeps track of at most (alive, suspect or dead).
+MAX_MEMBERS: Final = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,10 +102,13 @@ class PeerInfo:
 class Membership:
     """The peer table of one node; every state change goes through :data:`TRANSITIONS`."""
 
-    __slots__ = ("node", "peers")
+    __slots__ = ("limit", "node", "peers")
 
-    def __init__(self, node: str) -> None:
+    def __init__(self, node: str, limit: int = MAX_MEMBERS) -> None:
+        if limit < 1:
+            raise ValueError("a membership needs room for at least one peer")
         self.node = node
+        self.limit = limit
         self.peers: dict[str, PeerInfo] = {}
 
     def __contains__(self, peer: object) -> bool:
@@ -111,16 +122,34 @@ class Membership:
         return self.peers.get(peer)
 
     def add(self, peer: str, now: float) -> PeerEvent | None:
-        """Start tracking ``peer`` as alive; None if it was known already.
+        """Start tracking ``peer`` as alive; None if it was known already, or refused.
 
-        Raises ``ValueError`` for this node's own id.
+        A full table makes room by forgetting the peer dead the longest; with none
+        dead, ``peer`` is refused (check with ``in``). Raises ``ValueError`` for this
+        node's own id.
         """
         if peer == self.node:
             raise ValueError("a node is not its own peer")
         if peer in self.peers:
             return None
+        if len(self.peers) >= self.limit:
+            dead = [p for p in self.peers.values() if p.state == DEAD]
+            if not dead:
+                return None
+            del self.peers[min(dead, key=lambda p: p.last_heard).id]
         self.peers[peer] = PeerInfo(peer, ALIVE, last_heard=now, last_sent=now)
         return PeerEvent(peer, ALIVE, None)
+
+    def forget_dead(self, now: float, forget_after: float) -> list[str]:
+        """Forget the peers dead and silent for more than ``forget_after``; their ids."""
+        gone = [
+            p.id
+            for p in self.peers.values()
+            if p.state == DEAD and now - p.last_heard > forget_after
+        ]
+        for peer in gone:
+            del self.peers[peer]
+        return gone
 
     def remove(self, peer: str) -> PeerEvent | None:
         """Forget ``peer`` (it left for good); its last event says ``dead``."""

@@ -46,6 +46,25 @@ entry the full state does not list but the sender's marks cover (:meth:`forget_u
 A *write* delayed in flight longer than the grace period can still reappear, as in
 Cassandra's ``gc_grace_seconds``: keep the grace period well above the longest
 partition you expect a node to come back from with its state.
+
+*Shedding and the floor.* A node short of room may forget a stub or a tombstone
+written by another node, stamp and all (:meth:`shed`; its own writes are never shed,
+so every write is kept by its origin until superseded or collected). Forgetting a
+stamp would let an older write of that key win again here, so the replica keeps one
+number, ``floor``: the greatest stamp it ever shed. A remote write for a key it does
+not hold, stamped at or below the floor, is refused (counted in ``refused_floor``):
+such a key reads as absent, *at worst a miss*, never as an older version. Writes above
+the floor are taken as usual, so the floor costs only writes older than what was shed.
+
+Shedding also breaks the promise of marks for the keys shed, and the promise others
+take from this node's answers. So a node with a floor answers anti-entropy
+(:meth:`answer_terms`) with its marks only for origins the requester already covers up
+to the floor (above it this node is complete: nothing above the floor was shed or
+refused), and never with a full state (whose forget rule would make the requester
+drop what this node merely shed): a requester behind the floor gets the entries, and
+raises its marks from a peer that shed nothing, or from the stream of their origin.
+A restart forgets the floor (it is not stored): a key shed before may then take an
+older write from a peer that lags behind.
 """
 
 from __future__ import annotations
@@ -53,10 +72,10 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final, Protocol
 
-from crdtcache._errors import ClockDriftError
+from crdtcache._errors import CacheError, ClockDriftError
 from crdtcache.core._counter import Counter
 from crdtcache.core._entry import (
     NO_STAMP,
@@ -66,12 +85,19 @@ from crdtcache.core._entry import (
     Change,
     Entry,
     PatternTombstone,
+    compile_pattern,
     lineage,
     stub_of,
     with_value,
 )
 from crdtcache.core._hlc import HybridClock, Stamp, ts_at, ts_ms
-from crdtcache.core._patterns import MAX_PATTERN_TOMBSTONES, PatternIndex
+from crdtcache.core._patterns import (
+    MAX_PATTERN_TOMBSTONES,
+    PatternIndex,
+    PatternLimitError,
+    literal_prefix,
+    union_of,
+)
 from crdtcache.core._resolver import Resolver, Version
 from crdtcache.core._values import decode_value
 
@@ -179,6 +205,18 @@ def _lineage_covered(e: Amended, tomb: PatternTombstone) -> bool:
     return (e.vts, e.vorigin) <= (tomb.ts, tomb.origin)
 
 
+def _covers(tomb: PatternTombstone, e: Entry) -> bool:
+    """Whether ``tomb`` covers ``e``: by its lineage for an amended entry."""
+    if isinstance(e, Amended):
+        return _lineage_covered(e, tomb)
+    return e.ts < tomb.ts or (e.ts == tomb.ts and e.origin <= tomb.origin)
+
+
+def _value_stamp(e: Entry) -> int:
+    """The ``ts`` a pattern tombstone is compared with (an amended entry's lineage)."""
+    return e.vts if isinstance(e, Amended) else e.ts
+
+
 class Replica:
     """One node's copy of the map. Pure: every method takes ``now`` from the caller."""
 
@@ -212,6 +250,11 @@ class Replica:
         self._pattern_index = PatternIndex(self.patterns, max_patterns)
         #: Remote entries refused for clock drift.
         self.refused_drift = 0
+        #: The greatest stamp shed for lack of room (-1: none); see the module doc.
+        self.floor = -1
+        #: Entries shed, and remote writes refused for being at or below the floor.
+        self.shed_entries = 0
+        self.refused_floor = 0
         #: Told of every change to ``entries`` (see :class:`ReplicaObserver`).
         self.observers: tuple[ReplicaObserver, ...] = ()
         #: Told of every entry minted by a join (module doc): the engine sends it on.
@@ -226,10 +269,11 @@ class Replica:
     def _put(
         self, key: str, entry: Entry, previous: Entry | None, *, relist: bool = False
     ) -> Entry:
+        # Computed before any observer is told: nothing after the first one can fail.
+        # (An observer may store a NOT_HELD stub instead, with the same due second.)
+        due = self._due_second(entry)
         for observer in self.observers:
             entry = observer.replacing(key, previous, entry)
-        # Computed before the map changes: nothing after the assignment can fail.
-        due = self._due_second(entry)
         if (
             due is not None
             and not relist
@@ -380,9 +424,10 @@ class Replica:
     def invalidate_pattern(self, pattern: str, now: float) -> tuple[PatternTombstone, list[Change]]:
         """Remove every key matching ``pattern``, as one replicated pattern tombstone."""
         stamp = self.clock.now(now)
-        self.marks[self.node] = stamp.ts
         tomb = PatternTombstone(pattern, stamp.ts, self.node)
-        return tomb, self._apply_pattern(tomb, remote=False)
+        changes = self._apply_pattern(tomb, remote=False)  # may raise: nothing changed
+        self.marks[self.node] = stamp.ts
+        return tomb, changes
 
     # ----------------------------------------------------------------- merging
     def _resolve(self, key: str, local: Entry, remote: Entry) -> Entry:
@@ -449,7 +494,12 @@ class Replica:
                 self.refused_drift += 1
                 raise
         if entry.ts > self.high.get(entry.origin, -1):
-            self.high[entry.origin] = entry.ts
+            self.high[entry.origin] = entry.ts  # an upper bound: raising it is always safe
+        if entry.ts <= self.floor and key not in self.entries:
+            # This key may have been shed with a newer stamp: never let an older win.
+            self.refused_floor += 1
+            return None
+        # Everything that can fail (a resolver is user code) runs before the map changes.
         if self.resolver is None:
             if self._entry_covered(key, entry):
                 return None
@@ -512,7 +562,10 @@ class Replica:
         return Change(key, "set", self.node, ts, True)
 
     def merge_pattern(self, tomb: PatternTombstone, now: float) -> list[Change]:
-        """Merge a remote pattern tombstone; return the keys it removed."""
+        """Merge a remote pattern tombstone; return the keys it removed.
+
+        Raises :class:`ClockDriftError` or :class:`PatternLimitError` (nothing changed).
+        """
         try:
             self.clock.observe(tomb.ts, now)
         except ClockDriftError:
@@ -520,33 +573,114 @@ class Replica:
             raise
         return self._apply_pattern(tomb, remote=True)
 
+    def merge_patterns(
+        self, tombs: Sequence[PatternTombstone], now: float
+    ) -> tuple[list[Change], list[PatternTombstone], list[CacheError]]:
+        """Merge the remote pattern tombstones of one message, with one scan of the map.
+
+        The outcome is that of :meth:`merge_pattern` on each in turn, but the map is
+        scanned once for all of them (through the union of their globs), not once each.
+        Returns the keys removed, the tombstones that were new here, and one error per
+        tombstone refused (:class:`ClockDriftError`, :class:`PatternLimitError`; the
+        others still apply).
+        """
+        refused: list[CacheError] = []
+        if self.resolver is not None:  # a resolver decides key by key: one at a time
+            changes: list[Change] = []
+            fresh: list[PatternTombstone] = []
+            for tomb in tombs:
+                try:
+                    changes += self.merge_pattern(tomb, now)
+                except (ClockDriftError, PatternLimitError) as exc:
+                    refused.append(exc)
+                    continue
+                if self.patterns.get(tomb.pattern) is tomb:
+                    fresh.append(tomb)
+            return changes, fresh, refused
+        newest: dict[str, PatternTombstone] = {}
+        for tomb in tombs:
+            try:
+                self.clock.observe(tomb.ts, now)
+            except ClockDriftError as exc:
+                self.refused_drift += 1
+                refused.append(exc)
+                continue
+            held = newest.get(tomb.pattern) or self.patterns.get(tomb.pattern)
+            if held is None or (held.ts, held.origin) < (tomb.ts, tomb.origin):
+                newest[tomb.pattern] = tomb
+        index = self._pattern_index
+        accepted: list[PatternTombstone] = []
+        new = new_unanchored = 0
+        for pattern, tomb in newest.items():
+            if not index.admits(pattern, new, new_unanchored):
+                refused.append(index.refusal(pattern, new, new_unanchored))
+                continue
+            accepted.append(tomb)
+            if pattern not in self.patterns:
+                new += 1
+                new_unanchored += not literal_prefix(pattern)
+        return self._remove_covered(accepted, remote=True), accepted, refused
+
     def _apply_pattern(self, tomb: PatternTombstone, *, remote: bool) -> list[Change]:
         current = self.patterns.get(tomb.pattern)
         if current is not None and (current.ts, current.origin) >= (tomb.ts, tomb.origin):
             return []
-        matcher = self._pattern_index.put(tomb)  # raises PatternLimitError: nothing changed
-        if tomb.ts > self.high.get(tomb.origin, -1):
-            self.high[tomb.origin] = tomb.ts
-        changes: list[Change] = []
+        index = self._pattern_index
+        if not index.admits(tomb.pattern):
+            raise index.refusal(tomb.pattern)  # before any work: nothing changed
         if self.resolver is None:
-            gone = [
-                key
-                for key, e in self.entries.items()
-                if (
-                    _lineage_covered(e, tomb)
-                    if isinstance(e, Amended)
-                    else (e.ts < tomb.ts or (e.ts == tomb.ts and e.origin <= tomb.origin))
-                )
-                and matcher.match(key)
-            ]
-        else:
-            deletion = Entry(TOMBSTONE, tomb.ts, tomb.origin)
-            gone = [
-                key
-                for key, e in self.entries.items()
-                if matcher.match(key) and self._resolve(key, e, deletion) is deletion
-            ]
-        for key in gone:
+            return self._remove_covered([tomb], remote=remote)
+        matcher = compile_pattern(tomb.pattern)
+        deletion = Entry(TOMBSTONE, tomb.ts, tomb.origin)
+        # The resolver (user code) may raise: every decision is taken before any change.
+        gone = [
+            (key, tomb)
+            for key, e in self.entries.items()
+            if matcher.match(key) and self._resolve(key, e, deletion) is deletion
+        ]
+        return self._hold_patterns([(tomb, matcher)], gone, remote=remote)
+
+    def _remove_covered(self, tombs: list[PatternTombstone], *, remote: bool) -> list[Change]:
+        """Hold ``tombs`` (each admitted, newer than its glob's) and drop what they cover.
+
+        One pass of the union of their globs over the map finds the candidates; each is
+        given to the first tombstone (in order) that covers it.
+        """
+        if not tombs:
+            return []
+        compiled = [(tomb, compile_pattern(tomb.pattern)) for tomb in tombs]
+        entries = self.entries
+        newest = max(t.ts for t in tombs)
+        union = union_of(m for _, m in compiled)
+        candidates = [k for k in filter(union.match, entries) if _value_stamp(entries[k]) <= newest]
+        gone: list[tuple[str, PatternTombstone]] = []
+        for tomb, matcher in compiled:
+            if not candidates:
+                break
+            rest: list[str] = []
+            for key in candidates:
+                e = entries[key]
+                if _covers(tomb, e) and matcher.match(key):
+                    gone.append((key, tomb))
+                else:
+                    rest.append(key)
+            candidates = rest
+        return self._hold_patterns(compiled, gone, remote=remote)
+
+    def _hold_patterns(
+        self,
+        compiled: list[tuple[PatternTombstone, re.Pattern[str]]],
+        gone: list[tuple[str, PatternTombstone]],
+        *,
+        remote: bool,
+    ) -> list[Change]:
+        """File the tombstones and drop the keys they cover (decided by the caller)."""
+        for tomb, matcher in compiled:
+            self._pattern_index.put(tomb, matcher)  # admitted already: cannot raise
+            if tomb.ts > self.high.get(tomb.origin, -1):
+                self.high[tomb.origin] = tomb.ts
+        changes: list[Change] = []
+        for key, tomb in gone:
             e = self._pop(key)
             if e.value is not TOMBSTONE:
                 changes.append(
@@ -625,6 +759,36 @@ class Replica:
             return False
         self._put(key, stub_of(e), e)
         return True
+
+    def shed(self, key: str) -> bool:
+        """Forget a stub or tombstone another node wrote, for room; raises the floor.
+
+        Returns False (nothing done) for a held value, this node's own write, or an
+        absent key. See the module doc for what the floor then refuses.
+        """
+        e = self.entries.get(key)
+        if e is None or e.held or e.origin == self.node:
+            return False
+        self._pop(key)
+        if e.ts > self.floor:
+            self.floor = e.ts
+        self.shed_entries += 1
+        return True
+
+    def answer_terms(self, asked: Mapping[str, int]) -> tuple[dict[str, int], bool]:
+        """The marks to send a peer that asked with ``asked``, and whether the answer is
+        a full state (see the module doc: a node with a floor vouches for less)."""
+        full = self.needs_full_state(asked)
+        floor = self.floor
+        if floor < 0:
+            return dict(self.marks), full
+        collected = self.collected
+        marks = {
+            origin: ts
+            for origin, ts in self.marks.items()
+            if asked.get(origin, -1) >= max(floor, collected.get(origin, -1) if full else -1)
+        }
+        return marks, False
 
     def drop(self, key: str) -> bool:
         """Forget ``key`` locally, stamp and all (never replicated; see ``evict``).

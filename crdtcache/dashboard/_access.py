@@ -1,17 +1,21 @@
 """Who may reach a dashboard: the bind rule and the access token.
 
 The dashboard shows key names, node ids and addresses, so it listens on loopback
-unless told otherwise. A non-loopback address is accepted in two cases only:
+unless told otherwise, and:
 
-* the cache has a cluster ``secret``: the dashboard then requires its *access token*
+* when the cache has a cluster ``secret``, the dashboard requires its *access token*
   (:func:`access_token`, an HMAC of the secret, so it can be handed to a scraper or
-  a browser without handing out the secret itself) on every data route; the page
-  and ``/healthz`` stay open (the first holds no data, the second is what load
-  balancers and orchestrators probe). During a secret rotation (a list of secrets)
-  the token of each is accepted, as the cluster accepts each secret;
-* the operator opted in explicitly, with ``public=True`` or the environment variable
-  ``CRDTCACHE_DASHBOARD_PUBLIC=1``: the dashboard is then served to anyone who can
-  reach the address, without a token.
+  a browser without handing out the secret itself) on every data route, on loopback
+  too (other users of the machine are not cluster members either); the page and
+  ``/healthz`` stay open (the first holds no data, the second is what load balancers
+  and orchestrators probe). During a secret rotation (a list of secrets) the token of
+  each is accepted, as the cluster accepts each secret;
+* when the operator opted in explicitly, with ``public=True`` or the environment
+  variable ``CRDTCACHE_DASHBOARD_PUBLIC=1``, it is served to anyone who can reach the
+  address, without a token;
+* otherwise (no secret, not public) only a loopback address is accepted.
+
+A token is given as ``Authorization: Bearer <token>`` or ``?token=<token>``.
 
 On loopback the ``Host`` header must name a loopback host, so a web page elsewhere
 cannot read the dashboard through DNS rebinding.
@@ -89,9 +93,10 @@ def bind_policy(
 ) -> BindPolicy:
     """Apply the bind rule (see module doc) to ``address`` (``host:port``).
 
-    ``secret`` is the cache's: bytes or a list of them (rotation). ``public`` None reads
-    :data:`PUBLIC_ENV`. Raises :class:`ConfigError` for a
-    malformed address, and for a non-loopback one with neither a secret nor an opt-in.
+    ``secret`` is the cache's: bytes or a list of them (rotation); with one, the policy
+    carries the access tokens, on loopback too, unless ``public``. ``public`` None reads
+    :data:`PUBLIC_ENV`. Raises :class:`ConfigError` for a malformed address, and for a
+    non-loopback one with neither a secret nor an opt-in.
     """
     from crdtcache.transport import parse_address
 
@@ -101,15 +106,16 @@ def bind_policy(
         host, port = parse_address(address)
     except ConfigError as exc:
         raise ConfigError(f"dashboard: {exc}") from None
-    if is_loopback_host(host):
-        return BindPolicy(host, port, True)
+    loopback = is_loopback_host(host)
     if public is None:
         public = _env_public()
     if public:
-        return BindPolicy(host, port, False)
+        return BindPolicy(host, port, loopback)
     if secret is not None:
         secrets = [secret] if isinstance(secret, bytes) else list(secret)
-        return BindPolicy(host, port, False, tuple(access_token(s) for s in secrets))
+        return BindPolicy(host, port, loopback, tuple(access_token(s) for s in secrets))
+    if loopback:
+        return BindPolicy(host, port, True)
     raise ConfigError(
         f"dashboard {address!r} is not a loopback address: anyone who reaches it would read "
         "key names and statistics. Give the cache a secret= (the dashboard then requires "

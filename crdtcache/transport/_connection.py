@@ -88,6 +88,11 @@ class Connection:
         return f"{host}:{0 if self.session is None else self.session.peer_port}"
 
     @property
+    def progressed(self) -> bool:
+        """Whether the peer did anything yet: a frame header received, or TLS done."""
+        return self.bytes_received > 0 or self.tls
+
+    @property
     def secured(self) -> bool:
         """Whether frames are sealed (after an authenticated handshake)."""
         return self._sealer is not None
@@ -143,13 +148,13 @@ class Connection:
         self.frames_received += 1
         return frames[0]
 
-    async def read_message(self) -> WireMessage:
-        """Read, open (if secured) and decode one frame.
+    async def read_message(self, max_bytes: int | None = None) -> WireMessage:
+        """Read, open (if secured) and decode one frame (``max_bytes`` lowers the limit).
 
         Raises :class:`ProtocolError` for junk (:class:`~crdtcache.wire._auth.AuthError`
         for a frame that is not authentic), ``StreamClosed`` when the stream ends.
         """
-        body = await self.read_body()
+        body = await self.read_body(max_bytes)
         if self._opener is not None:
             body = self._opener.open(body)
         return decode(body, self.max_frame_bytes, max_value_bytes=self.max_value_bytes)

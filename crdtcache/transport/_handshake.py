@@ -41,7 +41,7 @@ from crdtcache.wire._auth import (
     Handshake,
     refuse_secret_mismatch,
 )
-from crdtcache.wire._codec import encode
+from crdtcache.wire._codec import MAX_HELLO_BYTES, encode
 
 __all__ = ["open_link"]
 
@@ -97,7 +97,8 @@ async def _exchange_hellos(conn: Connection, session: LinkSession) -> None:
     """The plain handshake: hellos both ways, the dialer first."""
     for hello in session.opening():
         conn.send(encode(hello))
-    message = await conn.read_message()
+    # Nobody is known yet: the first frame may be a hello, so no larger than one.
+    message = await conn.read_message(MAX_HELLO_BYTES)
     refuse_secret_mismatch(message, None if conn.dialed else session.local.hello())
     for reply in session.receive_hello(message, _certificate_names(conn)):
         conn.send(encode(reply))

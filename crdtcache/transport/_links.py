@@ -13,8 +13,15 @@ class only does the IO, the counting and the one log line per refused or dropped
 
 A reader task ends on any exception (junk from the peer, a broken stream, a bug of
 ours): the link is dropped and logged, the node goes on, and nothing reaches the event
-loop's "exception never retrieved" handler. A stream beyond ``max_connections`` is
-refused before its handshake.
+loop's "exception never retrieved" handler.
+
+*Capacity.* Established links accepted from peers are capped (``max_connections``); a
+stream beyond is refused before its handshake. Accepted streams still in their
+handshake have a smaller pool of their own (``max_handshakes``), so unauthenticated
+streams can never take the room of established peers: when the pool is full, the
+oldest idle handshake (nothing received yet, else the oldest) is dropped to make room,
+never the newcomer, and any accepted stream without progress for
+``handshake_idle_timeout`` is dropped. Streams this node dials count against neither.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from crdtcache._errors import CacheError, PeerError, ProtocolError
 from crdtcache.core._link import (
@@ -37,6 +44,7 @@ from crdtcache.core._link import (
     SelfDial,
 )
 from crdtcache.core._messages import AdminReply, AdminRequest, Bye
+from crdtcache.core._throttle import LogThrottle
 from crdtcache.discovery._base import PeerAddress
 from crdtcache.transport._connection import Connection
 from crdtcache.transport._handshake import open_link
@@ -46,7 +54,10 @@ from crdtcache.wire._codec import encode
 if TYPE_CHECKING:
     from crdtcache.transport._node import Node
 
-__all__ = ["Links", "RequestRefused"]
+__all__ = ["YIELD_EVERY", "Links", "RequestRefused"]
+
+#: A link's reader lets other tasks run after this many messages in a row.
+YIELD_EVERY: Final = 16
 
 # Log lines keep the node's logger name: operators (and tests) filter on it.
 log = logging.getLogger("crdtcache.transport._node")
@@ -70,9 +81,20 @@ class Links:
         self._admin_waiters: dict[tuple[LinkSession, int], asyncio.Future[AdminReply]] = {}
         self.protocol_errors = 0
         self.refused_connections = 0
+        self.evicted_handshakes = 0
+        # Dropped by _evict: their failing handshake is not logged a second time.
+        self._evicted: set[Connection] = set()
+        #: Accepted streams in their handshake, oldest first.
+        self.handshaking: dict[Connection, None] = {}
         self.auth_failures = 0
         self.handshake_failures = 0
         self.closed_counts = [0, 0, 0, 0]  # bytes and frames of closed connections
+        #: Lines that peers cause (refusals, drops): a burst per kind, then counts.
+        self.throttle = LogThrottle(log)
+
+    def _say(self, kind: str, level: int, message: str, *args: Any, **kwargs: Any) -> None:
+        """Log a line a peer caused: rate-limited per kind, the rest counted."""
+        self.throttle.log(self.node._clock(), kind, level, message, *args, **kwargs)
 
     # ------------------------------------------------------------- queries
     def link_to(self, node_id: str | None) -> Connection | None:
@@ -104,20 +126,66 @@ class Links:
             log.debug("refusing a connection from %s: shutting down", stream.extra("peername"))
             stream.abort()
             return
-        if len(self.streams) >= node.max_connections:
-            self.refused_connections += 1
-            log.warning(
-                "refusing a connection from %s: %d streams open (limit %d)",
-                stream.extra("peername"),
-                len(self.streams),
-                node.max_connections,
-            )
+        if self._full(stream.extra("peername")):
             stream.abort()
             return
-        # A failed handshake has been logged once already; letting it escape would make
-        # asyncio log it again ("Unhandled exception in client_connected_cb").
-        with contextlib.suppress(SelfDial, PeerError):
-            await self.open(self.connection(stream, dialed=False))
+        if len(self.handshaking) >= node.max_handshakes:
+            self._evict(self._idlest(), "the handshake slots are full")
+        conn = self.connection(stream, dialed=False)
+        self.handshaking[conn] = None
+        idle = asyncio.get_running_loop().call_later(
+            node.handshake_idle_timeout, self._check_idle, conn
+        )
+        try:
+            # A failed handshake has been logged once already; letting it escape would
+            # make asyncio log it again ("Unhandled exception in client_connected_cb").
+            with contextlib.suppress(SelfDial, PeerError):
+                await self.open(conn)
+        finally:
+            idle.cancel()
+            self.handshaking.pop(conn, None)
+
+    def _full(self, who: object) -> bool:
+        """Whether the accepted links are at their cap (then counted and logged)."""
+        accepted = sum(1 for c in self.by_session.values() if not c.dialed)
+        if accepted < self.node.max_connections:
+            return False
+        self.refused_connections += 1
+        self._say(
+            "refused connections",
+            logging.WARNING,
+            "refusing a connection from %s: %d links accepted (limit %d)",
+            who,
+            accepted,
+            self.node.max_connections,
+        )
+        return True
+
+    def _idlest(self) -> Connection:
+        """The handshake to drop for a newcomer: the oldest that received nothing, else
+        the oldest (a genuine peer finishes in a few round trips; it is rarely either)."""
+        for conn in self.handshaking:
+            if not conn.progressed:
+                return conn
+        return next(iter(self.handshaking))
+
+    def _check_idle(self, conn: Connection) -> None:
+        if conn in self.handshaking and not conn.progressed:
+            self._evict(conn, f"nothing received for {self.node.handshake_idle_timeout:.1f} s")
+
+    def _evict(self, conn: Connection, why: str) -> None:
+        """Drop a stream in its handshake (its ``open`` then fails and cleans up)."""
+        self.handshaking.pop(conn, None)
+        self._evicted.add(conn)
+        self.evicted_handshakes += 1
+        self._say(
+            "evicted handshakes",
+            logging.WARNING,
+            "dropping connection from %s during its handshake: %s",
+            conn.label,
+            why,
+        )
+        conn.abort()
 
     async def open(self, conn: Connection) -> Connection | None:
         """Run the handshake and register the link.
@@ -141,6 +209,12 @@ class Links:
         except Exception as exc:
             await self._refused(conn, exc)
             raise exc if isinstance(exc, PeerError) else ProtocolError(str(exc)) from exc
+        if not conn.dialed and self._full(conn.label):
+            # Checked again once open: streams accepted together all passed the first
+            # check, only the cap's worth of them may stay.
+            self.streams.pop(conn, None)
+            conn.abort()
+            return None
         kept, replaced = self.mesh.register(session) if not node._closing else (False, None)
         if not kept:
             log.debug("keeping the existing connection to %s", session.peer)
@@ -152,12 +226,28 @@ class Links:
             log.debug("replacing the connection to %s", session.peer)
             self.by_session[replaced].abort()
         node._spawn(self._read_loop(conn, session))
-        self._joined(conn, session)
+        try:
+            self._joined(conn, session)
+        except Exception as exc:  # a bug of ours must cost one link, never the node
+            self.protocol_errors += 1
+            self._say(
+                "links dropped for an unexpected error",
+                logging.ERROR,
+                "dropping connection from %s: unexpected error",
+                conn.label,
+                exc_info=exc,
+            )
+            self.drop(conn, f"unexpected error: {exc!r}")
+            return None
         return conn
 
     async def _refused(self, conn: Connection, exc: Exception) -> None:
         """Count and log a failed handshake once; tell the peer why if it is worth it."""
         self.streams.pop(conn, None)
+        if conn in self._evicted:  # logged and counted when it was dropped
+            self._evicted.discard(conn)
+            conn.abort()
+            return
         self.handshake_failures += 1
         self.protocol_errors += isinstance(exc, ProtocolError)
         self.auth_failures += isinstance(exc, IdentityError)
@@ -178,7 +268,8 @@ class Links:
             level = logging.DEBUG  # the client's caller gets the error and reports it
         node_id = self.node.node_id
         direction = "to" if conn.dialed else "from"
-        log.log(
+        self._say(
+            "failed handshakes",
             level,
             "dropping connection %s %s: %s",
             direction,
@@ -187,7 +278,12 @@ class Links:
             extra={"node": node_id},
         )
         if not isinstance(exc, PeerError):  # a bug of ours: show where
-            log.error("unexpected handshake error", exc_info=exc)
+            self._say(
+                "unexpected handshake errors",
+                logging.ERROR,
+                "unexpected handshake error",
+                exc_info=exc,
+            )
         reply = getattr(exc, "reply", None)
         session = conn.session
         if reply is None and session is not None and session.refusal is not None:
@@ -206,10 +302,19 @@ class Links:
             # no gossip, only cache operations.
             log.debug("connected to %s (client link)", conn.label)
             return
-        self.node._member_joined(session.peer)
+        if not self.node._member_joined(session.peer):
+            self._say(
+                "refused members",
+                logging.WARNING,
+                "dropping connection from %s: the peer table is full (max_peers)",
+                conn.label,
+            )
+            self.drop(conn, "the peer table is full")
+            return
         announcements, dials = self.mesh.joined(session)
         for dial in dials:
-            self.node._dialer.want(PeerAddress(dial.host, dial.port, dial.node), seed=False)
+            address = PeerAddress(dial.host, dial.port, dial.node)
+            self.node._dialer.want(address, seed=False, source=session.peer)
         for announce in announcements:
             self.by_session[announce.link].send(encode(announce.message))
         log.info("connected to %s%s", conn.label, " (authenticated)" if conn.secured else "")
@@ -217,6 +322,7 @@ class Links:
     # ------------------------------------------------------------- reading
     async def _read_loop(self, conn: Connection, session: LinkSession) -> None:
         reason = "closed by peer"
+        handled = 0
         try:
             while True:
                 message = await conn.read_message()
@@ -225,21 +331,44 @@ class Links:
                 if isinstance(message, Bye):
                     reason = "peer said goodbye"
                     break
+                handled += 1
+                if handled % YIELD_EVERY == 0:
+                    # A read that finds its bytes buffered does not yield: without this,
+                    # one peer's burst of frames would hold the loop until it is spent.
+                    await asyncio.sleep(0)
         except StreamClosed as exc:
             if exc.truncated:
                 self.protocol_errors += 1
-                log.warning("dropping connection from %s: truncated frame", conn.label)
+                self._say(
+                    "dropped links",
+                    logging.WARNING,
+                    "dropping connection from %s: truncated frame",
+                    conn.label,
+                )
         except ProtocolError as exc:
             self.protocol_errors += 1
             self.auth_failures += isinstance(exc, IdentityError)
             node_id = self.node.node_id
-            log.warning("dropping connection from %s: %s", conn.label, exc, extra={"node": node_id})
+            self._say(
+                "dropped links",
+                logging.WARNING,
+                "dropping connection from %s: %s",
+                conn.label,
+                exc,
+                extra={"node": node_id},
+            )
             reason = str(exc)
         except StreamError as exc:
             reason = str(exc)
         except Exception as exc:  # a bug of ours must cost one link, never the node
             self.protocol_errors += 1
-            log.exception("dropping connection from %s: unexpected error", conn.label)
+            self._say(
+                "links dropped for an unexpected error",
+                logging.ERROR,
+                "dropping connection from %s: unexpected error",
+                conn.label,
+                exc_info=exc,
+            )
             reason = f"unexpected error: {exc!r}"
         finally:
             self.drop(conn, reason)
@@ -258,7 +387,8 @@ class Links:
             if waiter is not None and not waiter.done():
                 waiter.set_result(event.reply)
         elif isinstance(event, Dial):
-            self.node._dialer.want(PeerAddress(event.host, event.port, event.node), seed=False)
+            address = PeerAddress(event.host, event.port, event.node)
+            self.node._dialer.want(address, seed=False, source=peer)
 
     def drop(self, conn: Connection, reason: str) -> None:
         """Close ``conn``; if it was its peer's link, the peer is lost (idempotent)."""

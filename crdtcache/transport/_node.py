@@ -22,9 +22,11 @@ messages to the mesh and gossip to ``engine.handle``; a periodic callback calls
 ``engine.tick``; a write wakes a one-shot flush at the engine's next flush time.
 Whatever the engine returns is encoded once per message and written to each peer's
 connection, whose send buffer is bounded (a stuck peer loses frames, repaired by
-anti-entropy, and is dropped if it stays stuck). A write-through flush and a fetch
-wait on futures that :class:`~crdtcache.core._completion.AckDone` and ``FetchDone``
-resolve; an admin request waits for its reply, or fails when its link drops.
+anti-entropy, and is dropped if it stays stuck); the engine is told which peers'
+buffers are filling up, and builds no anti-entropy answer for them meanwhile. A
+write-through flush and a fetch wait on futures that
+:class:`~crdtcache.core._completion.AckDone` and ``FetchDone`` resolve; an admin
+request waits for its reply, or fails when its link drops.
 
 Any exception while reading or handling a link's message drops that link, with one
 log line; it never escapes into the event loop.
@@ -52,7 +54,7 @@ from crdtcache.core._link import (
 from crdtcache.core._messages import Message
 from crdtcache.discovery._base import Discovery, PeerAddress
 from crdtcache.transport._connection import MAX_SEND_BUFFER, Connection
-from crdtcache.transport._dialer import Dialer
+from crdtcache.transport._dialer import FORGET_SILENT_AFTER, Dialer
 from crdtcache.transport._links import Links
 from crdtcache.transport._network import Listener, Network, TcpNetwork
 from crdtcache.transport._tls import check_tls_contexts
@@ -61,8 +63,10 @@ from crdtcache.wire._codec import encode
 from crdtcache.wire._framing import frame_limit
 
 __all__ = [
+    "HANDSHAKE_IDLE_TIMEOUT",
     "HANDSHAKE_TIMEOUT",
     "MAX_CONNECTIONS",
+    "MAX_HANDSHAKES",
     "Node",
     "TransportStatistics",
     "parse_address",
@@ -72,8 +76,16 @@ log = logging.getLogger(__name__)
 
 #: Seconds a new stream has to complete its handshake (TLS, authentication, hellos).
 HANDSHAKE_TIMEOUT: Final = 5.0
-#: Streams (handshaking or established) accepted at once; more are refused.
+#: Established links accepted from peers at once; beyond, a new stream is refused.
+#: Links this node dialled are not counted (they have limits of their own).
 MAX_CONNECTIONS: Final = 256
+#: Accepted streams still in their handshake at once. A smaller pool than the links:
+#: unauthenticated streams can never take the room of established peers, and when it
+#: is full the oldest idle one makes room for the newcomer.
+MAX_HANDSHAKES: Final = 64
+#: Seconds an accepted stream may go without progress (its first frame, or its TLS
+#: handshake done) before it is dropped: a silent stream holds a slot only briefly.
+HANDSHAKE_IDLE_TIMEOUT: Final = 1.0
 #: Seconds between periodic engine ticks (heartbeats, anti-entropy, collection).
 TICK_INTERVAL: Final = 0.05
 #: Seconds a peer's send buffer may stay over the limit before the link is dropped.
@@ -104,6 +116,11 @@ class TransportStatistics:
     auth_failures: int
     handshake_failures: int
     refused_connections: int
+    #: Accepted streams dropped mid-handshake: idle too long, or the oldest idle one
+    #: when the handshake slots were full.
+    evicted_handshakes: int
+    #: Addresses named by peers or discovery and not dialled (beyond the caps).
+    ignored_hints: int
     authenticated: bool
     tls: bool
     #: Connected peers: node id -> the address they listen on.
@@ -134,8 +151,11 @@ class Node:
         clock: Callable[[], float] = time.time,
         max_frame_bytes: int | None = None,
         max_connections: int = MAX_CONNECTIONS,
+        max_handshakes: int = MAX_HANDSHAKES,
         send_buffer: int = MAX_SEND_BUFFER,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        handshake_idle_timeout: float = HANDSHAKE_IDLE_TIMEOUT,
+        forget_silent_after: float = FORGET_SILENT_AFTER,
         tick_interval: float = TICK_INTERVAL,
         client_mode: bool = False,
         network: Network | None = None,
@@ -163,14 +183,17 @@ class Node:
             else max_frame_bytes
         )
         self.max_connections = max_connections
+        self.max_handshakes = max_handshakes
         self.send_buffer = send_buffer
         self.handshake_timeout = handshake_timeout
+        self.handshake_idle_timeout = handshake_idle_timeout
         self.tick_interval = tick_interval
         self.incarnation = rng.getrandbits(62) + 1
         #: A client only asks for cache operations: no gossip, not dialled back or announced.
         self.client_mode = client_mode
         self.mesh = Mesh(Identity(self.node_id, cluster, 0, self.incarnation))
         self._dialer = Dialer(self, rng)
+        self._dialer.forget_silent_after = forget_silent_after
         self.links = Links(self)
         self._address: str | None = None
         self._listener: Listener | None = None
@@ -256,6 +279,7 @@ class Node:
                 task.cancel()
             await asyncio.wait(list(self._tasks), timeout=1.0)
         self.links.abort()
+        self.links.throttle.flush(self._clock(), force=True)
         for waiter in self._waiters.values():
             if not waiter.done():
                 waiter.set_result(None)
@@ -285,9 +309,11 @@ class Node:
         stream = await self._network.connect(address.host, address.port)
         return await self.links.open(self.links.connection(stream, dialed=True))
 
-    def _member_joined(self, peer: str) -> None:
+    def _member_joined(self, peer: str) -> bool:
+        """A member link opened; False if the engine's peer table has no room for it."""
         self._deliver(self.engine.peer_reachable(peer, self._clock()))
         self._after_engine()
+        return peer in self.engine.peers
 
     def _handle(self, peer: str, message: Message) -> None:
         try:
@@ -348,8 +374,13 @@ class Node:
             return
         now = self._clock()
         try:
+            for peer, conn in self.connections().items():
+                # A peer whose send buffer is half full gets no anti-entropy answer
+                # built for it until it drains (the frames would only be dropped).
+                self.engine.set_congested(peer, conn.buffered() > conn.send_buffer // 2)
             self._deliver(self.engine.tick(now))
             self._after_engine()
+            self.links.throttle.flush(now)
             for conn in list(self.links.by_session.values()):
                 if conn.stalled_since is None:
                     continue
@@ -466,6 +497,8 @@ class Node:
             auth_failures=links.auth_failures,
             handshake_failures=links.handshake_failures,
             refused_connections=links.refused_connections,
+            evicted_handshakes=links.evicted_handshakes,
+            ignored_hints=self._dialer.ignored_hints,
             authenticated=bool(self._keyring),
             tls=self._ssl_server is not None,
             peer_addresses=self.connected_peers(),

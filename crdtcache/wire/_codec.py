@@ -5,6 +5,16 @@ Every body is one msgpack array ``[type, ...fields]``. Decoding is one bounded
 ext types refused, never pickle), then a strict shape check of every field, so a
 decoded message is always well-formed. Anything else raises :class:`ProtocolError`.
 
+*Budgets per frame.* msgpack's own limits are per array; a frame of nested empty
+arrays (one byte each, ~64 bytes each as Python lists) would cost ~70 times its size
+to refuse. So :func:`decode` holds every frame to a budget of containers (arrays and
+maps: one per :data:`BYTES_PER_CONTAINER` bytes, plus :data:`MIN_CONTAINERS`) and of
+items in them (:data:`MAX_FRAME_ITEMS`), refusing the frame as soon as one runs out:
+the memory to decode or refuse any frame is a small multiple of its size. A frame
+whose bytes cannot hold that many containers (counted in one pass in C) skips the
+count. Nesting is bounded by msgpack's parser, and no accepted message nests deeper
+than :data:`MAX_DEPTH` (the free-form admin fields are checked).
+
 Entries travel as ``[key, kind, value, ts, origin, expires]`` where ``kind`` says how
 to read ``value``: a plain scalar, a packed list/dict (validated by
 :func:`~crdtcache.core.unpack_stored`), a tombstone, or a stub (value not held).
@@ -58,6 +68,7 @@ from crdtcache.core._messages import (
     PeerList,
     Refuse,
 )
+from crdtcache.core._patterns import MAX_MESSAGE_PATTERNS
 from crdtcache.wire._framing import MAX_FRAME_BYTES
 
 __all__ = [
@@ -65,7 +76,10 @@ __all__ = [
     "AdminReply",
     "AdminRequest",
     "AUTH_VERSION",
+    "MAX_DEPTH",
+    "MAX_FRAME_ITEMS",
     "MAX_HELLO_BYTES",
+    "MAX_MESSAGE_PATTERNS",
     "MAX_NODE_ID_CHARS",
     "MAX_REASON_CHARS",
     "MAX_SECRETS",
@@ -87,6 +101,14 @@ __all__ = [
 
 #: Most entries, keys or marks one message may carry.
 MAX_ITEMS: Final = 1 << 16
+#: Most items (elements of every array, keys and values of every map) in one frame.
+MAX_FRAME_ITEMS: Final = 1 << 19
+#: A frame may hold one container (array or map) per this many bytes of its body...
+BYTES_PER_CONTAINER: Final = 8
+#: ...plus this many.
+MIN_CONTAINERS: Final = 1024
+#: Deepest nesting of an accepted message (admin arguments and results included).
+MAX_DEPTH: Final = 32
 #: Version of the authenticated handshake and sealed frames (``secret=``).
 AUTH_VERSION: Final = 1
 #: Bytes of a handshake nonce and of an HMAC-SHA256 tag.
@@ -95,8 +117,6 @@ TAG_BYTES: Final = 32
 #: Secrets a keyring may hold (the first signs, all are accepted); the challenge always
 #: carries this many tags so that it does not reveal how many secrets a node holds.
 MAX_SECRETS: Final = 4
-#: Largest encoded hello carried inside the authenticated handshake.
-MAX_HELLO_BYTES: Final = 1024
 
 _HELLO, _PUSH, _ACK, _SYNC_REQ, _SYNC_RESP, _PING, _FETCH, _FETCH_REPLY, _BYE, _PEERS = range(1, 11)
 _AUTH_HELLO, _AUTH_CHALLENGE, _AUTH_PROOF, _AUTH_ACCEPT = range(11, 15)
@@ -194,6 +214,17 @@ _ENCODERS: Final[dict[type, Any]] = {
 }
 
 
+def _largest_hello() -> int:
+    widest = "\U0010ffff"  # four bytes in UTF-8
+    hello = Hello(1 << 16, widest * MAX_CLUSTER_CHARS, widest * MAX_NODE_ID_CHARS, 65535, MAX_TS)
+    return len(msgpack.packb(_ENCODERS[Hello](hello), use_bin_type=True))
+
+
+#: Largest encoded hello (the longest cluster name and node id, in 4-byte characters):
+#: the limit of a hello's frame before any handshake, and inside the authenticated one.
+MAX_HELLO_BYTES: Final = _largest_hello()
+
+
 def encode(message: WireMessage) -> bytes:
     """Encode one message as a frame body (without the length prefix).
 
@@ -260,8 +291,11 @@ def _dec_entries(raw: object, limit: int) -> tuple[tuple[str, Entry], ...]:
 
 
 def _dec_patterns(raw: object) -> tuple[PatternTombstone, ...]:
+    patterns = _list(raw, "patterns")
+    if len(patterns) > MAX_MESSAGE_PATTERNS:
+        _bad(f"at most {MAX_MESSAGE_PATTERNS} pattern tombstones per message")
     try:
-        return tuple(check_pattern_record(p) for p in _list(raw, "patterns"))
+        return tuple(check_pattern_record(p) for p in patterns)
     except InvalidRecord as exc:
         _bad(str(exc))
 
@@ -367,8 +401,10 @@ def _admin_request(obj: list[Any]) -> AdminRequest:
     _arity(obj, 4, "admin request")
     op = obj[2]
     if type(op) is not str or op not in ADMIN_OPS:  # a list or map would not even hash
-        _bad(f"unknown admin operation {op!r}")
+        shown = repr(op[:40]) if type(op) is str else f"of type {type(op).__name__}"
+        _bad(f"unknown admin operation {shown}")
     args = _list(obj[3], "admin arguments")
+    _shallow(args, "admin arguments")
     if len(args) != ADMIN_OPS[op]:
         _bad(f"admin {op} takes {ADMIN_OPS[op]} arguments")
     if op in ("get", "set", "delete"):
@@ -382,12 +418,30 @@ def _admin_reply(obj: list[Any]) -> AdminReply:
     _arity(obj, 4, "admin reply")
     if type(obj[2]) is not bool:
         _bad("admin reply ok must be a bool")
+    _shallow(obj[3], "admin result")
     return AdminReply(_int(obj[1], "request"), obj[2], obj[3])
 
 
 def _refuse(obj: list[Any]) -> Refuse:
     _arity(obj, 2, "refusal")
     return Refuse(_str(obj[1], "refusal reason", MAX_REASON_CHARS))
+
+
+def _shallow(value: object, what: str) -> None:
+    """Refuse a free-form field nested deeper than :data:`MAX_DEPTH` (walked without
+    recursion; the frame's item budget bounds the walk)."""
+    level: list[object] = [value]
+    for _ in range(MAX_DEPTH):
+        below: list[object] = []
+        for v in level:
+            if type(v) is list:
+                below += v
+            elif type(v) is dict:
+                below += v.values()
+        if not below:
+            return
+        level = below
+    _bad(f"{what} nested deeper than {MAX_DEPTH}")
 
 
 def _auth_hello(obj: list[Any]) -> AuthHello:
@@ -441,7 +495,46 @@ _DECODERS: Final[dict[int, Callable[[list[Any]], WireMessage]]] = {
 }
 
 
+#: Every byte that cannot start a msgpack array or map (deleted to count those that can).
+_NOT_CONTAINER: Final = bytes(b for b in range(256) if not (0x80 <= b <= 0x9F or 0xDC <= b <= 0xDF))
+
+
+class _OverBudget(ProtocolError):
+    """A frame holds more containers or items than its budget (see the module doc)."""
+
+
+def _budget_hooks(
+    containers: int, items: int
+) -> tuple[Callable[[list[Any]], list[Any]], Callable[[dict[Any, Any]], dict[Any, Any]]]:
+    """msgpack hooks that count each array and map as it completes, and stop the
+    parse (freeing what it built) once either budget runs out."""
+    left = [containers, items]
+
+    def on_list(value: list[Any]) -> list[Any]:
+        left[0] -= 1
+        left[1] -= len(value)
+        if left[0] < 0 or left[1] < 0:
+            raise _OverBudget(f"frame over budget ({containers} containers, {items} items)")
+        return value
+
+    def on_map(value: dict[Any, Any]) -> dict[Any, Any]:
+        left[0] -= 1
+        left[1] -= 2 * len(value)
+        if left[0] < 0 or left[1] < 0:
+            raise _OverBudget(f"frame over budget ({containers} containers, {items} items)")
+        return value
+
+    return on_list, on_map
+
+
 def _unpack(body: bytes, max_bytes: int) -> object:
+    containers = len(body) // BYTES_PER_CONTAINER + MIN_CONTAINERS
+    hooks: dict[str, Any] = {}
+    # Each item takes a byte at least, and each container one of 36 header bytes: a
+    # frame that cannot exceed either budget is parsed without counting (the common
+    # case), any other one with the counting hooks.
+    if len(body) > MAX_FRAME_ITEMS or len(body.translate(None, _NOT_CONTAINER)) > containers:
+        hooks["list_hook"], hooks["object_hook"] = _budget_hooks(containers, MAX_FRAME_ITEMS)
     try:
         return msgpack.unpackb(
             body,
@@ -454,6 +547,7 @@ def _unpack(body: bytes, max_bytes: int) -> object:
             max_map_len=MAX_ITEMS,
             max_ext_len=0,
             ext_hook=_ext_refused,
+            **hooks,
         )
     except ProtocolError:
         raise

@@ -9,6 +9,7 @@ model (:meth:`SimulatedNetwork.expected`). A failure prints the seed and schedul
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -83,8 +84,11 @@ def schedules(draw: st.DrawFn, resolvers: tuple[str, ...] = ()) -> Schedule:
     )
 
 
-def play(s: Schedule) -> SimulatedNetwork:
-    """Run ``s`` up to its last step (faults still in place)."""
+def play(
+    s: Schedule, after_step: Callable[[SimulatedNetwork, int], None] | None = None
+) -> SimulatedNetwork:
+    """Run ``s`` up to its last step (faults still in place); ``after_step(sim, i)``
+    runs after step ``i``."""
     ids = [f"n{i}" for i in range(s.nodes)]
     sim = SimulatedNetwork(
         ids,
@@ -97,7 +101,9 @@ def play(s: Schedule) -> SimulatedNetwork:
         clock_offsets=dict(zip(ids, s.offsets, strict=True)),
         resolver=RESOLVERS[s.resolver] if s.resolver else None,
     )
-    for step in s.steps:
+    for index, step in enumerate(s.steps):
+        if after_step is not None and index:
+            after_step(sim, index - 1)
         kind = step[0]
         if kind in ("set", "delete", "pattern") and not sim.nodes[ids[step[1]]].up:
             continue

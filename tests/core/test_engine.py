@@ -659,3 +659,31 @@ def test_stray_acks_and_repeated_link_events_are_harmless() -> None:
 def test_next_deadline_before_the_first_tick() -> None:
     a = make_engine("a")
     assert a.next_deadline() == 0.0
+
+
+def test_a_flush_cuts_pattern_tombstones_to_the_per_message_cap_and_claims_still_chain() -> None:
+    config = replace(FAST, max_message_patterns=7)
+    link = linked("a", "b", config=config)
+    a, b = link["a"], link["b"]
+    for i in range(30):
+        a.set(f"k{i}", i, T0 + i / 1000)
+        a.invalidate_pattern(f"p{i}:*", T0 + i / 1000)
+    link.flush("a", T0 + 0.1)
+    pushes = [m for _, _, m in link.log if isinstance(m, Push)]
+    assert len(pushes) >= 30 // 7 + 1
+    assert all(len(p.patterns) <= 7 for p in pushes)
+    assert set(b.replica.patterns) == {f"p{i}:*" for i in range(30)}
+    assert len(b.replica.entries) == 30
+    assert b.replica.marks["a"] == a.replica.marks["a"]  # every claim chained
+
+
+def test_a_pattern_tombstone_beyond_the_cap_is_refused_and_marks_stay() -> None:
+    link = linked("a", "b")
+    b = link["b"]
+    b.replica._pattern_index.limit = 2
+    tombs = tuple(PatternTombstone(f"p{i}:*", ts(T0 + i), "a") for i in range(3))
+    out = b.handle("a", Push((), tombs, "a", -1, ts(T0 + 2)), T0 + 3)
+    assert set(b.replica.patterns) == {"p0:*", "p1:*"}
+    assert b.stats.refused_patterns == 1
+    assert b.replica.marks.get("a", -1) < ts(T0 + 2)
+    assert out == []  # and no exception: a refusal, not junk

@@ -51,8 +51,10 @@ def test_the_number_of_pattern_tombstones_is_capped() -> None:
     for i in range(3):
         replica.invalidate_pattern(f"p{i}:*", T)
     replica.set("p9:k", "v", T)
+    marks = dict(replica.marks)
     with pytest.raises(PatternLimitError, match="limit"):
         replica.invalidate_pattern("p9:*", T)
+    assert replica.marks == marks  # refused before anything changed
     assert "p9:*" not in replica.patterns and replica.lookup("p9:k", T) is not None
     remote = PatternTombstone("q:*", pack_ts(int(T * 1000), 9), "peer")
     with pytest.raises(PatternLimitError):
@@ -73,3 +75,53 @@ def test_collected_globs_leave_the_index() -> None:
     assert not replica.patterns
     assert replica.merge_entry("a:1", stale, T + 120) is not None  # beyond the grace
     assert replica.entries["a:1"].value is not TOMBSTONE
+
+
+batches = st.lists(
+    st.tuples(globs, st.integers(1, 60), st.sampled_from(["o", "p"])), min_size=1, max_size=8
+)
+states = st.lists(st.tuples(keys, st.integers(1, 60), st.sampled_from(["o", "p"])), max_size=12)
+
+
+def _replica(entries: list[tuple[str, int, str]], limit: int, unanchored: int) -> Replica:
+    replica = Replica(HybridClock("n"), max_patterns=limit)
+    replica._pattern_index.unanchored_limit = unanchored
+    for key, stamp, origin in entries:
+        replica.merge_entry(key, Entry("v", pack_ts(int(T * 1000), stamp), origin), T)
+    return replica
+
+
+@given(states, batches, st.integers(1, 6), st.integers(1, 3))
+def test_a_batch_of_pattern_tombstones_does_what_one_at_a_time_does(
+    entries: list[tuple[str, int, str]],
+    batch: list[tuple[str, int, str]],
+    limit: int,
+    unanchored: int,
+) -> None:
+    tombs = [PatternTombstone(g, pack_ts(int(T * 1000), s), o) for g, s, o in batch]
+    one_by_one = _replica(entries, limit, unanchored)
+    refused = 0
+    for tomb in tombs:
+        try:
+            one_by_one.merge_pattern(tomb, T)
+        except PatternLimitError:
+            refused += 1
+    together = _replica(entries, limit, unanchored)
+    removed, _, errors = together.merge_patterns(tombs, T)
+    assert together.entries == one_by_one.entries
+    assert together.patterns == one_by_one.patterns
+    assert bool(errors) == bool(refused)  # (a glob refused twice in one batch: once)
+    assert {c.key for c in removed} == set(_replica(entries, limit, unanchored).entries) - set(
+        together.entries
+    )
+
+
+def test_unanchored_globs_have_a_cap_of_their_own_and_are_skipped_at_once() -> None:
+    index = PatternIndex({}, limit=100, unanchored_limit=2)
+    index.put(PatternTombstone("*:a", 5, "o"))
+    index.put(PatternTombstone("*:b", 5, "o"))
+    assert index.admits("user:*") and not index.admits("*:c")
+    with pytest.raises(PatternLimitError, match="without a literal prefix"):
+        index.put(PatternTombstone("*:c", 5, "o"))
+    assert list(index.candidates("user:z")) == []  # the union matched nothing
+    assert [t.pattern for _, t in index.candidates("user:b")] == ["*:a", "*:b"]

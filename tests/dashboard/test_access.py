@@ -34,9 +34,9 @@ def test_loopback_hosts(host: str, loopback: bool) -> None:
     assert is_loopback_host(host) is loopback
 
 
-def test_loopback_needs_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_loopback_without_a_secret_needs_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(PUBLIC_ENV, raising=False)
-    chosen = bind_policy("127.0.0.1:8080", secret=SECRET)
+    chosen = bind_policy("127.0.0.1:8080", secret=None)
     assert (chosen.host, chosen.port, chosen.loopback, chosen.token) == (
         "127.0.0.1",
         8080,
@@ -44,6 +44,19 @@ def test_loopback_needs_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
         None,
     )
     assert bind_policy("[::1]:0", secret=None).host == "::1"
+
+
+def test_loopback_with_a_secret_needs_the_token_unless_public(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Issue 12: other users of the machine are no cluster members either. (Before,
+    # a loopback dashboard was open whatever the secret.)
+    monkeypatch.delenv(PUBLIC_ENV, raising=False)
+    chosen = bind_policy("127.0.0.1:8080", secret=SECRET)
+    assert (chosen.loopback, chosen.token) == (True, access_token(SECRET))
+    assert bind_policy("127.0.0.1:8080", secret=SECRET, public=True).token is None
+    monkeypatch.setenv(PUBLIC_ENV, "1")
+    assert bind_policy("localhost:8080", secret=SECRET).token is None
 
 
 def test_non_loopback_is_refused_without_secret_or_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:

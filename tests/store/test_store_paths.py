@@ -272,3 +272,40 @@ def _open_outcome(path: Path) -> str:
     except PersistenceError as exc:
         return f"error: {exc}"
     return "opened"
+
+
+@posix_only
+@pytest.mark.parametrize("mask", [0o022, 0o000], ids=["umask-022", "umask-000"])
+def test_a_replicating_node_keeps_its_store_wal_and_shm_private(tmp_path: Path, mask: int) -> None:
+    """Issue 12, item 12: data from a peer over loopback lands in files only the owner reads."""
+    import asyncio
+
+    from crdtcache import Cache
+
+    path = tmp_path / "node.db"
+
+    async def scenario() -> dict[str, int]:
+        writer = Cache(backend="p2p", discovery="none")
+        await writer.start()
+        assert writer.address is not None
+        stored = Cache(backend="p2p", discovery="none", seeds=[writer.address], persist_path=path)
+        await stored.start()
+        try:
+            await stored.wait_for_peers(1)
+            await writer.set("secret-key", "secret value")
+            for _ in range(200):
+                if await stored.get("secret-key") == "secret value":
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.3)  # a persistence batch
+            return {p.name: _mode(p) for p in tmp_path.iterdir()}  # while open
+        finally:
+            await stored.close()
+            await writer.close()
+
+    with _umask(mask):
+        modes = asyncio.run(scenario())
+    # (No -shm file: the store locks exclusively, so SQLite keeps the WAL index in
+    # memory; any file beside the store that does appear is checked all the same.)
+    assert {"node.db", "node.db-wal"} <= set(modes), modes
+    assert all(mode == FILE_MODE for mode in modes.values()), modes

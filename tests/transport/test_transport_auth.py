@@ -445,7 +445,8 @@ class RawPeer:
         assert node.address is not None
         host, port = parse_address(node.address)
         peer = cls(*await asyncio.open_connection(host, port))
-        shake = Handshake(keyring(secret), _hello(node_id), initiator=True)
+        # A listening port: gossip from a client link (port 0) is ignored.
+        shake = Handshake(keyring(secret), _hello(node_id, port=1), initiator=True)
         peer.writer.write(encode_frame(shake.start()))
         while shake.state != DONE:
             body = await _read_frame(peer.reader)

@@ -148,7 +148,7 @@ async def test_silent_peer_hits_the_handshake_timeout(caplog: pytest.LogCaptureF
 
 async def test_far_future_stamps_are_refused_and_counted(cluster3: list[Node]) -> None:
     _reader, writer = await _open(cluster3[0])
-    writer.write(_hello())
+    writer.write(_hello(port=1))  # a member: a client link's gossip is ignored
     future = pack_ts(int((time.time() + 3600) * 1000))
     writer.write(encode_frame(encode(Push((("pinned", Entry("v", future, "intruder")),)))))
     await writer.drain()
@@ -163,11 +163,12 @@ async def test_connection_flood_is_refused_beyond_the_limit(
     caplog.set_level(logging.WARNING, logger="crdtcache.transport._node")
     nodes = await start_cluster(2, prefix="flood")
     a, b = nodes
-    a.max_connections = 4
+    a.max_connections = 4  # accepted links: b's and three more
     opened = []
     try:
-        for _ in range(20):
+        for i in range(20):
             opened.append(await _open(a))
+            opened[-1][1].write(_hello(f"flood-client-{i}"))
         await wait_for(lambda: a.refused_connections >= 10, 3)
         assert any("refusing a connection" in r.getMessage() for r in caplog.records)
         write(b, "during-flood", 1)

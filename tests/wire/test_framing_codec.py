@@ -207,3 +207,85 @@ def test_the_decoder_says_how_many_bytes_complete_the_frame() -> None:
     with pytest.raises(FrameTooLarge) as refused:
         decoder.feed(b"\x16\x03\x01\x00")
     assert refused.value.header == b"\x16\x03\x01\x00"
+
+
+# ------------------------------------------------------------ budgets and caps
+def _array(count: int, items: bytes) -> bytes:
+    return b"\xdd" + count.to_bytes(4, "big") + items
+
+
+def test_a_frame_of_more_containers_than_its_budget_is_refused() -> None:
+    from crdtcache.wire._codec import BYTES_PER_CONTAINER, MIN_CONTAINERS
+
+    # Empty arrays are the cheapest containers to send (one byte) and dear to hold.
+    def frame(n: int) -> bytes:
+        return _array(n + 1, b"\x02" + b"\x90" * n)  # [2, [], [], ...]
+
+    fits = MIN_CONTAINERS  # and the outer array: the budget also grows with the size
+    with pytest.raises(ProtocolError, match="push must have"):
+        decode(frame(fits))  # within budget: refused for its shape only
+    over = 60_000
+    assert over > len(frame(over)) // BYTES_PER_CONTAINER + MIN_CONTAINERS
+    with pytest.raises(ProtocolError, match="over budget"):
+        decode(frame(over))
+
+
+def test_a_frame_of_more_items_than_its_budget_is_refused() -> None:
+    from crdtcache.wire._codec import MAX_FRAME_ITEMS
+
+    # Two-byte strings, a hundred thousand to an array: few containers, many items.
+    strings = b"".join(b"\xa1" + bytes((65 + i % 26,)) for i in range(65_000))
+    arrays = MAX_FRAME_ITEMS // 65_000 + 1
+    body = _array(arrays + 1, b"\x02" + (b"\xdc\xfd\xe8" + strings) * arrays)
+    with pytest.raises(ProtocolError, match="over budget"):
+        decode(body, max_bytes=len(body))
+
+
+def test_admin_fields_nested_deeper_than_the_cap_are_refused() -> None:
+    from crdtcache.wire._codec import MAX_DEPTH, AdminReply, AdminRequest
+
+    def nested(depth: int) -> object:
+        value: object = 1
+        for _ in range(depth - 1):
+            value = [value]
+        return value
+
+    ok = decode(encode(AdminRequest(1, "set", ("k", nested(MAX_DEPTH - 1), None))))
+    assert isinstance(ok, AdminRequest)
+    with pytest.raises(ProtocolError, match="nested deeper"):
+        decode(encode(AdminRequest(1, "set", ("k", nested(MAX_DEPTH + 1), None))))
+    with pytest.raises(ProtocolError, match="nested deeper"):
+        decode(encode(AdminReply(1, True, {"a": nested(MAX_DEPTH + 1)})))
+
+
+def test_more_pattern_tombstones_than_the_cap_per_message_are_refused() -> None:
+    from crdtcache.wire._codec import MAX_MESSAGE_PATTERNS
+
+    def push(n: int) -> bytes:
+        tombs = tuple(PatternTombstone(f"p{i}:*", 9, "n1") for i in range(n))
+        return encode(Push((), tombs, "n1", 1, 2))
+
+    decoded = decode(push(MAX_MESSAGE_PATTERNS))
+    assert isinstance(decoded, Push) and len(decoded.patterns) == MAX_MESSAGE_PATTERNS
+    with pytest.raises(ProtocolError, match="pattern tombstones per message"):
+        decode(push(MAX_MESSAGE_PATTERNS + 1))
+
+
+def test_the_largest_hello_fits_the_hello_limit() -> None:
+    from crdtcache.core._format import MAX_CLUSTER_CHARS, MAX_NODE_ID_CHARS
+    from crdtcache.core._hlc import MAX_TS
+    from crdtcache.wire._codec import MAX_HELLO_BYTES
+
+    wide = "\U0001f600"
+    hello = Hello(1 << 16, wide * MAX_CLUSTER_CHARS, wide * MAX_NODE_ID_CHARS, 65535, MAX_TS)
+    assert len(encode(hello)) <= MAX_HELLO_BYTES
+    assert decode(encode(hello), max_bytes=MAX_HELLO_BYTES) == hello
+
+
+def test_a_refusal_shows_a_hostile_value_briefly() -> None:
+    # A stamp field holding a 1000-deep list: the refusal quotes a few levels only.
+    deep = b"\x91" * 1000 + b"\x01"
+    body = b"\x98\x02\x91\x96\xa1k\x00\x01" + deep + b"\xa1n\xc0\x90\xc0\x01\x02\x00\x00"
+    with pytest.raises(ProtocolError) as info:
+        decode(body)
+    assert len(str(info.value)) < 300

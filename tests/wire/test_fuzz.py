@@ -2,6 +2,10 @@
 
 The property everywhere: whatever bytes arrive, the only exception is a
 :class:`ProtocolError` (which drops the stream), and every input is handled quickly.
+Every message that does decode respects the caps: at most ``MAX_MESSAGE_PATTERNS``
+pattern tombstones, admin fields no deeper than ``MAX_DEPTH``, a first frame no larger
+than a hello; ``_amplified`` blows inputs up to frames that reach the per-frame
+container and item budgets.
 
 Three ways to run it:
 
@@ -54,7 +58,16 @@ from crdtcache.transport import (
     encode_frame,
 )
 from crdtcache.wire._auth import _STEP_PROOF, AWAIT_PROOF, DONE, PEER_PROVED, _tag
-from crdtcache.wire._codec import AuthProof, PeerList, WireMessage
+from crdtcache.wire._codec import (
+    MAX_DEPTH,
+    MAX_HELLO_BYTES,
+    MAX_MESSAGE_PATTERNS,
+    AdminReply,
+    AdminRequest,
+    AuthProof,
+    PeerList,
+    WireMessage,
+)
 
 SECRET = b"fuzzing-secret-0123456789abcdef!"
 KEY = b"k" * 32
@@ -114,8 +127,51 @@ def _at_await_accept() -> Handshake:
 
 
 # ------------------------------------------------------------ the targets
+def _checked(message: WireMessage) -> None:
+    """What every decoded message must respect (the per-frame and per-message caps)."""
+    patterns = getattr(message, "patterns", ())
+    assert len(patterns) <= MAX_MESSAGE_PATTERNS, "pattern cap per message"
+    if isinstance(message, AdminRequest | AdminReply):
+        free = list(message.args) if isinstance(message, AdminRequest) else [message.result]
+        assert _depth(free) <= MAX_DEPTH + 1, "depth cap of admin fields"
+
+
+def _depth(value: object) -> int:
+    level, depth = [value], 0
+    while level:
+        depth += 1
+        below: list[object] = []
+        for v in level:
+            if isinstance(v, list):
+                below += v
+            elif isinstance(v, dict):
+                below += v.values()
+        level = below
+    return depth
+
+
 def _decode(data: bytes) -> None:
-    decode(data)
+    _checked(decode(data))
+
+
+def _amplified(data: bytes) -> None:
+    # The input repeated into a frame of up to 512 KiB, as one array: reaches the
+    # per-frame budgets (containers, items) that small inputs never exhaust.
+    if not data:
+        return
+    times = min(len(data) * 97 % 4096 + 1, (512 << 10) // len(data))
+    body = b"\xdd" + times.to_bytes(4, "big") + data * times
+    started = time.monotonic()
+    _checked(decode(body))
+    assert time.monotonic() - started < SLOW_INPUT_SECONDS
+
+
+def _first_frame(data: bytes) -> None:
+    # Before any handshake a frame may be no larger than the largest hello.
+    decoder = FrameDecoder(max_bytes=MAX_HELLO_BYTES)
+    for body in decoder.feed(data):
+        assert len(body) <= MAX_HELLO_BYTES
+        _checked(decode(body))
 
 
 def _frames(data: bytes) -> None:
@@ -158,7 +214,7 @@ def _opener(data: bytes) -> None:
 
 def _sealed_then_decoded(data: bytes) -> None:
     # What an authenticated peer can make this node decode.
-    decode(FrameOpener(KEY).open(FrameSealer(KEY).seal(data)))
+    _checked(decode(FrameOpener(KEY).open(FrameSealer(KEY).seal(data))))
 
 
 TARGETS: list[Callable[[bytes], None]] = [
@@ -171,6 +227,8 @@ TARGETS: list[Callable[[bytes], None]] = [
     _proven_hello,
     _opener,
     _sealed_then_decoded,
+    _amplified,
+    _first_frame,
 ]
 
 
@@ -196,7 +254,14 @@ def _corpus() -> list[bytes]:
         Bye(),
         PeerList((("n1", "127.0.0.1", 7000),)),
     ]
+    many = tuple(PatternTombstone(f"p{i}:*", 9, "n1") for i in range(MAX_MESSAGE_PATTERNS))
+    messages += [
+        Push((), many, "n1", 1, 2, 3, 4),  # at the pattern cap: one more is refused
+        AdminRequest(1, "set", ("k", [[[[1]]]], None)),
+        AdminReply(1, True, {"a": [{"b": [1]}]}),
+    ]
     bodies = [encode(m) for m in messages] + WIRE
+    bodies += [b"\x92\x02" + b"\x91" * 40 + b"\xc0", b"\xdc\x10\x00" + b"\x90" * 4096]
     sealer = FrameSealer(KEY)
     sealed = [sealer.seal(b) for b in bodies[:4]]
     return bodies + sealed + [encode_frame(b) for b in bodies[:3]] + [b""]
