@@ -243,13 +243,15 @@ class ConditionalWriter:
         held[1] += 1  # callers holding or waiting: the lock goes with the last
         try:
             async with held[0]:
-                return await self._decide(build)
+                return await self._decide(key, build)
         finally:
             held[1] -= 1
             if not held[1]:
                 del self._busy[key]
 
-    async def _decide(self, build: Callable[[int, int], Call]) -> tuple[int, _Answer] | None:
+    async def _decide(
+        self, key: str, build: Callable[[int, int], Call]
+    ) -> tuple[int, _Answer] | None:
         """Call until Redis decides; ``(stamp, answer)`` if it wrote, None if it declined.
 
         Raises :class:`NotAnInteger` (incr on a value that is not an int) and
@@ -258,9 +260,10 @@ class ConditionalWriter:
         """
         proto = self.protocol
         clock = proto.replica.clock
-        # This instance's own writes not in Redis yet come first: Redis must decide on
-        # them too (a write-behind set, then an add of the same key).
-        await self.writer.write_outbox()
+        # This instance's own writes of the key not in Redis yet come first -- queued or
+        # in a batch the write-behind task is sending: Redis must decide on them too
+        # (a write-behind set or delete, then an add of the same key).
+        await self.writer.write_landed(key)
         for _ in range(ATTEMPTS):
             ts = clock.tick(self._clock())
             ack = proto.expect_acks() if self._acks else 0

@@ -83,6 +83,9 @@ class BatchWriter:
         self._ack_done: dict[int, asyncio.Future[None]] = {}
         # Acks asked for by conditional writes (._conditional), awaited by the next flush.
         self._awaited: list[int] = []
+        # Set (and replaced) each time a batch is answered or goes back to the outbox:
+        # what waits for another caller's batch (see write_landed) waits on it.
+        self._answered = asyncio.Event()
 
     def wake(self) -> None:
         """Writes are queued: write them within ``sync_interval``."""
@@ -213,6 +216,29 @@ class BatchWriter:
                     await asyncio.wait_for(self._reachable.wait(), delay)
                 delay = min(delay * 2, RECONNECT_MAX)
 
+    def _batch_done(self) -> None:
+        """A batch left the air (answered, failed or abandoned): wake its waiters."""
+        self._answered.set()
+        self._answered = asyncio.Event()
+
+    async def write_landed(self, key: str) -> None:
+        """Write what is queued, then wait until no write of ``key`` is still on its
+        way to Redis.
+
+        :meth:`write_outbox` alone is not enough: the write-behind task may have taken
+        a batch out of the outbox and not have its answer yet. A conditional write
+        decided by Redis before that batch lands would judge the key by an older
+        record (an ``add`` after a ``delete`` refused, an ``incr`` after a ``set``
+        counting from 0).
+        Raises :class:`PeerError` like :meth:`write_outbox`.
+        """
+        outbox = self.protocol.outbox
+        while True:
+            await self.write_outbox()
+            if key not in outbox.inflight and key not in outbox.queued:
+                return
+            await self._answered.wait()
+
     async def write_outbox(self) -> None:
         """Write everything queued, :data:`PIPELINE_DEPTH` batches in flight at once;
         what fails goes back to the outbox.
@@ -276,6 +302,7 @@ class BatchWriter:
             raise
         finally:
             writes.sent(batch)
+            self._batch_done()
         recheck = writes.answered(batch, results, flight.report, self._clock())
         self._dispatch()
         return recheck, confirmed
@@ -287,6 +314,7 @@ class BatchWriter:
         writes = self.protocol.writes
         writes.put_back(flight.batch.entries, flight.batch.patterns, requeue=True)
         writes.sent(flight.batch)
+        self._batch_done()
 
     async def _reload_for(self, recheck: list[Write], *, requeue: bool) -> None:
         """Reload the pattern tombstones before ``recheck`` is written again.
@@ -303,6 +331,7 @@ class BatchWriter:
             raise
         finally:
             outbox.sent(recheck)
+            self._batch_done()
 
     async def write(
         self,

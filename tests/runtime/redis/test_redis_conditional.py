@@ -178,3 +178,70 @@ async def test_a_stamp_too_far_ahead_of_the_server_is_refused(redis_url: str, cl
                 await call
     finally:
         await cache.close()
+
+
+class _HeldBatches:
+    """Holds every batch sent to Redis until released (a slow link, controlled)."""
+
+    def __init__(self, cache: object) -> None:
+        self.commands = runtime(cache).commands  # type: ignore[arg-type]
+        self._send = self.commands.pipeline_replicated
+        self.release = asyncio.Event()
+        self.held = 0
+        self.commands.pipeline_replicated = self._held  # type: ignore[method-assign]
+
+    async def _held(self, *args: object) -> object:
+        self.held += 1
+        await self.release.wait()
+        return await self._send(*args)
+
+    def restore(self) -> None:
+        self.commands.pipeline_replicated = self._send  # type: ignore[method-assign]
+
+
+async def _in_redis(cache: object, key: str) -> bool:
+    """Whether this instance's writes of ``key`` have all landed in Redis."""
+    outbox = runtime(cache).protocol.outbox  # type: ignore[arg-type]
+    return key not in outbox.queued and key not in outbox.inflight
+
+
+async def _write_behind_in_the_air(cache: object, held: _HeldBatches) -> None:
+    """Wait until the write-behind task has taken the outbox and sent it (held)."""
+    proto = runtime(cache).protocol  # type: ignore[arg-type]
+
+    async def probe() -> tuple[int, bool]:
+        return held.held, bool(proto.outbox)
+
+    await eventually(probe, (1, False))
+
+
+@pytest.mark.parametrize("op", ["add", "incr", "touch"])
+async def test_a_conditional_write_waits_for_its_keys_write_behind_batch_in_the_air(
+    redis_url: str, cluster: str, op: str
+) -> None:
+    # The write-behind task has taken a delete (or a set) out of the outbox and not
+    # had Redis's answer: a conditional write of that key must not be decided by
+    # Redis before it lands (an add after a delete refused, an incr after a set
+    # counting from 0, a touch after a set finding nothing).
+    (a,) = await redis_caches(1, url=redis_url, cluster=cluster, sync_interval=0.01)
+    await a.set("k", 41)
+    await eventually(lambda: _in_redis(a, "k"), True)
+    held = _HeldBatches(a)
+    try:
+        if op == "add":
+            await a.delete("k")
+        else:
+            await a.set("k", 42)
+        await _write_behind_in_the_air(a, held)
+        decided = asyncio.ensure_future(
+            a.add("k", "new") if op == "add" else a.incr("k") if op == "incr" else a.touch("k", 60)
+        )
+        await asyncio.sleep(0.05)
+        assert not decided.done()  # it waits for the batch in the air
+        held.release.set()
+        got = await asyncio.wait_for(decided, 10)
+        held.restore()
+        assert got == {"add": True, "incr": 43, "touch": True}[op]
+    finally:
+        held.release.set()
+        await a.close()
