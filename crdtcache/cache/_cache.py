@@ -27,18 +27,18 @@ the runtime ``answers_misses`` (redis), so a p2p miss costs no network round tri
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from crdtcache._errors import CacheError, PeerError, SerializationError, ValidationError
 from crdtcache.cache._admin import serve_admin
 from crdtcache.cache._compose import Parts, assemble, choose_node_id
-from crdtcache.cache._events import CacheEvent, InvalidationRule
+from crdtcache.cache._events import CacheEvent
 from crdtcache.cache._health import assess
 from crdtcache.cache._options import CacheOptions, check_ttl, takes_options
+from crdtcache.cache._refresh import Refresher, maybe_await, rule_handler
 from crdtcache.cache._reporting import Callback, Reporter
 from crdtcache.cache._schema import ValueCodec
 from crdtcache.cache._services import Service, prepare_services
@@ -198,6 +198,7 @@ class Cache:
         self._fetching: dict[str, int] = {}
         self._inflight: dict[str, asyncio.Future[object]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._refresher: Refresher | None = None
         self._enforce_pending = False
         self._unsubscribe: list[Callable[[], None]] = []
         self._running_services: list[Service] = []
@@ -249,15 +250,29 @@ class Cache:
         self._state = _RUNNING
         if config.event_bus is not None:
             for rule in config.invalidation_rules:
-                handler = self._rule_handler(rule)
+                handler = rule_handler(
+                    rule,
+                    invalidate=self.invalidate,
+                    invalidate_pattern=self.invalidate_pattern,
+                    loop=loop,
+                )
                 self._unsubscribe.append(config.event_bus.on(rule.event, handler))
         if config.warm_up is not None:
             try:
-                await _maybe_await(config.warm_up(self))
+                await maybe_await(config.warm_up(self))
             except Exception:
                 log.exception("warm_up failed; the cache starts without it")
         if config.refresh is not None:
-            self._tasks.append(loop.create_task(self._refresh_forever()))
+            assert config.refresh_interval is not None
+            self._refresher = Refresher(
+                config.refresh,
+                config.refresh_interval,
+                node_id=lambda: self._node_id,
+                replica=lambda: self._running().replica,
+                clock=self._clock,
+                store=self.set,
+            )
+            self._tasks.append(loop.create_task(self._refresher.run_forever()))
         if parts.persistence is not None:
             self._tasks.append(loop.create_task(parts.persistence.run(parts.replica)))
         try:
@@ -884,7 +899,7 @@ class Cache:
         flight: asyncio.Future[object] = self._loop.create_future()
         self._inflight[key] = flight
         try:
-            stored = self._codec.dump(key, await _maybe_await(loader()))
+            stored = self._codec.dump(key, await maybe_await(loader()))
             await self._fill(key, stored, ttl)
         except asyncio.CancelledError:
             flight.cancel()
@@ -960,67 +975,6 @@ class Cache:
         and never breaks the cache. Raises :class:`ConfigError` for an unknown event.
         """
         return self._reporter.on(event, callback)
-
-    def _rule_handler(self, rule: InvalidationRule) -> Callable[[str, Any], Awaitable[None]]:
-        async def handle(event: str, data: Any) -> None:
-            try:
-                target = rule.render(data)
-            except LookupError as exc:
-                log.warning("%s on %r: %s; nothing invalidated", rule, event, exc)
-                return
-            write = self.invalidate_pattern(target) if rule.is_glob else self.invalidate(target)
-            if asyncio.get_running_loop() is self._loop:
-                await write
-            else:  # emitted in another thread's loop (SyncCache): run it in ours
-                assert self._loop is not None
-                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(write, self._loop))
-
-        return handle
-
-    # -------------------------------------------------------------- refresh
-    async def _refresh_forever(self) -> None:
-        interval = self._config.refresh_interval
-        assert interval is not None
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self._refresh_round()
-            except CacheError as exc:
-                log.warning("refresh round stopped: %s", exc)
-
-    async def _refresh_round(self) -> int:
-        """Reload every live value this node wrote last; returns how many were set.
-
-        Only the node that wrote a key refreshes it, so a cluster reloads each key
-        once per round, not once per node.
-        """
-        replica = self._running().replica
-        refresh = self._config.refresh
-        assert refresh is not None
-        now = self._clock()
-        mine = [
-            key
-            for key, e in replica.entries.items()
-            if e.origin == self._node_id and e.held and not e.expired(now)
-        ]
-        done = 0
-        for key in mine:
-            try:
-                value = await _maybe_await(refresh(key))
-            except Exception:
-                log.exception("refresh of %r failed; keeping the current value", key)
-                continue
-            if replica.lookup(key, self._clock()) is None:
-                continue  # deleted while reloading: do not bring it back
-            try:
-                await self.set(key, value)
-            except PeerError as exc:
-                log.warning("refresh: %s", exc)
-            except CacheError as exc:
-                log.warning("refresh of %r returned a value that cannot be stored: %s", key, exc)
-                continue
-            done += 1
-        return done
 
     # ------------------------------------------------------------ snapshots
     async def snapshot(self) -> bytes:
@@ -1110,9 +1064,3 @@ def _check_pattern(pattern: object) -> None:
         raise SerializationError("a pattern must be a non-empty str (an fnmatch glob)")
     if len(pattern) > MAX_KEY_CHARS:
         raise SerializationError(f"pattern of {len(pattern)} characters exceeds {MAX_KEY_CHARS}")
-
-
-async def _maybe_await(value: Any) -> Any:
-    if inspect.isawaitable(value):
-        return await value
-    return value

@@ -58,7 +58,7 @@ async def test_refresh_round_reloads_own_live_keys(clock: FakeClock) -> None:
         await cache.delete("gone")
         remote_push(cache, {"theirs": "old"})
         clock.advance(2)
-        assert await cache._refresh_round() == 1
+        assert await _refresh_round(cache) == 1
         assert loads == ["a"]
         assert await cache.get("a") == "A"
         assert await cache.get("theirs") == "old"
@@ -76,7 +76,7 @@ async def test_refresh_errors_keep_the_value(
         await cache.set("boom", 1)
         await cache.set("odd", 2)
         with caplog.at_level(logging.WARNING):
-            assert await cache._refresh_round() == 0
+            assert await _refresh_round(cache) == 0
         assert (await cache.get("boom"), await cache.get("odd")) == (1, 2)
         assert "source down" in caplog.text and "cannot be stored" in caplog.text
 
@@ -88,7 +88,7 @@ async def test_refresh_does_not_resurrect_a_key_deleted_meanwhile(clock: FakeClo
 
     async with memory_cache(clock, refresh=reload, refresh_interval=3600) as cache:
         await cache.set("k", 1)
-        assert await cache._refresh_round() == 0
+        assert await _refresh_round(cache) == 0
         assert await cache.get("k") is None
 
 
@@ -239,3 +239,9 @@ async def test_cached_key_and_invalidate(cache: Cache) -> None:
 
     with pytest.raises(ConfigError, match="returned int, not str"):
         odd.key(1)
+
+
+async def _refresh_round(cache: Cache) -> int:
+    """One refresh round now (instead of waiting for ``refresh_interval``)."""
+    assert cache._refresher is not None
+    return await cache._refresher.round()
