@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import heapq
 import sys
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Final
 
 from crdtcache.core import NOT_HELD, TOMBSTONE, Entry, Replica
@@ -242,6 +242,38 @@ class LocalTier:
         self.shed += len(oldest)
         return len(oldest)
 
+    def _new_pass(self, entries: Mapping[str, Entry], *, forget: bool) -> bool:
+        """Start a pass of the clock hand over every held value; False if none is."""
+        # Counters are never evicted to stubs (see Replica.evict), only dropped.
+        self._ring = [
+            k for k, e in entries.items() if _held(e) and (forget or type(e.value) is not Counter)
+        ]
+        self._hand = 0
+        self.epoch = (self.epoch + 1) & 0xFF
+        return bool(self._ring)
+
+    def _reason(
+        self, key: str, e: Entry, now: float, passes: int, keep: Collection[str]
+    ) -> str | None:
+        """Why ``key`` goes now (ttl, size or memory), or None if it is spared."""
+        if key in keep and passes < 4:
+            return None
+        expired = e.expires is not None and e.expires <= now
+        # Spare keys used in this pass or the last. Within one call nothing else
+        # marks keys on this thread, so the third pass finds unmarked ones; past it,
+        # marks from caller threads are ignored so they cannot stall eviction.
+        if (
+            not expired
+            and passes < 3
+            and (self.epoch - self.bits[hash(key) & self.mask]) & 0xFF <= 1
+        ):
+            return None
+        if expired:
+            return "ttl"
+        if self.max_size is not None and self.count > self.max_size:
+            return "size"
+        return "memory"
+
     def touch(self, key: str) -> None:
         """Mark ``key`` recently used (safe from any thread)."""
         self.bits[hash(key) & self.mask] = self.epoch
@@ -259,7 +291,6 @@ class LocalTier:
         """
         evicted: list[tuple[str, str]] = []
         entries = replica.entries
-        bits, mask = self.bits, self.mask
         passes = 0
         while self.over:
             if self._stubs_first():
@@ -267,36 +298,17 @@ class LocalTier:
                     break  # nothing left that may be shed (this node's own writes)
                 continue
             if self._hand >= len(self._ring):
-                # Counters are never evicted to stubs (see Replica.evict), only dropped.
-                self._ring = [
-                    k
-                    for k, e in entries.items()
-                    if _held(e) and (forget or type(e.value) is not Counter)
-                ]
-                self._hand = 0
-                self.epoch = (self.epoch + 1) & 0xFF
+                if not self._new_pass(entries, forget=forget):
+                    break  # nothing evictable is held: only counters or stubs
                 passes += 1
-                if not self._ring:  # nothing evictable is held: only counters or stubs
-                    break
             key = self._ring[self._hand]
             self._hand += 1
             e = entries.get(key)
             if e is None or not _held(e):
                 continue
-            if key in keep and passes < 4:
+            reason = self._reason(key, e, now, passes, keep)
+            if reason is None:
                 continue
-            expired = e.expires is not None and e.expires <= now
-            # Spare keys used in this pass or the last. Within one call nothing else
-            # marks keys on this thread, so the third pass finds unmarked ones; past it,
-            # marks from caller threads are ignored so they cannot stall eviction.
-            if not expired and passes < 3 and (self.epoch - bits[hash(key) & mask]) & 0xFF <= 1:
-                continue
-            if expired:
-                reason = "ttl"
-            elif self.max_size is not None and self.count > self.max_size:
-                reason = "size"
-            else:
-                reason = "memory"
             if forget:
                 replica.drop(key)
             elif not replica.evict(key):

@@ -145,6 +145,28 @@ def _wait_replicas(options: dict[str, str]) -> int:
     return int(raw)
 
 
+def _credentials(userinfo: str) -> tuple[str | None, str | None]:
+    """The user name and password of a URL's ``user:password`` part."""
+    user, colon, secret = userinfo.partition(":")
+    return unquote(user) or None, unquote(secret) if colon else None
+
+
+def _service_and_db(kind: str, path: str) -> tuple[str | None, int]:
+    """The sentinel service name (None for a cluster) and database number of a path."""
+    segments = [unquote(s) for s in path.split("/") if s]
+    service = None
+    if kind == SENTINEL:
+        if not segments:
+            raise ValueError("names the service the sentinels monitor: .../<service>[/<db>]")
+        service, segments = segments[0], segments[1:]
+    if len(segments) > 1 or (segments and not segments[0].isdigit()):
+        raise ValueError("names a database by its number")
+    db = int(segments[0]) if segments else 0
+    if kind == CLUSTER and db != 0:
+        raise ValueError("names a Redis Cluster, which has only database 0")
+    return service, db
+
+
 def parse_redis_url(url: str) -> RedisTarget:
     """The target ``url`` names; ValueError if it is malformed.
 
@@ -169,26 +191,12 @@ def parse_redis_url(url: str) -> RedisTarget:
         return RedisTarget(SINGLE, base + (f"?{kept}" if kept else ""), tls, wait_replicas=wait)
     netloc, _, path = rest.partition("/")
     userinfo, at, hostlist = netloc.rpartition("@")
-    username = password = None
-    if at:
-        user, colon, secret = userinfo.partition(":")
-        username = unquote(user) or None
-        password = unquote(secret) if colon else None
+    username, password = _credentials(userinfo) if at else (None, None)
     default_port = SENTINEL_PORT if kind == SENTINEL else CLUSTER_PORT
     hosts = tuple(_endpoint(h, default_port) for h in hostlist.split(",") if h)
     if not hosts:
         raise ValueError("must list at least one host")
-    segments = [unquote(s) for s in path.split("/") if s]
-    service = None
-    if kind == SENTINEL:
-        if not segments:
-            raise ValueError("names the service the sentinels monitor: .../<service>[/<db>]")
-        service, segments = segments[0], segments[1:]
-    if len(segments) > 1 or (segments and not segments[0].isdigit()):
-        raise ValueError("names a database by its number")
-    db = int(segments[0]) if segments else 0
-    if kind == CLUSTER and db != 0:
-        raise ValueError("names a Redis Cluster, which has only database 0")
+    service, db = _service_and_db(kind, path)
     return RedisTarget(
         kind,
         url,
