@@ -705,20 +705,25 @@ class GossipEngine:
         state.ok = state.ok and ok
         if state.listed is not None:
             state.listed.update(k for k, _ in m.entries)
-        if len(state.seen) < state.parts:
-            return []
-        del self._inbound[key]
+        if len(state.seen) == state.parts:
+            self._sync_answered(state, m, now)
+        return []
+
+    def _sync_answered(self, state: _Inbound, m: SyncResponse, now: float) -> None:
+        """Every part of an anti-entropy answer is in: adopt its marks (and, for a full
+        state, forget what it did not list), unless a part disagreed or failed."""
+        sender = state.peer
+        del self._inbound[(sender, m.exchange)]
+        info = self.peers.get(sender)
         if info is not None and info.pulling == m.exchange:
             info.pulling = None
-        if state.ok and not self._marks_within_drift(sender, m.marks, now):
-            state.ok = False
-        if state.ok:
-            if state.listed is not None:
-                for change in self.replica.forget_unlisted(state.listed, m.marks):
-                    self._change(change)
-            self.replica.advance_marks(m.marks)
-            self.stats.syncs_completed += 1
-        return []
+        if not state.ok or not self._marks_within_drift(sender, m.marks, now):
+            return
+        if state.listed is not None:
+            for change in self.replica.forget_unlisted(state.listed, m.marks):
+                self._change(change)
+        self.replica.advance_marks(m.marks)
+        self.stats.syncs_completed += 1
 
     def _unsolicited(self, sender: str, m: SyncResponse, now: float) -> list[Outgoing]:
         """A sync answer to no pull of ours in flight: its entries only, like a relay.

@@ -487,6 +487,31 @@ class Replica:
         ``observed=True`` says the caller already passed a stamp at least as great
         to ``clock.observe`` (one drift check per message instead of per entry).
         """
+        if not self._admissible(key, entry, now, observed):
+            return None
+        local = self.entries.get(key)
+        if local is not None:
+            if local.ts == entry.ts and local.origin == entry.origin:
+                # The same write: fill in a value this node did not hold, else keep ours.
+                if local.value is NOT_HELD and entry.value is not NOT_HELD:
+                    self._put(key, entry, local)
+                return None
+            if self.resolver is None:
+                if type(local) is not Entry or type(entry) is not Entry:  # amended
+                    return self._merge_lineages(key, local, entry, now)
+                if not _beats(entry.ts, entry.origin, local):
+                    return None
+            elif self._resolve(key, local, entry) is local:
+                return None
+        self._put(key, entry, local)
+        return Change(
+            key, "delete" if entry.value is TOMBSTONE else "set", entry.origin, entry.ts, True
+        )
+
+    def _admissible(self, key: str, entry: Entry, now: float, observed: bool) -> bool:
+        """Whether a remote entry may be compared with ours at all: not below the floor,
+        not covered by a pattern tombstone. Raises :class:`ClockDriftError` for a stamp
+        too far ahead (see :meth:`merge_entry`)."""
         if not observed:
             try:
                 self.clock.observe(entry.ts, now)
@@ -498,32 +523,11 @@ class Replica:
         if entry.ts <= self.floor and key not in self.entries:
             # This key may have been shed with a newer stamp: never let an older win.
             self.refused_floor += 1
-            return None
+            return False
         # Everything that can fail (a resolver is user code) runs before the map changes.
         if self.resolver is None:
-            if self._entry_covered(key, entry):
-                return None
-        elif self.patterns and self._pattern_beats(key, entry) is not None:
-            return None
-        local = self.entries.get(key)
-        if local is not None:
-            if local.ts == entry.ts and local.origin == entry.origin:
-                # The same write: fill in a value this node did not hold, else keep ours.
-                if local.value is NOT_HELD and entry.value is not NOT_HELD:
-                    self._put(key, entry, local)
-                return None
-            if self.resolver is None:
-                if type(local) is Entry and type(entry) is Entry:  # the common case
-                    if not _beats(entry.ts, entry.origin, local):
-                        return None
-                else:
-                    return self._merge_lineages(key, local, entry, now)
-            elif self._resolve(key, local, entry) is local:
-                return None
-        self._put(key, entry, local)
-        return Change(
-            key, "delete" if entry.value is TOMBSTONE else "set", entry.origin, entry.ts, True
-        )
+            return not self._entry_covered(key, entry)
+        return not (self.patterns and self._pattern_beats(key, entry) is not None)
 
     def _merge_lineages(self, key: str, local: Entry, entry: Entry, now: float) -> Change | None:
         """Last-writer-wins where either copy is amended: lineage first (module doc)."""
