@@ -20,6 +20,10 @@ What is measured
    benchmark lifts that version gate and says so. Timing as in ``local_ops.py``:
    batches of about 0.25 ms, rows in a new random order every round, the collector off
    during a batch; the figure is the median over batches of the mean ns per read.
+   (``overhead``) **Sync overhead**: ``await cache.set`` on a p2p node replicating to two
+   peers (their own processes; write-behind) against the same call on
+   ``backend="memory"`` in the same worker, alternating over three rounds, writes
+   open-loop about 2 ms apart: the seed's "sync overhead under 5 %" as p50 and p99.
 2. **Visibility on N instances, each its own OS process** (N = 2 and 5). Instance A
    writes ``--writes`` times, open-loop (a gap drawn from 4-12 ms before each write);
    each other instance stamps ``time.monotonic()`` (one system-wide clock on Linux)
@@ -126,7 +130,7 @@ TP_BATCH = 1000  # crdtcache writer yields to its loop every TP_BATCH writes
 NATS_INFLIGHT = 500  # NATS KV puts in flight at a time in the throughput run
 REDIS_PIPELINE = 1000
 TTL = 3600.0
-SECTIONS = ("reads", "visibility", "throughput", "memory", "restart", "catchup")
+SECTIONS = ("reads", "overhead", "visibility", "throughput", "memory", "restart", "catchup")
 
 T = TypeVar("T")
 clock = time.monotonic
@@ -656,6 +660,28 @@ class Agent:
         self.stack.push_async_callback(cache.close)
         self.cache = cache
         return {"address": cache.address, "start_s": start_s, "node_id": cache.node_id}
+
+    async def memory_start(self) -> bool:
+        """A ``backend="memory"`` cache (the baseline of the sync overhead)."""
+        cache = Cache(backend="memory", max_size=1_000_000)
+        await cache.start()
+        self.stack.push_async_callback(cache.close)
+        self.cache = cache
+        return True
+
+    async def set_times(self, count: int, gap_ms: float) -> list[float]:
+        """Microseconds each ``await cache.set`` took, ``gap_ms`` apart (open loop)."""
+        assert self.cache is not None
+        cache = self.cache
+        rng = random.Random(7)
+        out: list[float] = []
+        value = str_value(0)
+        for i in range(count):
+            await asyncio.sleep(gap_ms / 1000 * rng.uniform(0.5, 1.5))
+            t0 = perf_ns()
+            await cache.set(f"ov:{i}", value)
+            out.append((perf_ns() - t0) / 1000)
+        return out
 
     async def crdt_wait(self, peers: int, timeout: float = 20.0) -> int:
         assert self.cache is not None
@@ -1366,6 +1392,44 @@ async def visibility(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------- throughput
+async def sync_overhead(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
+    """``await set`` on a p2p node replicating to 2 peers (write-behind) against the same
+    call on ``backend="memory"``, in the same worker process, alternating, 3 rounds.
+
+    The seed's "sync overhead under 5 %": what replication adds to the caller's wait.
+    The peers are processes of their own; writes are open-loop, about 2 ms apart, so
+    the figure is the cost of a write, not of a queue.
+    """
+    count = 300 if args.quick else 1000
+    memory_us: list[float] = []
+    p2p_us: list[float] = []
+    async with workers(args, 3) as (a, b, c):
+        for _ in range(3):
+            await a.call("memory_start")
+            memory_us += await a.call("set_times", count=count, gap_ms=2.0)
+            await a.call("reset")
+            tag = uuid.uuid4().hex[:8]
+            first = await a.call("crdt_start", cluster=tag, max_size=1_000_000)
+            for w in (b, c):
+                await w.call("crdt_start", cluster=tag, seeds=[first["address"]])
+            await asyncio.gather(*(w.call("crdt_wait", peers=2) for w in (a, b, c)))
+            p2p_us += await a.call("set_times", count=count, gap_ms=2.0)
+            await asyncio.gather(*(w.call("reset") for w in (a, b, c)))
+    out = {
+        "memory": {"p50_us": percentile(memory_us, 0.5), "p99_us": percentile(memory_us, 0.99)},
+        "p2p": {"p50_us": percentile(p2p_us, 0.5), "p99_us": percentile(p2p_us, 0.99)},
+        "writes": len(p2p_us),
+    }
+    ratio = out["p2p"]["p50_us"] / out["memory"]["p50_us"]
+    print(
+        f"  await set p50: p2p write-behind, 2 peers {out['p2p']['p50_us']:.1f} us, "
+        f"memory {out['memory']['p50_us']:.1f} us: {ratio:.2f}x (p99 "
+        f"{out['p2p']['p99_us']:.1f} / {out['memory']['p99_us']:.1f} us)",
+        flush=True,
+    )
+    return out
+
+
 async def throughput(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     out: dict[str, Any] = {}
     count = args.updates
@@ -1743,6 +1807,22 @@ def build_lines(res: dict[str, Any], ctx: Context, args: argparse.Namespace) -> 
                             "lower",
                         )
                     )
+    if not section_error("overhead"):
+        ov = res["overhead"]
+        lines.append(
+            Line(
+                "sync overhead: await set (p50 / p99)",
+                "p2p write-behind, 2 peers",
+                ov["p2p"]["p50_us"] * 1000,
+                f"{ov['p2p']['p50_us']:.1f} / {ov['p2p']['p99_us']:.1f} us",
+                'backend="memory"',
+                ov["memory"]["p50_us"] * 1000,
+                f"{ov['memory']['p50_us']:.1f} / {ov['memory']['p99_us']:.1f} us",
+                "lower",
+                ov["p2p"]["p99_us"] * 1000,
+                ov["memory"]["p99_us"] * 1000,
+            )
+        )
     if not section_error("visibility"):
         vis = res["visibility"]
         for n in args.sizes:
@@ -1975,6 +2055,7 @@ def plot_ratios(lines: list[Line], path: Path) -> bool:
 # ------------------------------------------------------------------ main
 TITLES = {
     "reads": "local reads (this process)",
+    "overhead": "sync overhead: await set, p2p write-behind with 2 peers vs memory",
     "visibility": "visibility on N instances (one OS process each)",
     "throughput": "replicated throughput A -> B",
     "memory": "bytes per entry (fresh process per variant, tracemalloc)",
@@ -1983,6 +2064,7 @@ TITLES = {
 }
 RUNNERS: dict[str, Callable[[argparse.Namespace, Context], Awaitable[dict[str, Any]]]] = {
     "reads": local_reads,
+    "overhead": sync_overhead,
     "visibility": visibility,
     "throughput": throughput,
     "memory": memory,
