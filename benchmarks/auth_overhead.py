@@ -174,8 +174,8 @@ async def one_round(
             "writes_per_second": writes / elapsed,
             "cpu_us_per_write": cpu / writes * 1e6,
             "handshake_ms": handshake * 1000,
-            "bytes_sent": after["bytes_sent"] - before["bytes_sent"],
-            "frames_sent": after["frames_sent"] - before["frames_sent"],
+            "bytes_sent": after.bytes_sent - before.bytes_sent,
+            "frames_sent": after.frames_sent - before.frames_sent,
         }
     finally:
         await asyncio.gather(sender.close(), receiver.close())
