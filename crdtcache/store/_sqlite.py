@@ -66,7 +66,9 @@ Cost, measured on a shared 2-core machine with 100 000 stored keys: capturing co
 about 0.4 us per key on the loop; a commit costs what the pages it touches cost,
 about 1 ms for 100 scattered keys, 25-40 ms for 1 000 and 100-200 ms for 10 000 (a
 B-tree write touches one page per key until keys share pages). Opening and
-validating 100 000 entries takes about 1 s, rebuilding the replica 0.5 s. So: batch
+validating 100 000 entries takes about 1 s, rebuilding the replica 0.5 s (so the
+cache opens with ``entries=False`` and loads them in chunks after start:
+:mod:`crdtcache.store._loading`). So: batch
 every 50-100 ms (repeated writes to a key coalesce), and run :meth:`ReplicaStore.write`
 in ``asyncio.to_thread`` unless batches are known to be small; sqlite3 releases the
 GIL while SQLite works, so the loop keeps serving. The batch must be captured on the
