@@ -281,6 +281,10 @@ class Cache:
         except BaseException:
             await self.close()
             raise
+        if parts.persistence is not None and parts.persistence.load is not None:
+            # Last, so that start() returns before the first chunk: reads are served
+            # meanwhile (a key not loaded yet is read from the file: _check_key).
+            self._tasks.append(loop.create_task(parts.persistence.load.run()))
 
     async def close(self) -> None:
         """Flush what is queued to peers, stop the node and its tasks; idempotent."""
@@ -403,7 +407,7 @@ class Cache:
     async def _get_slow(self, key: str, default: Any) -> Any:
         parts = self._running()
         replica = parts.replica
-        check_key(key, self._codec.max_key_chars)
+        self._check_key(key)
         e = replica.lookup(key, self._clock())
         if e is not None and e.value is not NOT_HELD:
             try:
@@ -446,6 +450,21 @@ class Cache:
         if self._reporter.listeners["miss"]:
             self._reporter.emit(CacheEvent("miss", key))
         return default
+
+    def _check_key(self, key: str) -> None:
+        """Check ``key``; while the store still loads, merge its stored row first (an
+        operation that reads the key's entry must see what the file holds)."""
+        check_key(key, self._codec.max_key_chars)
+        persistence = self._persistence
+        if persistence is not None:
+            persistence.settle(key)
+
+    async def _whole(self) -> Parts:
+        """The parts, once every stored row is loaded (for whole-map operations)."""
+        parts = self._running()
+        if parts.persistence is not None:
+            await parts.persistence.loaded()
+        return self._running()  # (closed meanwhile: raises)
 
     def _filled(self, replica: Replica, key: str) -> Any:
         """The value of a stub just filled (from disk or a peer), else :data:`ABSENT`."""
@@ -510,7 +529,7 @@ class Cache:
         now = self._clock()
         remote: list[str] = []
         for key in dict.fromkeys(keys):
-            check_key(key, self._codec.max_key_chars)
+            self._check_key(key)
             e = replica.lookup(key, now)
             stub = e is not None and e.value is NOT_HELD and parts.persistence is None
             if stub or (e is None and runtime.answers_misses):
@@ -557,7 +576,7 @@ class Cache:
     async def exists(self, key: str) -> bool:
         """Whether ``key`` has a live value (held here or not). Raises like :meth:`get`."""
         parts = self._running()
-        check_key(key, self._codec.max_key_chars)
+        self._check_key(key)
         if parts.replica.lookup(key, self._clock()) is not None:
             return True
         return parts.runtime.answers_misses and await parts.runtime.live(key)
@@ -570,7 +589,7 @@ class Cache:
         when Redis cannot be reached.
         """
         parts = self._running()
-        check_key(key, self._codec.max_key_chars)
+        self._check_key(key)
         replica = parts.replica
         e = replica.lookup(key, self._clock())
         if e is None and parts.runtime.answers_misses:
@@ -585,7 +604,7 @@ class Cache:
 
         Includes keys whose value is held only by peers: the cluster's key space.
         """
-        runtime = self._running().runtime
+        runtime = (await self._whole()).runtime
         _check_pattern(pattern)
         return await runtime.keys(pattern)
 
@@ -693,7 +712,7 @@ class Cache:
         parts = self._running()
         wanted = list(dict.fromkeys(_key_list(keys, "delete_many")))
         for key in wanted:
-            check_key(key, self._codec.max_key_chars)
+            self._check_key(key)
         if not wanted:
             return 0
         runtime, engine = parts.runtime, parts.engine
@@ -719,13 +738,13 @@ class Cache:
         keeps one of the two values on every node. Raises like :meth:`set`.
         """
         self._running()
-        check_key(key, self._codec.max_key_chars)
+        self._check_key(key)
         return await self._add_stored(key, self._codec.dump(key, value), ttl)
 
     async def _add_stored(self, key: str, stored: object, ttl: float | None) -> bool:
         """:meth:`add` of a value already dumped (see :meth:`_set_stored`)."""
         parts = self._running()
-        check_key(key, self._codec.max_key_chars)
+        self._check_key(key)
         check_ttl(ttl)
         parts.runtime.check_writable()
         added = await parts.runtime.add(key, stored, self._expires(ttl))
@@ -749,7 +768,7 @@ class Cache:
         like :meth:`set` otherwise.
         """
         parts = self._running()
-        check_key(key, self._codec.max_key_chars)
+        self._check_key(key)
         check_ttl(ttl)
         if type(delta) is not int:
             raise SerializationError(f"delta must be an int, not {type(delta).__name__}")
@@ -788,7 +807,7 @@ class Cache:
         :mod:`crdtcache.core._entry`). Raises like :meth:`set`.
         """
         parts = self._running()
-        check_key(key, self._codec.max_key_chars)
+        self._check_key(key)
         check_ttl(ttl)
         parts.runtime.check_writable()
         expires = None if ttl is None else self._clock() + ttl
@@ -842,7 +861,7 @@ class Cache:
 
     async def _delete(self, key: str, *, as_invalidate: bool) -> bool:
         parts = self._running()
-        check_key(key, self._codec.max_key_chars)
+        self._check_key(key)
         runtime = parts.runtime
         runtime.check_writable()
         existed = False
@@ -860,7 +879,7 @@ class Cache:
         The tombstone also covers matching keys written before it that this node
         has not received yet. Returns how many keys it removed here.
         """
-        parts = self._running()
+        parts = await self._whole()  # the count covers every stored row
         _check_pattern(pattern)
         parts.runtime.check_writable()
         removed = len(parts.engine.invalidate_pattern(pattern, self._clock()))
@@ -983,7 +1002,7 @@ class Cache:
         In redis mode, the data in Redis. Raises :class:`SerializationError` if it
         would exceed ``MAX_SNAPSHOT_BYTES``.
         """
-        return await self._running().runtime.snapshot()
+        return await (await self._whole()).runtime.snapshot()
 
     async def restore(self, data: bytes) -> int:
         """Merge a snapshot into this node; returns how many keys it changed here.
@@ -994,7 +1013,7 @@ class Cache:
         value. Raises :class:`CorruptStateError` or :class:`SerializationError` for bad
         bytes and :class:`ClockDriftError` for stamps too far ahead, with nothing changed.
         """
-        changes: list[Change] = await self._running().runtime.restore(data)
+        changes: list[Change] = await (await self._whole()).runtime.restore(data)
         self._reporter.changes(changes, restored=True)
         self._enforce()
         return len(changes)

@@ -68,6 +68,7 @@ def assemble(
             now=clock(),
             resolver=options.conflict_resolver,
             max_held=options.max_size,
+            clock=clock,  # rows past the first few load after start
         )
     else:
         replica = Replica(HybridClock(node_id), resolver=options.conflict_resolver)
@@ -90,6 +91,12 @@ def assemble(
         raise
     if persistence is not None:
         runtime.keep_durable(persistence)
+        load = persistence.load
+        if load is not None:
+            # The replica's marks claim rows not loaded yet: no peer may adopt them,
+            # and no full state may make this node forget only what is loaded.
+            engine.hold_exchanges()
+            load.on_done = lambda: engine.release_exchanges(clock())
     return Parts(replica, engine, runtime, persistence)
 
 

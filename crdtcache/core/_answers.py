@@ -27,6 +27,8 @@ and a hundred tiny requests a hundred times over. So an answer is work kept per 
   the total number of parts, so the scan ends before the first part leaves.
 * An answer not finished after ``exchange_timeout`` is dropped: its requester gave
   up on it by then.
+* *Held.* While the engine holds exchanges (a store still loading), requests wait
+  and nothing is built.
 * *Durability.* With ``persist_path`` the node's own writes stamped above what it has
   stored (the engine's ``durable``) are left out of the answer and its own mark is cut
   to that stamp: an answer never carries or claims a write the node could lose.
@@ -117,7 +119,7 @@ class _Peer:
 class SyncAnswers:
     """The anti-entropy answers of one engine (see the module doc)."""
 
-    __slots__ = ("_config", "_next", "_peers", "durable", "node", "stats")
+    __slots__ = ("_config", "_next", "_peers", "durable", "held", "node", "stats")
 
     def __init__(self, config: GossipConfig, stats: EngineStatistics, node: str = "") -> None:
         self._config = config
@@ -125,6 +127,8 @@ class SyncAnswers:
         self.node = node
         #: The engine's ``durable`` (None: no gate), read when an answer starts.
         self.durable: int | None = None
+        #: While True (the engine's ``hold_exchanges``), requests wait unanswered.
+        self.held = False
         self._peers: dict[str, _Peer] = {}
         self._next = 0  # round-robin position
 
@@ -154,6 +158,8 @@ class SyncAnswers:
 
     def next_time(self) -> float | None:
         """When a step may next do work (None: nothing to do; in the past: now)."""
+        if self.held:
+            return None
         soonest: float | None = None
         for state in self._peers.values():
             if state.congested:
@@ -173,6 +179,8 @@ class SyncAnswers:
         its first slice): a request arriving is not a reason to work on an answer
         already under way, or a burst of requests would drive that work.
         """
+        if self.held:
+            return []
         if only is not None:
             state = self._peers.get(only)
             if state is None or state.answer is not None:

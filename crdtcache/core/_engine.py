@@ -173,6 +173,8 @@ class GossipEngine:
         #: stored would restart without it while its peers hold it, and its marks would
         #: then claim it. None: no durability to wait for.
         self._durable: int | None = None
+        # See hold_exchanges.
+        self._exchanges_held = False
         # A join the replica minted is this node's write: it goes out like one.
         replica.on_mint = self._queue_minted
         # Refusals are caused by peers: a burst of lines per kind, then counts.
@@ -221,6 +223,28 @@ class GossipEngine:
         self._answers.forget(peer)  # nothing can be sent to it now
         self._peer_gone(peer)
         self._peer_event(self.membership.unlinked(info))
+
+    @property
+    def exchanges_held(self) -> bool:
+        """Whether anti-entropy is held (:meth:`hold_exchanges`)."""
+        return self._exchanges_held
+
+    def hold_exchanges(self) -> None:
+        """Start and answer no anti-entropy exchange until :meth:`release_exchanges`.
+
+        For a replica whose marks claim more than its map holds yet (a store still
+        loading): an answer would pass those marks to a peer, and a full state
+        received would forget only what is loaded. Requests wait; pushes, acks and
+        fetches go on as usual.
+        """
+        self._exchanges_held = True
+        self._answers.held = True
+
+    def release_exchanges(self, now: float) -> None:
+        """Answer the requests that waited, and pull from a peer at the next tick."""
+        self._exchanges_held = False
+        self._answers.held = False
+        self._next_sync = now  # catch up at once: that is what a restart needs
 
     def set_congested(self, peer: str, congested: bool) -> None:
         """The driver's word on ``peer``'s send buffer: while full, no answer is built
@@ -645,7 +669,7 @@ class GossipEngine:
         # One anti-entropy pull in flight at a time: a rejoining node would otherwise
         # receive the same catch-up from every peer at once, and a slow answer would
         # be asked for again by the next timer.
-        if not force and self._pulling():
+        if self._exchanges_held or (not force and self._pulling()):
             return []
         info = self.peers[peer]
         self._exchange_seq += 1

@@ -37,7 +37,8 @@ from crdtcache.core import (
     Replica,
     Resolver,
 )
-from crdtcache.store._sqlite import ReplicaStore, StoreBatch
+from crdtcache.store._loading import START_ROWS, StoreLoad
+from crdtcache.store._sqlite import ReplicaStore, StoreBatch, hold_newest
 
 __all__ = ["PERSIST_INTERVAL", "THREAD_BATCH", "Persistence"]
 
@@ -73,10 +74,15 @@ class Persistence:
         #: Called with ``durable_own`` whenever a batch raised it.
         self.on_durable: Callable[[int], None] | None = None
         self._wanted: asyncio.Event | None = None
+        #: The rows still being loaded after start (None: none; see ``_loading``).
+        self.load: StoreLoad | None = None
 
     # ----------------------------------------------------- replica observer
     def replacing(self, key: str, old: Entry | None, new: Entry) -> Entry:
         """Note ``key`` for the next batch (keeping a value evicted before it)."""
+        load = self.load
+        if load is not None and new is load.merging:
+            return new  # read from the file: nothing to write back
         if (
             new.value is NOT_HELD
             and old is not None
@@ -91,6 +97,8 @@ class Persistence:
     def removed(self, key: str, old: Entry) -> None:
         """Note ``key`` for the next batch (its row goes)."""
         self.dirty.add(key)
+        if self.load is not None:
+            self.load.removed(key)
 
     def open(
         self,
@@ -100,13 +108,19 @@ class Persistence:
         now: float,
         resolver: Resolver | None,
         max_held: int | None,
+        clock: Callable[[], float] | None = None,
     ) -> Replica:
         """The replica the file holds (or a new one named ``node_id`` or ``new_id``).
 
+        With ``clock``, the replica comes back with the file's patterns, marks and
+        clock, and its first ``START_ROWS`` entries; :attr:`load` merges the rest
+        (call :meth:`StoreLoad.run`; see :mod:`crdtcache.store._loading`), at ``now``
+        from ``clock``. Without it, every entry is loaded first (and with
+        ``max_held``, only the newest that many hold their values).
         Raises :class:`ConfigError` if the file belongs to another ``node_id``, and
         :class:`PersistenceError` if it cannot be opened or is not a crdtcache store.
         """
-        state = self.store.open()
+        state = self.store.open(entries=clock is None)
         if state is None:
             node = node_id or new_id
             self.store.initialize(node)
@@ -122,7 +136,29 @@ class Persistence:
         replica = state.build_replica(now, resolver=resolver, max_held=max_held)
         replica.observe(self)
         self.durable_own = state.marks.get(state.node_id, -1)
+        if clock is not None:
+            load = self.load = StoreLoad(self.store, replica, clock)
+            try:
+                load.step(START_ROWS)
+            except BaseException:
+                self.store.close()
+                raise
+            if max_held is not None:
+                # Past this, the tier's own bound evicts as rows arrive.
+                hold_newest(replica, max_held)
+            if load.done:
+                self.load = None
         return replica
+
+    def settle(self, key: str) -> None:
+        """Merge ``key``'s stored row if the load has not yet (see ``StoreLoad.settle``)."""
+        if self.load is not None:
+            self.load.settle(key)
+
+    async def loaded(self) -> None:
+        """Return once every stored row is in the replica."""
+        if self.load is not None:
+            await self.load.wait()
 
     def read(self, key: str) -> Entry | None:
         """The stored entry of ``key``, with its value even if evicted from memory."""

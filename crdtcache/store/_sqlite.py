@@ -66,7 +66,9 @@ Cost, measured on a shared 2-core machine with 100 000 stored keys: capturing co
 about 0.4 us per key on the loop; a commit costs what the pages it touches cost,
 about 1 ms for 100 scattered keys, 25-40 ms for 1 000 and 100-200 ms for 10 000 (a
 B-tree write touches one page per key until keys share pages). Opening and
-validating 100 000 entries takes about 1 s, rebuilding the replica 0.5 s. So: batch
+validating 100 000 entries takes about 1 s, rebuilding the replica 0.5 s (so the
+cache opens with ``entries=False`` and loads them in chunks after start:
+:mod:`crdtcache.store._loading`). So: batch
 every 50-100 ms (repeated writes to a key coalesce), and run :meth:`ReplicaStore.write`
 in ``asyncio.to_thread`` unless batches are known to be small; sqlite3 releases the
 GIL while SQLite works, so the loop keeps serving. The batch must be captured on the
@@ -112,6 +114,7 @@ from crdtcache.store._snapshot import fail
 
 __all__ = [
     "APPLICATION_ID",
+    "LoadedChunk",
     "STAMP_HEADROOM",
     "STORE_FORMAT",
     "STORE_VERSION",
@@ -223,10 +226,25 @@ class StoredState:
         replica.marks.update(self.marks)
         replica.collected.update(self.collected)
         if max_held is not None:
-            held = sorted((e.ts, k) for k, e in replica.entries.items() if e.held)
-            for _, key in held[: max(0, len(held) - max_held)]:
-                replica.evict(key)
+            hold_newest(replica, max_held)
         return replica
+
+
+def hold_newest(replica: Replica, max_held: int) -> None:
+    """Evict all but the newest ``max_held`` values of ``replica`` (they become stubs)."""
+    held = sorted((e.ts, k) for k, e in replica.entries.items() if e.held)
+    for _, key in held[: max(0, len(held) - max_held)]:
+        replica.evict(key)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedChunk:
+    """A slice of the entry rows (:meth:`ReplicaStore.load_chunk`): ``last`` is the row
+    id to continue after, ``refused`` the rows that failed validation."""
+
+    last: int
+    entries: list[tuple[str, Entry]]
+    refused: list[tuple[str | None, str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,7 +350,7 @@ class ReplicaStore:
         return self._node
 
     # ------------------------------------------------------------------- open
-    def open(self) -> StoredState | None:
+    def open(self, *, entries: bool = True) -> StoredState | None:
         """Open (creating if needed) and load the file; None when it holds no replica yet.
 
         Missing parent directories are created (mode 0700) and a new file is created
@@ -341,6 +359,11 @@ class ReplicaStore:
         left untouched), and :class:`PersistenceError` saying which case it is: a
         directory that could not be created, a read-only filesystem, directory or file,
         a file already open in this process, or one locked by another process.
+
+        ``entries=False`` loads everything but the entries (``StoredState.entries`` is
+        empty; ``clock_ts`` covers their stamps all the same): they are then read with
+        :meth:`load_chunk` and :meth:`get`, each row validated as it is read. The file's
+        integrity (``PRAGMA quick_check``) is verified here either way.
         """
         with self._lock:
             if self._conn is not None:
@@ -360,7 +383,7 @@ class ReplicaStore:
                 OPEN_HERE.release(file)
                 raise PersistenceError(f"cannot open store {self.path!r}: {exc}") from exc
             try:
-                state = self._open(conn, fresh)
+                state = self._open(conn, fresh, entries)
             except BaseException:
                 conn.close()
                 OPEN_HERE.release(file)
@@ -391,7 +414,7 @@ class ReplicaStore:
             )
         return False
 
-    def _open(self, conn: sqlite3.Connection, fresh: bool) -> StoredState | None:
+    def _open(self, conn: sqlite3.Connection, fresh: bool, entries: bool) -> StoredState | None:
         where = f"store {self.path!r}"
         try:
             # Before the first access, so no shared-memory index is used and the
@@ -421,7 +444,7 @@ class ReplicaStore:
                 problems = [r[0] for r in conn.execute("PRAGMA quick_check(5)").fetchall()]
                 if problems != ["ok"]:
                     fail(where, f"damaged ({'; '.join(problems)}); left untouched")
-                state = self._load(conn, where)
+                state = self._load(conn, where, entries)
             finally:
                 conn.execute("COMMIT")  # nothing was written: this only ends the read
             # Only now, with the file validated: switching the journal mode writes to it.
@@ -460,7 +483,7 @@ class ReplicaStore:
             conn.execute("ROLLBACK")
             raise
 
-    def _load(self, conn: sqlite3.Connection, where: str) -> StoredState | None:
+    def _load(self, conn: sqlite3.Connection, where: str, load: bool) -> StoredState | None:
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         if meta.get("format") != STORE_FORMAT or meta.get("version") != STORE_VERSION:
             fail(where, "meta table does not describe a crdtcache store of this version")
@@ -474,10 +497,25 @@ class ReplicaStore:
         # Cursors are closed explicitly: one left open by an exception (its traceback
         # keeps it alive) would keep the connection, its lock and its WAL file alive
         # after close().
-        with contextlib.closing(
-            conn.execute("SELECT key, kind, value, ts, origin, expires FROM entries")
-        ) as rows:
-            entries = tuple(_row_entry(row, where, self.max_value_bytes) for row in rows)
+        entries: tuple[tuple[str, Entry], ...] = ()
+        if load:
+            with contextlib.closing(
+                conn.execute("SELECT key, kind, value, ts, origin, expires FROM entries")
+            ) as rows:
+                entries = tuple(_row_entry(row, where, self.max_value_bytes) for row in rows)
+        else:
+            # The rows come later (load_chunk), but the clock must start above their
+            # stamps now: the greatest is one index-less scan of one column (~5 ms per
+            # 100 000 rows). Normally meta's clock_ts covers it already.
+            # (A row whose ts is not an integer is refused when it is read, like any.)
+            newest = conn.execute(
+                "SELECT MAX(ts) FROM entries WHERE typeof(ts) = 'integer'"
+            ).fetchone()[0]
+            if newest is not None:
+                try:
+                    clock_ts = max(clock_ts, check_ts(newest))
+                except InvalidRecord as exc:
+                    fail(f"{where} entries", str(exc))
         patterns: list[PatternTombstone] = []
         with contextlib.closing(conn.execute("SELECT pattern, ts, origin FROM patterns")) as rows:
             for row in rows:
@@ -633,6 +671,35 @@ class ReplicaStore:
         if row is None:
             return None
         return _row_entry(row, f"store {self.path!r}", self.max_value_bytes)[1]
+
+    def load_chunk(self, after: int, limit: int) -> LoadedChunk:
+        """Up to ``limit`` entry rows past row id ``after``, each validated on its own.
+
+        For a store opened with ``open(entries=False)``: call with ``after=0``, then
+        with the chunk's ``last`` until a chunk comes back with ``last == after``. A
+        row that fails validation is returned in ``refused`` (key, or None if the key
+        itself is invalid, and the problem), never as an entry; the file is not changed.
+        Rows written after the load began may be returned too (they hold what the
+        replica held when they were written, so merging them changes nothing).
+        """
+        where = f"store {self.path!r} entries"
+        with self._lock, self._transaction("load", write=False) as conn:
+            rows = conn.execute(
+                "SELECT rowid, key, kind, value, ts, origin, expires FROM entries"
+                " WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                (after, limit),
+            ).fetchall()
+        entries: list[tuple[str, Entry]] = []
+        refused: list[tuple[str | None, str]] = []
+        max_bytes = self.max_value_bytes
+        for row in rows:
+            try:
+                entries.append(entry_from_blob(*row[1:], max_value_bytes=max_bytes))
+            except InvalidRecord as exc:
+                key = row[1] if type(row[1]) is str else None
+                refused.append((key, f"{where}: row {row[1]!r}: {exc.problem}"))
+        last = rows[-1][0] if rows else after
+        return LoadedChunk(last, entries, refused)
 
     def statistics(self) -> StoreStatistics:
         """A copy of the store's counters."""

@@ -72,3 +72,17 @@ def test_without_a_gate_everything_leaves_at_once() -> None:
     assert not e.awaiting_durability
     out, _ = e.flush(T)
     assert [k for _, m in out if isinstance(m, Push) for k, _ in m.entries] == ["k"]
+
+
+def test_held_exchanges_answer_nothing_until_released() -> None:
+    e = GossipEngine(Replica(HybridClock("a")), random.Random(1))
+    e.hold_exchanges()  # before any peer, as a cache whose store still loads
+    assert e.exchanges_held
+    assert e.add_peer("b", T) == []  # no catch-up pull yet
+    out = e.handle("b", SyncRequest(1, {}), T)
+    assert not [m for _, m in out if isinstance(m, SyncResponse | SyncRequest)]
+    assert not [m for _, m in e.tick(T + 0.5) if isinstance(m, SyncResponse | SyncRequest)]
+    e.release_exchanges(T + 0.5)
+    out = e.tick(T + 0.51)
+    assert [m for _, m in out if isinstance(m, SyncResponse)]  # the request that waited
+    assert [m for _, m in out if isinstance(m, SyncRequest)]  # and a catch-up pull
