@@ -259,6 +259,10 @@ class Replica:
         self.observers: tuple[ReplicaObserver, ...] = ()
         #: Told of every entry minted by a join (module doc): the engine sends it on.
         self.on_mint: MintListener | None = None
+        #: Called with the key of every remote entry before it is merged, while set: a
+        #: store still loading puts the key's stored row in first, so that an older
+        #: remote write loses to it at once (``crdtcache.store._loading``).
+        self.before_merge: Callable[[str], None] | None = None
 
     def observe(self, observer: ReplicaObserver) -> None:
         """Add ``observer``; it sees every later change to the entry map."""
@@ -487,6 +491,8 @@ class Replica:
         ``observed=True`` says the caller already passed a stamp at least as great
         to ``clock.observe`` (one drift check per message instead of per entry).
         """
+        if self.before_merge is not None:
+            self.before_merge(key)
         if not self._admissible(key, entry, now, observed):
             return None
         local = self.entries.get(key)

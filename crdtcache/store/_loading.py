@@ -18,8 +18,11 @@ before ``start()`` returns, the rest between turns of the event loop. Invariants
 * **A key is settled before it is used.** Until the load ends, the cache calls
   :meth:`settle` before a read that misses, a conditional write (``add``, ``incr``,
   ``touch``, ``delete`` that reports what it removed) or anything else that reads the
-  key's entry: one indexed SQLite lookup, validated like any row, merged. A key once
-  settled is not merged again by the chunks.
+  key's entry: one indexed SQLite lookup, validated like any row, merged. So does the
+  replica before it merges a peer's entry of a key it lacks
+  (:attr:`Replica.before_merge <crdtcache.core.Replica.before_merge>`): an older
+  remote write then loses to the stored row at once. A key once settled is not merged
+  again by the chunks.
 * **A row that fails validation is never served.** It is logged (with the
   :class:`~crdtcache.CorruptStateError` text an eager open would have raised), counted
   in ``refused``, left in the file as it is, and the replica forgets every mark but its
@@ -76,6 +79,7 @@ class StoreLoad:
         self._after = 0  # row id to continue after
         self._settled: set[str] = set()
         self._done = asyncio.Event()
+        replica.before_merge = self._before_merge
 
     @property
     def done(self) -> bool:
@@ -106,6 +110,12 @@ class StoreLoad:
             return
         if entry is not None:
             self._merge(key, entry, self.clock())
+
+    def _before_merge(self, key: str) -> None:
+        # A peer's entry for a key not loaded yet: its stored row goes in first (not
+        # for the rows this load merges itself).
+        if self.merging is None and key not in self.replica.entries:
+            self.settle(key)
 
     def removed(self, key: str) -> None:
         """``key`` left the replica outright: its older row must not bring it back."""
@@ -179,5 +189,7 @@ class StoreLoad:
             return
         self._done.set()
         self._settled = set()
+        if self.replica.before_merge == self._before_merge:
+            self.replica.before_merge = None
         if self.on_done is not None:
             self.on_done()

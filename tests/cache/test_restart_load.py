@@ -23,6 +23,8 @@ from crdtcache import Cache
 from crdtcache.store._loading import StoreLoad
 from crdtcache.testing import MemoryNetwork
 
+from .conftest import remote_push
+
 KEYS = 40
 
 
@@ -95,6 +97,20 @@ async def test_writes_during_the_load_beat_the_stored_rows(tmp_path: Path) -> No
     async with Cache(backend="memory", persist_path=path) as again:
         await load_of(again).wait()
         assert await again.get(written) == "new" and await again.get(deleted) is None
+
+
+async def test_a_peers_older_write_of_a_key_not_loaded_yet_never_shows(tmp_path: Path) -> None:
+    # A push stamped before the stored row (the peer missed this node's newer write)
+    # must lose to that row at once, not be served until the chunk reaches it.
+    path = tmp_path / "node.db"
+    await fill(path)
+    async with Cache(backend="memory", persist_path=path) as cache:
+        key = unloaded(cache)[-1]
+        assert not load_of(cache).done
+        remote_push(cache, {key: "older"}, origin="peer", at=1.0)  # stamped in 1970
+        assert await cache.get(key) == int(key[1:])
+        await load_of(cache).wait()
+        assert await cache.get(key) == int(key[1:])
 
 
 async def test_whole_map_operations_wait_for_the_load(tmp_path: Path) -> None:
