@@ -94,6 +94,7 @@ def _input_error(message: str) -> NoReturn:
 async def _node(args: argparse.Namespace) -> int:
     from crdtcache import Cache
 
+    secret = _secret(args)
     cache = Cache(
         backend="p2p",
         node_id=args.node_id,
@@ -103,18 +104,28 @@ async def _node(args: argparse.Namespace) -> int:
         seeds=tuple(args.seed),
         persist_path=args.persist,
         dashboard=args.dashboard,
-        secret=_secret(args),
+        secret=secret,
     )
     await cache.start()
     started = {"node": cache.node_id, "address": cache.address, "cluster": args.cluster}
     if cache.dashboard_url is not None:
-        started["dashboard"] = cache.dashboard_url
+        started["dashboard"] = _dashboard_link(cache.dashboard_url, secret)
     _out(json.dumps(started))
     try:
         await until_interrupted()
     finally:
         await cache.close()
     return EXIT_OK
+
+
+def _dashboard_link(url: str, secret: bytes | None) -> str:
+    """The dashboard's URL as an operator opens it: with its access token when the
+    node has a secret (the page and its data routes need it, on loopback too)."""
+    if secret is None:
+        return url
+    from crdtcache.dashboard import access_token
+
+    return f"{url}?token={access_token(secret)}"
 
 
 def _secret(args: argparse.Namespace) -> bytes | None:

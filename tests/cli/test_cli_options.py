@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -105,6 +106,42 @@ def test_node_prints_its_dashboard_url() -> None:
         url = started["dashboard"]
         assert url.startswith("http://127.0.0.1:") and not url.startswith("http://127.0.0.1:0")
         with urllib.request.urlopen(url.rstrip("/") + "/healthz", timeout=10) as reply:
+            assert reply.status == 200
+    finally:
+        node.send_signal(signal.SIGTERM)
+        node.wait(10)
+    assert node.returncode == 0
+
+
+@pytest.mark.timeout(120)
+def test_a_node_with_a_secret_prints_its_dashboard_url_with_the_token(tmp_path: Path) -> None:
+    # With a secret the dashboard needs its token, on loopback too: the URL printed
+    # must open it as it is.
+    pytest.importorskip("aiohttp")
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"s" * 32)
+    node = subprocess.Popen(
+        [
+            *CLI,
+            "node",
+            "--listen",
+            "127.0.0.1:0",
+            "--discovery",
+            "none",
+            "--secret-file",
+            str(secret),
+            "--dashboard",
+            "127.0.0.1:0",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert node.stdout is not None
+        url = json.loads(node.stdout.readline())["dashboard"]
+        base, _, query = url.partition("?")
+        assert query.startswith("token=")
+        with urllib.request.urlopen(f"{base}api/stats?{query}", timeout=10) as reply:
             assert reply.status == 200
     finally:
         node.send_signal(signal.SIGTERM)
