@@ -289,7 +289,7 @@ class Member:
             "cpu": sink.cpu,
             "wrong": wrong,
             "entries_received": self.engine.stats.entries_received - sink.received0,
-            "frames_received": self.node.statistics()["frames_received"],
+            "frames_received": self.node.statistics().frames_received,
         }
 
     async def blast(self, prefix: str, total: int, keys: int, stream: bool) -> dict[str, Any]:
@@ -322,9 +322,9 @@ class Member:
             "acked": t_acked,
             "unacked": len(missing),
             "entries_pushed": engine.stats.entries_pushed - pushed0,
-            "frames_sent": stats["frames_sent"],
-            "frames_dropped": stats["frames_dropped"],
-            "bytes_sent": stats["bytes_sent"],
+            "frames_sent": stats.frames_sent,
+            "frames_dropped": stats.frames_dropped,
+            "bytes_sent": stats.bytes_sent,
         }
 
     # ---------------------------------------------------------- misc
