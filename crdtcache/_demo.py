@@ -431,7 +431,7 @@ async def _script(args: argparse.Namespace, nodes: list[DemoNode]) -> int:
     burst: int = args.burst
     _out("")
     _out(
-        f"{burst} writes from random nodes (write-behind, batched every {SYNC_INTERVAL_MS} ms) ..."
+        f"{burst} writes from random nodes (write-behind, batched within {SYNC_INTERVAL_MS} ms) ..."
     )
     rng = random.Random(7)
     keys = sorted({f"item:{i % 200}" for i in range(burst)})
@@ -478,7 +478,7 @@ async def _script(args: argparse.Namespace, nodes: list[DemoNode]) -> int:
     )
     _out(
         "  (sync latency: stamp to apply of every write it received, mostly the burst: "
-        f"{SYNC_INTERVAL_MS} ms batches, queueing)"
+        f"batches of up to {SYNC_INTERVAL_MS} ms, queueing)"
     )
     if args.dashboard:
         _out("serving the dashboard until Ctrl-C ...")

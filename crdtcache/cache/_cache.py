@@ -12,11 +12,11 @@ threads (see :mod:`crdtcache.cache._sync` for why that is safe).
 
 *Writes.* A write validates the key, the TTL and the value (schema first, then the
 stored form) before anything is applied, applies locally, enforces the tier's bounds,
-then replicates by strategy: write-behind wakes the runtime (batched every
-``sync_interval``), write-through waits for every live peer's ack and raises
-:class:`PeerError` naming the ones that did not answer in time (the write stays
-applied here and reaches them by anti-entropy), on-demand ships only stamps. Every
-visible change is reported by the :class:`~._reporting.Reporter`.
+then replicates by strategy: write-behind wakes the runtime (sent at once when idle,
+batched under load, within ``sync_interval``), write-through waits for every live
+peer's ack and raises :class:`PeerError` naming the ones that did not answer in time
+(the write stays applied here and reaches them by anti-entropy), on-demand ships only
+stamps. Every visible change is reported by the :class:`~._reporting.Reporter`.
 
 *Reads.* A hit reads the entry and decodes a fresh copy (no aliasing). A key this
 node knows only as a stub (evicted here, or on-demand) is read from the store file or
@@ -101,7 +101,7 @@ class Cache:
     * ``max_size`` / ``max_memory``: bounds of the values held here (count / bytes of
       key and stored value); eviction is local, a peer may serve the value again.
     * ``default_ttl``: seconds a value lives when ``set`` gives no ``ttl``.
-    * ``sync_strategy``: ``"write-behind"`` (batched every ``sync_interval`` s),
+    * ``sync_strategy``: ``"write-behind"`` (sent within ``sync_interval`` s),
       ``"write-through"`` (``set`` waits for every live peer, ``write_timeout``) or
       ``"on-demand"`` (only stamps replicate; values are fetched on a miss).
     * ``conflict_resolver(local, remote) -> winner``: replaces last-writer-wins; must

@@ -236,7 +236,8 @@ class CacheOptions:
     local_ttl: float | None = None
     #: When a write reaches peers (see the README's sync strategies).
     sync_strategy: SyncStrategy = "write-behind"
-    #: Seconds between write-behind batches.
+    #: The longest (seconds) a write-behind write waits to be sent: p2p sends a write
+    #: at once when idle and batches only under load; Redis mode pipelines this often.
     sync_interval: float = 0.005
     #: ``resolver(local, remote) -> winner`` replacing last-writer-wins.
     conflict_resolver: Callable[[Version, Version], Version] | None = None

@@ -24,7 +24,13 @@ class RandomSource(Protocol):
 class GossipConfig:
     """Timings and limits of a :class:`~crdtcache.core.GossipEngine` (seconds, counts, bytes)."""
 
+    #: The longest a queued write waits for its flush. Not a fixed wait: an idle
+    #: engine flushes a write at once; only a busy one (see ``flush_burst``) batches.
     sync_interval: float = 0.005
+    #: Flushes that may go out at once, back to back, before writes wait to be batched
+    #: (a budget refilled at ``flush_burst`` per ``sync_interval``): under load at most
+    #: that many flushes per ``sync_interval``, each carrying every write queued since.
+    flush_burst: int = 4
     fanout: int | None = None
     max_hops: int = 16
     anti_entropy_interval: float = 1.0
@@ -67,6 +73,8 @@ class GossipConfig:
             raise ValueError("need forget_dead_after >= dead_after")
         if self.max_peers < 1:
             raise ValueError("max_peers must be at least 1")
+        if self.flush_burst < 1:
+            raise ValueError("flush_burst must be at least 1")
         if self.fanout is not None and self.fanout < 1:
             raise ValueError("fanout must be None (every peer) or at least 1")
         if self.max_message_entries < 1 or self.max_message_bytes < 1024:

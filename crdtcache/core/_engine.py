@@ -16,13 +16,17 @@ visible changes, peer state changes and finished waits are taken with
 
 Four mechanisms, each enough for one job:
 
-1. *Delta push.* Queued deltas are flushed every ``sync_interval`` as a
-   :class:`Push` to every live peer (``fanout=None``), or to ``fanout`` random peers
-   who relay what was new to them (epidemic mode, for large clusters; see
-   :mod:`~crdtcache.core._batches`). A node's own push to a peer that saw all its
-   earlier pushes claims a gap-free range of its stamps, which lets the receiver raise
-   its mark for the node without anti-entropy. A write-through flush asks for acks;
-   an :class:`~crdtcache.core._completion.AckDone` says when every peer applied it.
+1. *Delta push.* Queued deltas are flushed as a :class:`Push` to every live peer
+   (``fanout=None``), or to ``fanout`` random peers who relay what was new to them
+   (epidemic mode, for large clusters; see :mod:`~crdtcache.core._batches`). The
+   engine says when (:meth:`~GossipEngine.flush_deadline`), the driver arms its timer:
+   an idle engine's write is due at once; once ``flush_burst`` flushes have gone out
+   close together, writes coalesce into the next flush, due within ``sync_interval``
+   (adaptive batching: lone writes are not held back, bursts still travel together).
+   A node's own push to a peer that saw all its earlier pushes claims a gap-free range
+   of its stamps, which lets the receiver raise its mark for the node without
+   anti-entropy. A write-through flush asks for acks; an
+   :class:`~crdtcache.core._completion.AckDone` says when every peer applied it.
 2. *Anti-entropy.* Every ``anti_entropy_interval`` the engine sends its marks to a
    random live peer, which answers with what lies above them (split into parts, built
    a slice at a time, one answer per peer at a bounded rate: see
@@ -151,7 +155,14 @@ class GossipEngine:
         self._pending_patterns: list[PatternTombstone] = []
         # Our pushes chain: each holds all our writes stamped in (previous upto, upto].
         self._stream_upto = replica.marks.get(replica.node, -1)
-        self._next_flush = 0.0
+        # Adaptive batching: flushes of own writes that may go out at once (a token
+        # bucket: ``flush_burst`` tokens, refilled at that many per ``sync_interval``),
+        # as the budget stood at ``_budget_at``. While it lasts, the link counts as idle.
+        self._flush_budget = float(self.config.flush_burst)
+        self._budget_at = 0.0
+        # When flush() last ran: epidemic relays alone are retransmitted once per
+        # ``sync_interval`` after it.
+        self._last_flush = 0.0
         # Drawn at the first tick, so that nodes started together do not sync in step.
         self._next_sync: float | None = None
         self._next_gc = 0.0
@@ -388,14 +399,63 @@ class GossipEngine:
         self._pending_patterns = [p for p in self._pending_patterns if p.ts > durable]
         return entries, patterns
 
+    def _sendable(self) -> bool:
+        """Whether queued own writes may leave now (the durability gate allowing)."""
+        pending, patterns = self._pending, self._pending_patterns
+        durable = self._durable
+        if durable is None:
+            return bool(pending) or bool(patterns)
+        # Both queues are in stamp order: their oldest item decides (no scan per write).
+        return (bool(pending) and next(iter(pending.values())).ts <= durable) or (
+            bool(patterns) and patterns[0].ts <= durable
+        )
+
     # ------------------------------------------------------------ delta push
+    def flush_deadline(self) -> float | None:
+        """When :meth:`flush` is next due; None when nothing queued may leave.
+
+        A time at or before now means at once: the flush budget is not spent (the link
+        is idle, so a lone write is not held back). Once ``flush_burst`` flushes went
+        out close together, writes coalesce until the budget refills, at most
+        ``sync_interval / flush_burst`` after the last flush, so never more than
+        ``sync_interval`` after they were queued. Writes held by the durability gate
+        have no deadline: :meth:`made_durable` releases them, and the driver then asks
+        again. The driver arms a timer for this time (or flushes now); nothing is due
+        on an idle engine, so idle ticks arm no timer.
+        """
+        cfg = self.config
+        due: float | None = None
+        if self._sendable():
+            wait = max(0.0, 1.0 - self._flush_budget) * cfg.sync_interval / cfg.flush_burst
+            due = self._budget_at + wait
+        if self._relay:
+            relays = self._last_flush + cfg.sync_interval
+            due = relays if due is None else min(due, relays)
+        return due
+
+    def flush_due(self, now: float) -> bool:
+        """Whether :meth:`flush` is due at ``now`` (see :meth:`flush_deadline`)."""
+        due = self.flush_deadline()
+        # Before the last flush: the wall clock stepped back, by an unknown amount, and
+        # waiting for it to catch up could take long. Flush now (the budget restarts).
+        return due is not None and (now >= due or now < self._budget_at)
+
+    def _spend_flush(self, now: float) -> None:
+        """Take one flush from the budget, refilled for the time since it was last taken."""
+        cfg = self.config
+        # A wall clock may step back: no refill then, and none is taken in advance.
+        refill = max(0.0, now - self._budget_at) * cfg.flush_burst / cfg.sync_interval
+        budget = min(float(cfg.flush_burst), self._flush_budget + refill)
+        self._flush_budget = max(0.0, budget - 1.0)
+        self._budget_at = now
+
     def flush(self, now: float, *, ack: bool = False) -> tuple[list[Outgoing], int]:
-        """Push queued deltas to peers now.
+        """Push queued deltas to peers now, whether due or not (see :meth:`flush_due`).
 
         With ``ack=True`` the pushes ask for acknowledgements; the returned id is
         then awaited with :meth:`unacked` (0 when nothing needed acknowledging).
         """
-        self._next_flush = now + self.config.sync_interval
+        self._last_flush = now
         entries, patterns = self._take_sendable()
         if not entries and not patterns:
             relays = self._retransmit(now)
@@ -407,6 +467,7 @@ class GossipEngine:
                 if barrier is not None:
                     return relays + barrier[0], barrier[1]
             return relays, 0
+        self._spend_flush(now)
         if not self.peers:
             # Nobody to tell (a lone node, the memory backend): just keep the stream
             # chain, so that the first push to a later peer claims the right range.
@@ -835,7 +896,7 @@ class GossipEngine:
         """Advance timers: flush deltas, heartbeats, membership, anti-entropy, collection."""
         cfg = self.config
         out: list[Outgoing] = []
-        if now >= self._next_flush:
+        if self.flush_due(now):
             out += self.flush(now)[0]
         if now >= self._next_membership:
             # Membership moves at heartbeat pace; checking it every tick is wasted work.
@@ -887,8 +948,9 @@ class GossipEngine:
         soon = min(self._next_gc, self._next_membership)
         if self._next_sync is not None:
             soon = min(soon, self._next_sync)
-        if self._pending or self._pending_patterns or self._relay:
-            soon = min(soon, self._next_flush)
+        flush = self.flush_deadline()
+        if flush is not None:
+            soon = min(soon, flush)
         answers = self._answers.next_time()
         if answers is not None:
             soon = min(soon, answers)

@@ -3,7 +3,10 @@
 Theory of operation
 -------------------
 One event queue, ordered by (simulated time, sequence number), holds message
-deliveries and node ticks. Every random choice (loss, duplication, delay, which
+deliveries, node ticks and flushes. A local write schedules its node's flush at the
+engine's flush deadline, as the p2p node does (at once on an idle node; within
+``sync_interval`` when flushes come close together), so a lone write's delay is only
+the network's. Every random choice (loss, duplication, delay, which
 peer a gossip round picks) comes from one ``random.Random(seed)``, and nothing reads
 the real clock, so the same seed gives the same run, event for event.
 
@@ -117,6 +120,8 @@ class SimNode:
     #: With ``persist_interval``: the node's last stored replica.
     stored: StoredState | None = None
     commit_due: bool = False
+    #: A flush event is queued (writes until it runs travel in it).
+    flush_due: bool = False
     changes: list[Change] = field(default_factory=list)
 
     @property
@@ -243,6 +248,16 @@ class SimulatedNetwork:
                 if kind == "persist":
                     assert self.persist_interval is not None
                     self._schedule(self.now + self.persist_interval, "persist", node.id)
+        elif kind == "flush":
+            node = self.nodes.get(payload)
+            if node is not None:
+                node.flush_due = False
+                if node.up:
+                    now = self.local_time(node.id)
+                    if node.engine.flush_due(now):
+                        self._send(node.id, node.engine.flush(now)[0])
+                    else:
+                        self._wake(node)  # a tick flushed first; anything left waits
         elif kind == "tick":
             node = self.nodes.get(payload)
             if node is not None:
@@ -337,13 +352,29 @@ class SimulatedNetwork:
         engine = node.engine
         if engine.durable is not None:
             engine.made_durable(node.stored.marks.get(engine.node, -1))
-            self._send(node.id, engine.flush(self.local_time(node.id))[0])
+            self._wake(node)
 
     def _commit_soon(self, node: SimNode) -> None:
         # What the p2p runtime does: own writes waiting to be stored ask for a batch now.
         if node.engine.awaiting_durability and not node.commit_due:
             node.commit_due = True
             self._schedule(self.now + self.commit_delay, "commit", node.id)
+
+    def _wake(self, node: SimNode) -> None:
+        """What the p2p node does once a write is queued: flush at the engine's deadline."""
+        if node.flush_due:
+            return  # the flush already queued will carry it
+        deadline = node.engine.flush_deadline()
+        if deadline is None:
+            return  # nothing may leave yet (stored writes wake the node again)
+        node.flush_due = True
+        # The deadline is on the node's clock; the queue runs on simulated time.
+        self._schedule(max(self.now, deadline - node.clock_offset), "flush", node.id)
+
+    def _written(self, node: SimNode) -> None:
+        """After a local write: ask for a batch to store it, and for a flush."""
+        self._commit_soon(node)
+        self._wake(node)
 
     def _drain(self, node: SimNode) -> None:
         node.changes.extend(node.engine.drain_changes())
@@ -356,7 +387,7 @@ class SimulatedNetwork:
         now = self.local_time(node)
         expires = None if ttl is None else now + ttl
         entry = n.engine.set(key, encode_value(key, value), now, expires)
-        self._commit_soon(n)
+        self._written(n)
         self.writes.append(Write(node, key, value, entry.stamp, expires, "set"))
         return entry.stamp
 
@@ -364,7 +395,7 @@ class SimulatedNetwork:
         """Delete ``key`` on ``node``."""
         n = self._live(node)
         n.engine.delete(key, self.local_time(node))
-        self._commit_soon(n)
+        self._written(n)
         entry = n.replica.entries[key]
         self.writes.append(Write(node, key, None, entry.stamp, None, "delete"))
         return entry.stamp
@@ -381,6 +412,7 @@ class SimulatedNetwork:
         entry = n.engine.incr(key, delta, now, expires, _as_int)
         if entry is None:
             raise LookupError(f"{key!r} is a stub on {node}: fetch it first")
+        self._wake(n)
         self.writes.append(Write(node, key, delta, entry.stamp, entry.expires, "incr"))
         return entry.stamp
 
@@ -395,6 +427,7 @@ class SimulatedNetwork:
         entry = n.engine.touch(key, now, None if ttl is None else now + ttl)
         if entry is None:
             return None
+        self._wake(n)
         self.writes.append(Write(node, key, None, entry.stamp, entry.expires, "touch"))
         return entry.stamp
 
@@ -402,7 +435,7 @@ class SimulatedNetwork:
         """Invalidate every key matching ``pattern``, from ``node``."""
         n = self._live(node)
         n.engine.invalidate_pattern(pattern, self.local_time(node))
-        self._commit_soon(n)
+        self._written(n)
         tomb = n.replica.patterns[pattern]
         self.writes.append(Write(node, pattern, None, tomb.stamp, None, "pattern"))
         return tomb.stamp

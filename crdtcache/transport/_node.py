@@ -19,7 +19,9 @@ task and its drop; a refused stream costs one log line and is counted in
 
 The engine is touched only from the event loop: the reader task of each link hands
 messages to the mesh and gossip to ``engine.handle``; a periodic callback calls
-``engine.tick``; a write wakes a one-shot flush at the engine's next flush time.
+``engine.tick``; a write wakes a one-shot flush at the engine's flush deadline: on an
+idle link in the next loop step (every write of this step travels in it), once the
+engine's flush budget is spent on a timer (adaptive batching, see the engine).
 Whatever the engine returns is encoded once per message and written to each peer's
 connection, whose send buffer is bounded (a stuck peer loses frames, repaired by
 anti-entropy, and is dropped if it stays stuck); the engine is told which peers'
@@ -200,7 +202,7 @@ class Node:
         # An ordered set: shutdown cancels in a repeatable order (MemoryNetwork runs).
         self._tasks: dict[asyncio.Task[Any], None] = {}
         self._tick_handle: asyncio.TimerHandle | None = None
-        self._flush_handle: asyncio.TimerHandle | None = None
+        self._flush_handle: asyncio.Handle | None = None
         # Futures resolved by the engine's completion events, by ack or fetch id.
         self._waiters: dict[tuple[bool, int], asyncio.Future[None]] = {}
         self._on_changes: Callable[[list[Change]], None] | None = None
@@ -395,15 +397,31 @@ class Node:
             self._tick_handle = asyncio.get_running_loop().call_later(delay, self._tick)
 
     def wake(self) -> None:
-        """A local write was queued: flush it at the engine's next flush time."""
+        """A local write was queued: flush it when the engine says it is due.
+
+        Due now (an idle link), the flush runs in the next loop step rather than in
+        this call, so that the writes a caller makes before it yields share one push.
+        """
         if self._flush_handle is not None or self._closing or not self._started:
             return
-        delay = max(0.0, self.engine.next_deadline() - self._clock())
-        self._flush_handle = asyncio.get_running_loop().call_later(delay, self._flush_now)
+        deadline = self.engine.flush_deadline()
+        if deadline is None:
+            return  # nothing may leave yet (the durability gate wakes us again)
+        loop = asyncio.get_running_loop()
+        delay = deadline - self._clock()
+        if delay > 0:
+            self._flush_handle = loop.call_later(delay, self._flush_now)
+        else:
+            self._flush_handle = loop.call_soon(self._flush_now)
 
     def _flush_now(self) -> None:
         self._flush_handle = None
-        self._deliver(self.engine.flush(self._clock())[0])
+        now = self._clock()
+        if self.engine.flush_due(now):
+            self._deliver(self.engine.flush(now)[0])
+        else:
+            # The loop's clock is not the engine's: a timer may fire a hair early.
+            self.wake()
 
     async def flush(self, *, ack: bool, timeout: float) -> frozenset[str]:
         """Push queued deltas now; with ``ack``, wait for every live linked peer to apply.

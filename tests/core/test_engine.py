@@ -51,6 +51,7 @@ def values(link: Link, node: str, now: float = T0) -> dict[str, object]:
         ({"suspect_after": 3, "dead_after": 2}, "suspect_after <= dead_after"),
         ({"suspect_after": 0}, "suspect_after <= dead_after"),
         ({"fanout": 0}, "fanout"),
+        ({"flush_burst": 0}, "flush_burst must be at least 1"),
         ({"max_message_entries": 0}, "message limits"),
         ({"max_message_bytes": 1000}, "message limits"),
     ],

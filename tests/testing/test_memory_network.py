@@ -121,3 +121,39 @@ def test_a_broken_link_is_redialled() -> None:
 
     with MemoryNetwork(seed=2) as net:
         net.run(scenario(net), timeout=120)
+
+
+def test_a_lone_write_behind_write_does_not_wait_for_sync_interval() -> None:
+    """On an idle link the write leaves in the next loop step, not on a timer."""
+
+    async def scenario(net: MemoryNetwork) -> tuple[list[float], int]:
+        slow = {"sync_interval": 1.0}
+        async with (
+            net.cache(node_id="a", **slow) as a,
+            net.cache(node_id="b", seeds=[a.address], **slow) as b,
+        ):
+            await a.wait_for_peers(1)
+            await b.wait_for_peers(1)
+            arrived: dict[str, float] = {}
+            b.on("set", lambda event: arrived.setdefault(event.key, net.elapsed))
+            took = []
+            for i in range(5):
+                await asyncio.sleep(0.3)  # idle: ticks and heartbeats only
+                start = net.elapsed
+                await a.set(f"k{i}", i)
+                while f"k{i}" not in arrived:
+                    await asyncio.sleep(0.001)
+                took.append(arrived[f"k{i}"] - start)
+            # A burst in one loop step still travels in one push.
+            await asyncio.sleep(0.3)
+            frames = (await a.get_statistics()).traffic.frames_sent
+            for i in range(200):
+                await a.set(f"burst{i}", i)
+            while len([k for k in arrived if k.startswith("burst")]) < 200:
+                await asyncio.sleep(0.001)
+            return took, (await a.get_statistics()).traffic.frames_sent - frames
+
+    with MemoryNetwork(seed=5) as net:
+        took, frames = net.run(scenario(net), timeout=120)
+    assert max(took) < 0.001  # zero-latency streams: no wait at all, not up to 1 s
+    assert frames == 1

@@ -138,7 +138,7 @@ async def test_statistics_count_bytes_and_frames(cluster3: list[Node]) -> None:
 async def test_close_flushes_queued_writes() -> None:
     nodes = await start_cluster(2, prefix="flush", sync_interval=10.0)
     a, b = nodes
-    a.engine.set("late", 1, time.time())  # queued, the next flush is 10 s away
+    a.engine.set("late", 1, time.time())  # queued, and nobody woke the node to flush it
     await a.close()
     await wait_for(lambda: "late" in view(b), 2)
     await b.close()
