@@ -5,10 +5,9 @@ Theory of operation
 A peer asking for anti-entropy sends its marks, and needs exactly the entries of each
 origin ``o`` stamped above ``marks[o]`` (see :mod:`crdtcache.core._replica`). A scan
 of the map finds them at the cost of its size, however few they are. A
-:class:`ChangeLog` finds them at the cost of the answer: per origin it keeps the keys
-whose entry that origin wrote, grouped in *chunks* ordered by stamp. Keys only: the
-entry (and its stamp) is looked up in the map when needed, so the log costs about one
-pointer per entry.
+:class:`ChangeLog` finds them at the cost of the answer: per origin it lists the keys
+whose entry that origin wrote, in *chunks* ordered by stamp. It stores keys only (a
+pointer each): an entry, and its stamp, is looked up in the map when needed.
 
 Invariants, per origin:
 
@@ -16,26 +15,28 @@ Invariants, per origin:
   (``hi[i] < lo[i + 1]``). Within a chunk, keys are in arrival order.
 * *Live position.* Every key of the map whose entry this origin wrote is listed in the
   one chunk whose range holds the entry's stamp.
-* *Stale positions.* A key overwritten or removed is not looked for (that would be a
-  scan of its chunk per write): its old position stays, and its chunk counts one more
-  stale position. A stale position is told apart by the map (the key is gone, or its
-  entry is another origin's or stamped elsewhere); a key rewritten within one chunk is
-  listed twice there, and a query keeps it once.
-* *Bounded memory.* A chunk that is more than half stale is compacted, which costs
-  the chunk and is paid for by the writes that made it stale: positions stay within
-  twice the entries, plus the chunks still filling.
+* *Stale positions.* A key overwritten or removed is not searched for (that would read
+  every key of its chunk on a write): its old position stays, and that chunk counts
+  one more stale position. A position is stale when the map says so (the key is gone,
+  or its entry is another origin's, or stamped outside the chunk's range); a key
+  rewritten within one chunk may be listed twice there, and a query answers it once.
+* *Bounded memory.* A chunk more than half stale is compacted, at the cost of its
+  keys, paid for by the writes that made them stale: positions stay within twice the
+  entries. A chunk left with less than a quarter of :data:`CHUNK` joins a neighbour,
+  so chunks stay mostly full whatever is overwritten.
 
-Writes in stamp order (this node's own, a stream from their origin) append to the last
-chunk, and start a new one after :data:`CHUNK` keys. A write arriving out of order (an
-anti-entropy answer, a restore, a forwarded write) goes into the chunk whose range
-takes its stamp, widened into the gap before it if needed; a chunk grown past twice
-:data:`CHUNK` is split by stamp (its stale positions dropped on the way).
+*Writes.* The replica tells the log of every change to the map, with the entry
+replaced (:meth:`ChangeLog.replaced`, :meth:`ChangeLog.removed`). Writes in stamp
+order (this node's own, a stream from their origin) append to the last chunk, and
+start a new one after :data:`CHUNK` keys; a key rewritten while its position is in
+the last chunk (a hot key) does not move at all: the range grows to its new stamp. A
+write arriving out of order (an anti-entropy answer, a restore, a forwarded write) goes
+into the chunk whose range holds its stamp, or next to the gap it falls in; a chunk
+grown past twice :data:`CHUNK` is split by stamp.
 
-So :meth:`ChangeLog.since` costs, per origin with anything above its mark, one bisect
-of the chunk maxima, the chunk the mark falls in (fewer than ``2 * CHUNK`` positions)
-and the positions after it: the changes, their stale positions (as many at most) and
-one chunk, not the map. The log is told of every change to the map by the replica
-(:meth:`ChangeLog.replaced`, :meth:`ChangeLog.removed`), which is its only writer.
+*Reads.* :meth:`ChangeLog.since` costs, per origin with anything above its mark, one
+bisect of the chunk maxima, the chunk the mark falls in and the positions after it:
+the changes, their stale positions (at most as many again) and one chunk, not the map.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ class ChangeLogStatistics:
     positions: int
     #: Stale positions counted and not compacted yet.
     stale: int
-    #: Positions examined by every query so far (what a query costs).
+    #: Positions examined by every query so far (what queries cost).
     examined: int
 
 
@@ -88,8 +89,28 @@ class _OriginLog:
             return i
         return -1
 
+    def insert_chunk(self, i: int, lo: int, hi: int, keys: list[str]) -> None:
+        self.lo.insert(i, lo)
+        self.hi.insert(i, hi)
+        self.keys.insert(i, keys)
+        self.stale.insert(i, 0)
+
     def drop_chunk(self, i: int) -> None:
         del self.lo[i], self.hi[i], self.keys[i], self.stale[i]
+
+    def join_small(self, i: int) -> None:
+        """Join chunk ``i`` (compacted: no stale position) to its smaller neighbour if
+        both fit in one. Their ranges are adjacent: the joined range overlaps no other."""
+        keys = self.keys
+        left = len(keys[i - 1]) if i > 0 else CHUNK
+        right = len(keys[i + 1]) if i + 1 < len(keys) else CHUNK
+        if len(keys[i]) + min(left, right) > CHUNK:
+            return
+        a = i - 1 if left <= right else i
+        keys[a] += keys[a + 1]
+        self.hi[a] = self.hi[a + 1]
+        self.stale[a] += self.stale[a + 1]
+        self.drop_chunk(a + 1)
 
 
 class ChangeLog:
@@ -108,34 +129,36 @@ class ChangeLog:
     # ------------------------------------------------------------- writing
     def replaced(self, key: str, old: Entry | None, new: Entry) -> None:
         """``new`` is now the entry of ``key`` in the map, in place of ``old``."""
+        # On every write: the common steps are inlined (a call costs as much as a step).
         ts, origin = new.ts, new.origin
         if old is not None:
-            if old.ts == ts and old.origin == origin:
-                return  # same write (a stub, a filled stub, an expiry): same position
-            self._unlist(key, old)
-        log = self._origins.get(origin)
+            if old.origin == origin:
+                if old.ts == ts:
+                    return  # same write (a stub, a filled stub, an expiry): same place
+                own = self._origins[origin]
+                if old.ts >= own.lo[-1] and ts >= own.hi[-1]:
+                    own.hi[-1] = ts  # a key rewritten in the last chunk stays there
+                    return
+            self._unlist(old)
+        log = self._origins.get(origin)  # (after: _unlist may have dropped it)
         if log is None:
             self._origins[origin] = _OriginLog(key, ts)
             return
         hi = log.hi
         last = hi[-1]
-        if ts >= last:  # in stamp order: the common case, kept short
+        if ts >= last:  # in stamp order: the common case
             keys = log.keys[-1]
             if ts == last or len(keys) < CHUNK:
                 keys.append(key)
                 hi[-1] = ts
             else:
-                log.lo.append(ts)
-                hi.append(ts)
-                log.keys.append([key])
-                log.stale.append(0)
+                log.insert_chunk(len(hi), ts, ts, [key])
             return
         i = bisect_left(hi, ts)  # the first chunk reaching ts (there is one: ts < last)
         lo, chunks = log.lo, log.keys
         if lo[i] <= ts:  # within its range
-            keys = chunks[i]
-            keys.append(key)
-            if len(keys) > 2 * CHUNK and lo[i] < hi[i]:  # (one stamp cannot be cut)
+            chunks[i].append(key)
+            if len(chunks[i]) > 2 * CHUNK and lo[i] < hi[i]:  # (one stamp cannot be cut)
                 self._split(origin, log, i)
         elif i > 0 and len(chunks[i - 1]) < CHUNK:  # in the gap after chunk i - 1
             chunks[i - 1].append(key)
@@ -144,27 +167,29 @@ class ChangeLog:
             chunks[i].append(key)
             lo[i] = ts
         else:  # between two full chunks: a chunk of its own
-            lo.insert(i, ts)
-            hi.insert(i, ts)
-            chunks.insert(i, [key])
-            log.stale.insert(i, 0)
+            log.insert_chunk(i, ts, ts, [key])
 
     def removed(self, key: str, old: Entry) -> None:
         """``old``, the entry of ``key``, left the map."""
-        self._unlist(key, old)
+        self._unlist(old)
 
-    def _unlist(self, key: str, old: Entry) -> None:
+    def _unlist(self, old: Entry) -> None:
         """Count ``old``'s position stale; compact its chunk once half of it is."""
-        log = self._origins.get(old.origin)
+        origin, ts = old.origin, old.ts
+        log = self._origins.get(origin)
         if log is None:
             return
-        i = log.chunk_of(old.ts)
-        if i < 0:
-            return
+        lo = log.lo
+        if ts >= lo[-1]:
+            i = len(lo) - 1  # a recent write: no bisect
+        else:
+            i = bisect_left(log.hi, ts)
+            if lo[i] > ts:
+                return  # (not listed: cannot happen while the invariants hold)
         stale = log.stale[i] + 1
         log.stale[i] = stale
         if 2 * stale > len(log.keys[i]):
-            self._compact(old.origin, log, i)
+            self._compact(origin, log, i)
 
     def _live(self, origin: str, keys: list[str], lo: int, hi: int) -> list[str]:
         """The live keys of a chunk ranged ``[lo, hi]``, once each, in order."""
@@ -185,6 +210,8 @@ class ChangeLog:
             return
         log.keys[i] = live
         log.stale[i] = 0
+        if len(live) < CHUNK // 4:
+            log.join_small(i)
 
     def _split(self, origin: str, log: _OriginLog, i: int) -> None:
         """Cut an overgrown chunk into chunks of about :data:`CHUNK` keys by stamp.
@@ -207,11 +234,8 @@ class ChangeLog:
             pieces.append((start, end))
             start = end
         log.drop_chunk(i)
-        for n, (start, end) in enumerate(pieces):
-            log.lo.insert(i + n, stamps[start])
-            log.hi.insert(i + n, stamps[end - 1])
-            log.keys.insert(i + n, live[start:end])
-            log.stale.insert(i + n, 0)
+        for offset, (start, end) in enumerate(pieces):
+            log.insert_chunk(i + offset, stamps[start], stamps[end - 1], live[start:end])
         if not log.hi:
             del self._origins[origin]
 
@@ -224,10 +248,9 @@ class ChangeLog:
         With ``limit``, None instead when more than ``limit`` positions would have to
         be examined (the caller then does the work in slices of its own).
         """
-        origins = self._origins
         todo: list[tuple[str, int, list[list[str]]]] = []
         count = 0
-        for origin, log in origins.items():
+        for origin, log in self._origins.items():
             mark = marks.get(origin, -1)
             hi = log.hi
             if hi[-1] <= mark:
@@ -239,7 +262,7 @@ class ChangeLog:
                 if count > limit:
                     return None
         entries = self._entries
-        found: dict[str, Entry] = {}  # a key listed twice (see the module doc) once
+        found: dict[str, Entry] = {}  # (a key listed twice is answered once)
         examined = 0
         for origin, mark, chunks in todo:
             for keys in chunks:

@@ -67,27 +67,28 @@ def marks_to_try(r: Replica) -> Iterator[dict[str, int]]:
 
 
 def check_structure(r: Replica) -> None:
-    """The log's invariants (module doc): disjoint increasing ranges, and every entry
-    listed in the one chunk of its origin whose range holds its stamp."""
+    """The log's invariants (module doc): disjoint increasing ranges, every entry listed
+    in the one chunk of its origin whose range holds its stamp, stale positions counted
+    exactly and at most as many as the live ones."""
     logs = r._log._origins
     for log in logs.values():
         assert log.hi and all(lo <= hi for lo, hi in zip(log.lo, log.hi, strict=True))
         assert all(a < b for a, b in zip(log.hi, log.lo[1:], strict=False))
+        assert all(2 * stale <= len(keys) for stale, keys in zip(log.stale, log.keys, strict=True))
     for key, e in r.entries.items():
         log = logs[e.origin]
         i = log.chunk_of(e.ts)
         assert i >= 0 and key in log.keys[i], f"{key!r} not where its stamp says"
-
-
-def check_log(r: Replica) -> None:
-    """Every answer is right, and the log holds each entry once, plus at most as many
-    stale positions (counted exactly)."""
-    check_structure(r)
-    for marks in marks_to_try(r):
-        check_answers(r, marks)
     stats = r.change_log_statistics()
     assert stats.positions - stats.stale == len(r.entries)
     assert stats.positions <= 2 * len(r.entries)
+
+
+def check_log(r: Replica) -> None:
+    """The log holds the map, and every answer is the scan's."""
+    check_structure(r)
+    for marks in marks_to_try(r):
+        check_answers(r, marks)
 
 
 def as_int(stored: object) -> int:
@@ -290,17 +291,30 @@ def test_entries_merged_in_any_order_are_answered_like_a_scan(rng: Any, n: int) 
     check_log(r)
 
 
-def test_rewriting_one_key_keeps_the_log_the_size_of_the_map() -> None:
+def test_rewriting_keys_keeps_the_log_the_size_of_the_map() -> None:
     r = make_replica("a")
     for i in range(10 * CHUNK):
         r.set(f"k{i}", i, T0)
     for i in range(50 * CHUNK):
         r.set("hot", i, T0 + 1 + i * 0.001)
-        r.set(f"k{i % 7}", i, T0 + 1 + i * 0.001)
+        r.set(f"k{i * 7 % (10 * CHUNK)}", i, T0 + 1 + i * 0.001)
+    assert len(r.entries) == 10 * CHUNK + 1
+    check_log(r)  # (at most twice as many positions as entries)
+
+
+def test_overwrites_all_over_the_map_keep_chunks_mostly_full() -> None:
+    """Overwrites thin out old chunks: compacted, and joined once a quarter full."""
+    r = make_replica("a")
+    n = 40 * CHUNK
+    for i in range(n):
+        r.set(f"k{i}", i, T0 + i * 0.001)
+    rng = random.Random(7)
+    for j in range(4 * n):
+        r.set(f"k{rng.randrange(n)}", j, T0 + 100 + j * 0.001)
     stats = r.change_log_statistics()
-    assert stats.positions <= 2 * len(r.entries)
-    assert stats.positions - stats.stale == len(r.entries)
-    check_answers(r, {"a": ts(T0 + 1.5)})
+    assert stats.chunks <= 2 * n // (CHUNK // 4)
+    check_structure(r)
+    check_answers(r, {"a": ts(T0 + 100)})
 
 
 def test_keys_sharing_one_stamp_are_kept_together() -> None:
