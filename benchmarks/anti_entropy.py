@@ -36,9 +36,10 @@ pings to a dead peer every 2 s) stay in phase; after a long partition the period
 anti-entropy pull can then fire while the catch-up pull started on reconnection is
 still in flight, and the divergent entries are sent twice: the "+2 s" columns show it.
 
-Also timed (median of repeats, wall clock): ``Replica.changes_since`` over the whole map
-(the scan every anti-entropy request costs the answering node), ``full_state()``, and
-codec encoding of the divergent and the full payloads.
+Also timed (median of repeats, wall clock): ``Replica.changes_since`` (what every
+anti-entropy request costs the answering node: found in its change log at the cost of
+the entries returned, see ``benchmarks/catchup.py`` for the scan it replaced),
+``full_state()``, and codec encoding of the divergent and the full payloads.
 
 Run ``python benchmarks/anti_entropy.py`` (about 30 s) or ``--quick`` (10k keys).
 Writes ``benchmarks/results/anti_entropy.json``.

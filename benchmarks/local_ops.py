@@ -64,7 +64,8 @@ costs a few ns per operation (the empty-loop row); no row subtracts it.
 Ratios: ``xLRU`` is the row's median over cachetools ``LRUCache`` (``get`` or
 ``__setitem__``) for the same value kind, ``xRedis`` over redis-py ``GET``/``SET``.
 ``copy`` says whether a dict value comes back as a fresh object (crdtcache decodes
-its stored msgpack on each hit so callers never alias the replica; Redis rows pay
+its stored msgpack on each hit so callers never alias the replica -- this dict holds a
+list; a flat one is copied from a decoded original instead, see ``flat_reads.py``; Redis rows pay
 ``json.loads``/``json.dumps``) or as the very object stored (cachetools, cashews'
 and aiocache's memory backends hand out the same dict: free, but aliased).
 

@@ -18,7 +18,8 @@ peer's ack and raises :class:`PeerError` naming the ones that did not answer in 
 (the write stays applied here and reaches them by anti-entropy), on-demand ships only
 stamps. Every visible change is reported by the :class:`~._reporting.Reporter`.
 
-*Reads.* A hit reads the entry and decodes a fresh copy (no aliasing). A key this
+*Reads.* A hit reads the entry and hands out a fresh copy (no aliasing): decoded, or
+for a flat list or dict a shallow copy of a decoded original (``core.FlatReads``). A key this
 node knows only as a stub (evicted here, or on-demand) is read from the store file or
 fetched from whoever holds it; a key with no entry at all is absent cluster-wide unless
 the runtime ``answers_misses`` (redis), so a p2p miss costs no network round trip.
@@ -55,9 +56,9 @@ from crdtcache.core import (
     PeerEvent,
     Replica,
     check_key,
-    decode_value,
 )
 from crdtcache.core._counter import Counter, CounterError
+from crdtcache.core._values import FlatReads
 from crdtcache.runtime._protocol import Runtime
 from crdtcache.store._persistence import Persistence
 
@@ -189,6 +190,9 @@ class Cache:
         # The hit path reads these attributes directly (see _read).
         self._entries: dict[str, Entry] = {}
         self._load = self._codec.load
+        # Flat lists and dicts read here are copied from a decoded original, not decoded.
+        self._flat = FlatReads()
+        self._flat_copier = self._flat.copier
         self._hit_cbs = self._reporter.hit_listeners
         self._metrics = config.metrics
         self._state = _NEW
@@ -375,7 +379,8 @@ class Cache:
             return ABSENT
         if self._load is None:
             if type(value) is Packed:  # a list or dict: hand out a fresh copy
-                value = decode_value(value)
+                copy = self._flat_copier(value)  # (FlatReads.decode, its hit inlined)
+                value = copy() if copy is not None else self._flat.decode(value)
             elif type(value) is Counter:
                 value = value.total
         else:

@@ -14,7 +14,9 @@ thread. That is safe under the GIL because:
    by single-item assignments and removals, each atomic;
 2. entries are immutable -- the loop replaces an :class:`Entry`, never changes one --
    so the value and expiry read belong to one version, and stored values are
-   immutable (scalars and packed bytes), decoded into a fresh object per call;
+   immutable (scalars and packed bytes), decoded into a fresh object per call (a flat
+   list or dict: copied from a decoded original that no caller ever holds, see
+   ``core.FlatReads``, whose every step is one dict operation);
 3. the caller thread's only writes are one byte of the reference-bit array (a lost
    bit costs an eviction second chance, nothing more) and hit counters (``+=`` on an
    attribute has no switch point on CPython with the GIL, so counts are exact in

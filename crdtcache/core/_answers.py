@@ -21,7 +21,11 @@ and a hundred tiny requests a hundred times over. So an answer is work kept per 
 * *Snapshot.* An answer is the replica as it was when it started: the list of keys and
   the list of entries (references, nothing copied), the marks and the pattern
   tombstones are taken then. Parts sent later hold exactly what the whole answer would
-  have held had it been sent at once, so the requester may adopt the marks.
+  have held had it been sent at once, so the requester may adopt the marks. A peer
+  that lacks little (its missing entries found in the replica's change log by
+  examining at most :data:`SCAN_SLICE` keys) gets a snapshot of just those: catching
+  up costs the changes, not the map. Only a full state, or a peer far behind, has the
+  whole map listed and scanned in slices.
 * *Shape.* Pattern tombstones go first (``max_message_patterns`` per part), then the
   entries, cut by ``max_message_entries`` and ``max_message_bytes``. Every part carries
   the total number of parts, so the scan ends before the first part leaves.
@@ -237,9 +241,14 @@ class SyncAnswers:
             patterns = [p for p in replica.patterns.values() if p.ts > asked.get(p.origin, -1)]
         if held_back is not None:
             patterns = [p for p in patterns if p.origin != self.node or p.ts <= durable]  # type: ignore[operator]  # durable is set with held_back
-        if not full and all(ts <= asked.get(o, -1) for o, ts in replica.high.items()):
-            # Nothing here is newer than what the peer covers: nothing to scan.
-            return _Answer(peer, m.exchange, now, asked, full, marks, patterns, [], [])
+        if not full:
+            changed = replica.entries_since(asked, SCAN_SLICE)
+            if changed is not None:  # found at the cost of the changes: the answer's own
+                keys = [k for k, _ in changed]
+                entries = [e for _, e in changed]
+                return _Answer(
+                    peer, m.exchange, now, asked, full, marks, patterns, keys, entries, held_back
+                )
         keys, entries = list(replica.entries), list(replica.entries.values())
         return _Answer(
             peer, m.exchange, now, asked, full, marks, patterns, keys, entries, held_back

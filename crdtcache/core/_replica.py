@@ -35,7 +35,9 @@ collected what beat it). A local write raises the node's own mark; other marks r
 only by a complete exchange (:meth:`changes_since` on the peer, then
 :meth:`advance_marks`) or by a gap-free stream from the origin. A peer that sends
 its marks therefore needs exactly the entries stamped above them: catch-up costs
-what differs, not the size of the map.
+what differs, not the size of the map. Finding those entries costs what differs too:
+a change log (:mod:`~crdtcache.core._changelog`), told of every change to the map
+beside the observers, lists each origin's keys by stamp.
 
 *Collection and the resurrection rule.* Tombstones (and values past their expiry,
 which first shrink to tombstones) are kept for ``tombstone_grace`` seconds after
@@ -76,6 +78,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final, Protocol
 
 from crdtcache._errors import CacheError, ClockDriftError
+from crdtcache.core._changelog import ChangeLog, ChangeLogStatistics
 from crdtcache.core._counter import Counter
 from crdtcache.core._entry import (
     NO_STAMP,
@@ -246,6 +249,9 @@ class Replica:
         # only due buckets. A key rewritten within one bucket is listed once, so this
         # costs about one pointer per mortal entry (a dict or set would cost ~40 B).
         self._due: dict[int, list[str]] = {}
+        # Per origin, the keys of ``entries`` by stamp: :meth:`changes_since` finds what
+        # a peer lacks at the cost of what changed, not of the map.
+        self._log = ChangeLog(self.entries)
         # The pattern tombstones (``patterns``), indexed by literal prefix.
         self._pattern_index = PatternIndex(self.patterns, max_patterns)
         #: Remote entries refused for clock drift.
@@ -286,12 +292,14 @@ class Replica:
         ):
             due = None  # already listed under that second
         self.entries[key] = entry
+        self._log.replaced(key, previous, entry)  # after: a split reads the map
         if due is not None:
             self._list(key, due)
         return entry
 
     def _pop(self, key: str) -> Entry:
         old = self.entries.pop(key)
+        self._log.removed(key, old)
         for observer in self.observers:
             observer.removed(key, old)
         return old
@@ -702,12 +710,28 @@ class Replica:
     def changes_since(
         self, marks: Mapping[str, int]
     ) -> tuple[list[tuple[str, Entry]], list[PatternTombstone]]:
-        """Everything stamped above the peer's ``marks``: what it may lack."""
+        """Everything stamped above the peer's ``marks``: what it may lack.
+
+        Costs what it returns (plus a little per origin), not the size of the map: the
+        entries come from the change log (:mod:`crdtcache.core._changelog`).
+        """
         if all(ts <= marks.get(origin, -1) for origin, ts in self.high.items()):
-            return [], []  # nothing here is newer than what the peer covers: no scan
-        entries = [(k, e) for k, e in self.entries.items() if e.ts > marks.get(e.origin, -1)]
+            return [], []  # nothing here is newer than what the peer covers
+        entries = self._log.since(marks)
+        assert entries is not None  # (no limit: always an answer)
         patterns = [p for p in self.patterns.values() if p.ts > marks.get(p.origin, -1)]
         return entries, patterns
+
+    def entries_since(self, marks: Mapping[str, int], limit: int) -> list[tuple[str, Entry]] | None:
+        """The entries of :meth:`changes_since`, or None if finding them would examine
+        more than ``limit`` keys (the caller then scans the map in slices instead)."""
+        if all(ts <= marks.get(origin, -1) for origin, ts in self.high.items()):
+            return []
+        return self._log.since(marks, limit)
+
+    def change_log_statistics(self) -> ChangeLogStatistics:
+        """The size of the change log behind :meth:`changes_since`, and its work."""
+        return self._log.statistics()
 
     def full_state(self) -> tuple[list[tuple[str, Entry]], list[PatternTombstone]]:
         """Every entry and pattern tombstone (for a peer that must resync)."""

@@ -121,3 +121,20 @@ def test_a_fast_answer_when_nothing_is_newer() -> None:
     a.invalidate_pattern("p:*", T0)
     (message,) = _responses(a.handle("b", SyncRequest(1, dict(a.replica.marks)), T0))
     assert (message.parts, message.entries, message.patterns) == (1, (), ())
+
+
+def test_a_peer_that_lacks_little_is_answered_at_once_from_the_change_log() -> None:
+    """A scan of a map this size takes several steps; the change log finds the few
+    entries the peer lacks at once, and the answer is whole in the first step."""
+    a = make_engine("a")
+    a.add_peer("b", T0)
+    for i in range(3 * answers.SCAN_SLICE):
+        a.set(f"k{i}", i, T0)
+    behind = dict(a.replica.marks)
+    for i in range(5):
+        a.set(f"k{i * 1000}", -i, T0 + 1)
+    parts = _responses(a.handle("b", SyncRequest(1, behind), T0 + 1))
+    assert not a._answers.pending()
+    entries, _ = _answer(parts)
+    assert sorted(entries) == sorted(f"k{i * 1000}" for i in range(5))
+    assert all(p.marks == a.replica.marks for p in parts)
