@@ -59,6 +59,8 @@ def assemble(
     open then).
     """
     persistence: Persistence | None = None
+    # Only p2p peers ask a replica what they lack: elsewhere no change log is kept.
+    peers_ask = options.backend == "p2p"
     if options.persist_path is not None:
         assert isinstance(options.persist_path, str)  # normalised by CacheOptions
         persistence = Persistence(options.persist_path, max_value_bytes=options.max_value_bytes)
@@ -69,9 +71,12 @@ def assemble(
             resolver=options.conflict_resolver,
             max_held=options.max_size,
             clock=clock,  # rows past the first few load after start
+            change_log=peers_ask,
         )
     else:
-        replica = Replica(HybridClock(node_id), resolver=options.conflict_resolver)
+        replica = Replica(
+            HybridClock(node_id), resolver=options.conflict_resolver, change_log=peers_ask
+        )
     tier.node = replica.node
     tier.attach(replica)
     engine = GossipEngine(

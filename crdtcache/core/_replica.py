@@ -78,7 +78,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final, Protocol
 
 from crdtcache._errors import CacheError, ClockDriftError
-from crdtcache.core._changelog import ChangeLog, ChangeLogStatistics
+from crdtcache.core._changelog import ChangeLog, ChangeLogStatistics, MapScan
 from crdtcache.core._counter import Counter
 from crdtcache.core._entry import (
     NO_STAMP,
@@ -221,7 +221,11 @@ def _value_stamp(e: Entry) -> int:
 
 
 class Replica:
-    """One node's copy of the map. Pure: every method takes ``now`` from the caller."""
+    """One node's copy of the map. Pure: every method takes ``now`` from the caller.
+
+    ``change_log=False`` for a replica no peer will ask what it lacks (one without
+    peers): :meth:`changes_since` then scans the map instead of keeping a log.
+    """
 
     def __init__(
         self,
@@ -230,6 +234,7 @@ class Replica:
         resolver: Resolver | None = None,
         tombstone_grace: float = TOMBSTONE_GRACE,
         max_patterns: int = MAX_PATTERN_TOMBSTONES,
+        change_log: bool = True,
     ) -> None:
         if tombstone_grace <= 0:
             raise ValueError("tombstone_grace must be positive")
@@ -250,8 +255,11 @@ class Replica:
         # costs about one pointer per mortal entry (a dict or set would cost ~40 B).
         self._due: dict[int, list[str]] = {}
         # Per origin, the keys of ``entries`` by stamp: :meth:`changes_since` finds what
-        # a peer lacks at the cost of what changed, not of the map.
-        self._log = ChangeLog(self.entries)
+        # a peer lacks at the cost of what changed, not of the map. (Not kept where no
+        # peer will ask: ``change_log=False``.)
+        self._log: ChangeLog | MapScan = (
+            ChangeLog(self.entries) if change_log else MapScan(self.entries)
+        )
         # The pattern tombstones (``patterns``), indexed by literal prefix.
         self._pattern_index = PatternIndex(self.patterns, max_patterns)
         #: Remote entries refused for clock drift.

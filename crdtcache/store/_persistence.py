@@ -109,8 +109,11 @@ class Persistence:
         resolver: Resolver | None,
         max_held: int | None,
         clock: Callable[[], float] | None = None,
+        change_log: bool = True,
     ) -> Replica:
         """The replica the file holds (or a new one named ``node_id`` or ``new_id``).
+
+        ``change_log``: see :class:`~crdtcache.core.Replica`.
 
         With ``clock``, the replica comes back with the file's patterns, marks and
         clock, and its first ``START_ROWS`` entries; :attr:`load` merges the rest
@@ -124,7 +127,7 @@ class Persistence:
         if state is None:
             node = node_id or new_id
             self.store.initialize(node)
-            replica = Replica(HybridClock(node), resolver=resolver)
+            replica = Replica(HybridClock(node), resolver=resolver, change_log=change_log)
             replica.observe(self)
             return replica
         if node_id is not None and node_id != state.node_id:
@@ -133,7 +136,9 @@ class Persistence:
                 f"persist_path {self.path!r} belongs to node {state.node_id!r}, "
                 f"not node_id={node_id!r}"
             )
-        replica = state.build_replica(now, resolver=resolver, max_held=max_held)
+        replica = state.build_replica(
+            now, resolver=resolver, max_held=max_held, change_log=change_log
+        )
         replica.observe(self)
         self.durable_own = state.marks.get(state.node_id, -1)
         if clock is not None:

@@ -193,6 +193,7 @@ class StoredState:
         max_drift: float = MAX_DRIFT,
         max_held: int | None = None,
         stamp_headroom: float = STAMP_HEADROOM,
+        change_log: bool = True,
     ) -> Replica:
         """Rebuild the node's replica, with a clock that never goes below the file's.
 
@@ -213,6 +214,7 @@ class StoredState:
             HybridClock(self.node_id, max_drift=max_drift, last_ts=start),
             resolver=resolver,
             tombstone_grace=tombstone_grace,
+            change_log=change_log,
         )
         # Merging through the replica's own methods keeps its indexes (patterns, keys
         # to collect, per-origin highs) right. The clock already starts above every

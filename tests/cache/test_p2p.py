@@ -346,3 +346,19 @@ async def test_wait_for_peers_returns_the_count_or_raises() -> None:
             await b.close()
     finally:
         await a.close()
+
+
+@on_both_transports(pair=True)
+async def test_only_a_p2p_replica_keeps_a_change_log(pair: list[Cache]) -> None:
+    # Peers ask a p2p node what they lack (the log answers); nobody asks a memory node.
+    a, _ = pair
+    memory = Cache(backend="memory")
+    await memory.start()
+    try:
+        for cache in (a, memory):
+            await cache.set_many({f"k{i}": i for i in range(50)})
+        assert a._replica is not None and memory._replica is not None
+        assert a._replica.change_log_statistics().positions >= 50
+        assert memory._replica.change_log_statistics().positions == 0
+    finally:
+        await memory.close()

@@ -23,6 +23,7 @@ from crdtcache.core import (
     NOT_HELD,
     TOMBSTONE,
     Entry,
+    HybridClock,
     PatternTombstone,
     Replica,
     _changelog,
@@ -366,3 +367,26 @@ def test_catching_up_costs_the_changes_not_the_map(origins: int) -> None:
     examined = 10 + 2 * CHUNK  # the changes and the chunk the mark falls in, at most
     assert _CountedEntry.reads <= 2 * examined  # (a stamp is two reads: ts and origin)
     assert r.change_log_statistics().examined <= examined
+
+
+@given(st.randoms(use_true_random=False), st.integers(1, 300))
+@settings(max_examples=30, deadline=None)
+def test_a_replica_without_a_change_log_answers_like_one_with(rng: Any, n: int) -> None:
+    """``change_log=False`` (no peer asks: memory, Redis mode) keeps nothing per entry
+    and still answers ``changes_since`` by a scan; ``entries_since`` past its limit
+    defers to the caller's slices, as the log does."""
+    r = Replica(HybridClock("b", max_drift=60.0), change_log=False)
+    source = make_replica("a")
+    for i in range(n):
+        key = f"k{rng.randrange(n)}"
+        if rng.random() < 0.2:
+            r.delete(key, T0 + i * 0.001)
+        else:
+            r.set(key, i, T0 + i * 0.001)
+        source.set(f"s{rng.randrange(n)}", i, T0 + i * 0.001)
+    for key, e in source.entries.items():
+        r.merge_entry(key, e, T0 + n)
+    assert r.change_log_statistics().positions == 0
+    for marks in marks_to_try(r):
+        check_answers(r, marks)
+    assert r.entries_since({}, limit=len(r.entries) - 1) is None
