@@ -53,12 +53,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import cachetools
 
 from crdtcache import Cache, SyncCache
-from crdtcache.core import decode_value, encode_value
+from crdtcache.core import _values, decode_value, encode_value
 
-try:
-    from crdtcache.core._values import FLAT_READ_BYTES
-except ImportError:  # a checkout from before FlatReads: every row decodes
-    FLAT_READ_BYTES = 0
+# 0 in a checkout from before FlatReads: every row decodes there.
+FLAT_READ_BYTES: int = getattr(_values, "FLAT_READ_BYTES", 0)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NKEYS = 1000

@@ -113,6 +113,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from crdtcache import Cache, PeerError, SyncCache
 from crdtcache.cache._loop import new_event_loop
+from crdtcache.cache._options import SyncStrategy
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
@@ -282,7 +283,7 @@ class PeerProcess:
 
 
 async def p2p_with_peer(
-    strategy: str, stack: contextlib.AsyncExitStack, peers: list[PeerProcess]
+    strategy: SyncStrategy, stack: contextlib.AsyncExitStack, peers: list[PeerProcess]
 ) -> Cache:
     """A started p2p node with one peer process connected (``strategy`` sync)."""
     cluster = f"local-ops-{strategy}-{os.getpid()}"
@@ -322,7 +323,7 @@ def drained(cache: Cache) -> Callable[[], Awaitable[None]]:
 async def build_rows(stack: contextlib.AsyncExitStack, peers: list[PeerProcess]) -> list[Row]:
     import cachetools
     import redis.asyncio as aredis
-    from aiocache import SimpleMemoryCache  # type: ignore[import-untyped]
+    from aiocache import SimpleMemoryCache
     from cashews import cache as cashews_cache
 
     rows: list[Row] = []

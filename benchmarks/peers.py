@@ -118,6 +118,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import crdtcache
 from crdtcache import Cache, PeerError, SyncCache
+from crdtcache.cache._options import SyncStrategy
 
 HERE = Path(__file__).resolve()
 RESULTS = HERE.parent / "results"
@@ -370,7 +371,7 @@ def enable_csc(server_version: str) -> None:
     gate = str(getattr(CacheProxyConnection, "MIN_ALLOWED_VERSION", "0"))
     have = tuple(int(x) for x in server_version.split(".")[:3])
     if have < tuple(int(x) for x in gate.split(".")):
-        CacheProxyConnection.MIN_ALLOWED_VERSION = server_version  # type: ignore[misc]
+        CacheProxyConnection.MIN_ALLOWED_VERSION = server_version
 
 
 def csc_client(port: int, max_size: int) -> Any:
@@ -636,7 +637,7 @@ class Agent:
     async def crdt_start(
         self,
         cluster: str,
-        strategy: str = "write-behind",
+        strategy: SyncStrategy = "write-behind",
         seeds: Sequence[str] = (),
         max_size: int = 10_000,
         persist_path: str | None = None,
@@ -1415,7 +1416,7 @@ async def sync_overhead(args: argparse.Namespace, ctx: Context) -> dict[str, Any
             await asyncio.gather(*(w.call("crdt_wait", peers=2) for w in (a, b, c)))
             p2p_us += await a.call("set_times", count=count, gap_ms=2.0)
             await asyncio.gather(*(w.call("reset") for w in (a, b, c)))
-    out = {
+    out: dict[str, Any] = {
         "memory": {"p50_us": percentile(memory_us, 0.5), "p99_us": percentile(memory_us, 0.99)},
         "p2p": {"p50_us": percentile(p2p_us, 0.5), "p99_us": percentile(p2p_us, 0.99)},
         "writes": len(p2p_us),
@@ -1451,7 +1452,7 @@ async def throughput(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
         finally:
             await asyncio.gather(a.call("reset"), b.call("reset"))
         if ctx.nats is not None:
-            conn = {"port": ctx.nats.port, "bucket": f"tp_{tag}"}
+            conn: dict[str, Any] = {"port": ctx.nats.port, "bucket": f"tp_{tag}"}
             try:
                 await a.call("tp_prepare", system="nats-kv", **conn)
                 await b.call("tp_sink", system="nats-kv", **conn)

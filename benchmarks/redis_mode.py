@@ -198,7 +198,7 @@ async def bench(url: str, quick: bool) -> dict[str, Any]:
     target = 0.002
     throughput_n = 4000 if quick else 20_000
     client = aredis.Redis.from_url(url)
-    data = {
+    data: dict[str, list[Any]] = {
         "str": [str_value(i) for i in range(KEYS)],
         "dict": [dict_value(i) for i in range(KEYS)],
     }
@@ -227,7 +227,9 @@ async def bench(url: str, quick: bool) -> dict[str, Any]:
         assert hot._tier.count == 2 * KEYS
 
         async def redis_get_json(key: str) -> Any:
-            return json.loads(await client.get(key))
+            raw = await client.get(key)
+            assert raw is not None
+            return json.loads(raw)
 
         def hmget(kind: str) -> Op:
             prefix = f"crdtcache:{{{cluster}}}:k:"
@@ -262,9 +264,9 @@ async def bench(url: str, quick: bool) -> dict[str, Any]:
             stack.push_async_callback(b.close)
             stack.push_async_callback(a.close)
             for kind in keys:
-                values = dict(zip(keys[kind], data[kind], strict=True))
+                by_key = dict(zip(keys[kind], data[kind], strict=True))
 
-                def setter(cache: Cache, values: dict[str, Any] = values) -> Op:
+                def setter(cache: Cache, values: dict[str, Any] = by_key) -> Op:
                     async def op(key: str) -> None:
                         await cache.set(key, values[key])
 
@@ -274,9 +276,9 @@ async def bench(url: str, quick: bool) -> dict[str, Any]:
                     Row(f"await Cache.set, {strategy}", kind, setter(a), keys[kind], drained(a))
                 )
         for kind in keys:
-            values = dict(zip(plain[kind], data[kind], strict=True))
+            by_plain_key = dict(zip(plain[kind], data[kind], strict=True))
 
-            def plain_set(kind: str = kind, values: dict[str, Any] = values) -> Op:
+            def plain_set(kind: str = kind, values: dict[str, Any] = by_plain_key) -> Op:
                 async def op(key: str) -> None:
                     value = values[key]
                     await client.set(key, value if kind == "str" else json.dumps(value))
@@ -317,8 +319,9 @@ async def bench(url: str, quick: bool) -> dict[str, Any]:
             return throughput_n / (time.perf_counter() - started)
 
         tp: dict[str, list[float]] = {}
+        runs: tuple[tuple[str, Callable[[], Awaitable[float]]], ...]
         for _ in range(3):
-            for label, run in (
+            runs = (
                 (
                     "Cache.set write-behind (until all in Redis)",
                     lambda: cache_throughput("write-behind"),
@@ -326,7 +329,8 @@ async def bench(url: str, quick: bool) -> dict[str, Any]:
                 ("Cache.set write-through", lambda: cache_throughput("write-through")),
                 ("redis-py SET, one at a time", lambda: redis_throughput(False)),
                 ("redis-py SET, pipelined by 512", lambda: redis_throughput(True)),
-            ):
+            )
+            for label, run in runs:
                 tp.setdefault(label, []).append(await run())
         results["throughput"] = {
             label: {"median_per_s": round(statistics.median(v)), "runs": [round(x) for x in v]}
@@ -358,6 +362,8 @@ async def visibility(url: str, cluster: str, strategy: str, n: int) -> dict[str,
         waiting: dict[str, asyncio.Event] = {}
 
         def on_set(event: CacheEvent) -> None:
+            if event.key is None:
+                return
             arrived.setdefault(event.key, time.perf_counter())
             flag = waiting.get(event.key)
             if flag is not None:

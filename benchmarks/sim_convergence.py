@@ -150,7 +150,9 @@ def push_wave(
     return 1 - left / tracker.total, last_gain
 
 
-def trial(n: int, fanout: int | None, loss: float, seed: int, d: float, burst: int) -> dict:
+def trial(
+    n: int, fanout: int | None, loss: float, seed: int, d: float, burst: int
+) -> dict[str, Any]:
     """One seed of one (mode, N): an end-to-end run and a push-only run."""
     rng = random.Random(f"bench-{n}-{fanout}-{loss}-{seed}")
     cfg = GossipConfig(fanout=fanout, sync_interval=d)
@@ -206,7 +208,7 @@ def _mode(fanout: int | None) -> str:
     return "all peers" if fanout is None else f"fanout {fanout}"
 
 
-def print_tables(rows: list[dict], d: float, burst: int) -> None:
+def print_tables(rows: list[dict[str, Any]], d: float, burst: int) -> None:
     """The two result tables, one line per (mode, loss, N)."""
     print()
     print(f"One write: rounds until every node holds it  (1 round = {d * 1000:g} ms)")
@@ -253,7 +255,9 @@ def print_tables(rows: list[dict], d: float, burst: int) -> None:
     print("(median). rounds/log2N: the c that the median end-to-end figure needs.")
 
 
-def plot(rows: list[dict], sizes: Sequence[int], path: Path, interval_rounds: float) -> None:
+def plot(
+    rows: list[dict[str, Any]], sizes: Sequence[int], path: Path, interval_rounds: float
+) -> None:
     """Rounds vs N (median with max) beside c*log2(N), the SPEC goal and Serf's model."""
     import matplotlib
 
