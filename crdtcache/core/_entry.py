@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 from dataclasses import dataclass
 from typing import Final, Literal, NamedTuple
@@ -18,7 +19,9 @@ __all__ = [
     "Amended",
     "Change",
     "ChangeKind",
+    "EXPIRY_SHARE_SECONDS",
     "Entry",
+    "Expiries",
     "Lineage",
     "PatternTombstone",
     "compile_pattern",
@@ -87,6 +90,38 @@ class Entry(msgspec.Struct, gc=False):
 
     def __repr__(self) -> str:
         return f"Entry({self.value!r}, {self.stamp!r}, expires={self.expires!r})"
+
+
+#: How much earlier than ``now + ttl`` a local write may expire, so that the writes of
+#: a burst share one expiry object (see :class:`Expiries`), seconds.
+EXPIRY_SHARE_SECONDS: Final = 0.001
+
+
+class Expiries:
+    """The absolute expiries of local writes: ``now + ttl``, one float shared by a burst.
+
+    An expiry is a float object, 24 bytes kept once per entry with a TTL. Writes whose
+    ``now + ttl`` falls less than :data:`EXPIRY_SHARE_SECONDS` after the expiry handed
+    out last get that same object instead, so a burst of writes with one TTL keeps one
+    float per millisecond rather than one per entry. Such an entry expires at most
+    that much *early*: the safe side for a cache, which must never serve a value for
+    longer than its TTL. An expiry at or before ``now`` is never shared, so a write is
+    live when it is made, as with the exact sum.
+    """
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        self._last = -math.inf
+
+    def at(self, now: float, seconds: float) -> float:
+        """The expiry of a write made at ``now`` for ``seconds``: shared, or ``now + seconds``."""
+        expires = now + seconds
+        last = self._last  # read once: a caller thread may write meanwhile
+        if last <= expires < last + EXPIRY_SHARE_SECONDS and last > now:
+            return last
+        self._last = expires
+        return expires
 
 
 #: Which write a value descends from: ``(ts, origin, born)`` (see :class:`Amended`).
