@@ -35,8 +35,9 @@ What is measured
    *How the Cache is filled.* tracemalloc charges every allocation, and ``await
    cache.set`` makes a dozen transient ones (coroutines, change records, delta queue),
    so a million of them take minutes under tracing. The 1M fill therefore makes the
-   replica write that ``Cache.set`` ends in (``replica.set(key, value, now, now +
-   ttl)``: the same entry, stamp, expiry float, tier accounting and expiry bucket)
+   replica write that ``Cache.set`` ends in (``replica.set(key, value, now, expires)``
+   with the expiry from ``Expiries.at(now, ttl)``, which the writes of one millisecond
+   share: the same entry, stamp, expiry float, tier accounting and expiry bucket)
    and skips what ``Cache.set`` adds around it only transiently (the change record
    and the queued delta, which the memory runtime drops). To show both leave the same
    structure at rest, each worker first fills 20,000 entries both ways and reports
@@ -114,6 +115,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from crdtcache import Cache, PeerError, SyncCache
 from crdtcache.cache._loop import new_event_loop
 from crdtcache.cache._options import SyncStrategy
+from crdtcache.core._entry import Expiries
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
@@ -557,7 +559,7 @@ async def _cache_bytes(
     """Traced bytes of a memory-backend Cache before and after holding ``keys``.
 
     ``public``: fill with ``await cache.set``; else with the replica write that
-    ``Cache.set`` ends in (``replica.set(key, value, now, now + ttl)``). Both leave
+    ``Cache.set`` ends in (``replica.set(key, value, now, expires)``). Both leave
     the same structure at rest; the replica fill allocates far fewer transient
     objects, which tracemalloc makes expensive (see the module doc).
     """
@@ -571,6 +573,7 @@ async def _cache_bytes(
         tracemalloc.reset_peak()
         replica = cache._replica
         assert replica is not None
+        expiries = Expiries()  # as Cache.set: the writes of one millisecond share one
         gc.disable()
         for start in range(0, len(keys), 1000):
             stop = min(start + 1000, len(keys))
@@ -578,9 +581,10 @@ async def _cache_bytes(
                 for i in range(start, stop):
                     await cache.set(keys[i], values[i])
             else:
-                now = time.time()
-                for i in range(start, stop):  # a float per entry, as Cache.set makes
-                    replica.set(keys[i], values[i], now, None if ttl is None else now + ttl)
+                for i in range(start, stop):  # the clock and expiry per write, as Cache.set
+                    now = time.time()
+                    expires = None if ttl is None else expiries.at(now, ttl)
+                    replica.set(keys[i], values[i], now, expires)
             await asyncio.sleep(0)  # let the runtime drop the queued deltas
         gc.enable()
         await asyncio.sleep(0.01)
@@ -588,10 +592,12 @@ async def _cache_bytes(
         after, peak = tracemalloc.get_traced_memory()
         assert cache._tier.count == len(keys)
         e = cache._entries[keys[-1]]
+        # Writes of one millisecond share an expiry object: its cost per entry.
+        floats = {id(x.expires): x.expires for x in cache._entries.values()}.values()
         out["anatomy"] = {
-            "entry_object": sys.getsizeof(e),
+            "entry_object": sys.getsizeof(e) + (16 if gc.is_tracked(e) else 0),
             "stamp_int": sys.getsizeof(e.ts),
-            "expiry_float": sys.getsizeof(e.expires) if e.expires is not None else 0,
+            "expiry_float": sum(sys.getsizeof(x) for x in floats if x is not None) / len(keys),
         }
     n = len(keys)
     out.update(
@@ -837,9 +843,9 @@ def print_report(res: dict[str, Any], rows: list[Row]) -> None:
                 a = m["anatomy"]
                 rest = m["bytes_per_entry"] - sum(a.values())
                 print(
-                    f"  {m['variant']}: Entry object {a['entry_object']} B (incl. 16 B GC"
+                    f"  {m['variant']}: Entry object {a['entry_object']} B (with any GC"
                     f" header), stamp int {a['stamp_int']} B, expiry float"
-                    f" {a['expiry_float']} B, rest (dict slot, bookkeeping) {rest:.1f} B"
+                    f" {a['expiry_float']:.1f} B, rest (dict slot, bookkeeping) {rest:.1f} B"
                 )
                 fc = m["fill_check"]
                 gap = abs(fc["cache_set"] - fc["replica_set"])

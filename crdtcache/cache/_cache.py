@@ -58,6 +58,7 @@ from crdtcache.core import (
     check_key,
 )
 from crdtcache.core._counter import Counter, CounterError
+from crdtcache.core._entry import Expiries
 from crdtcache.core._values import FlatReads
 from crdtcache.runtime._protocol import Runtime
 from crdtcache.store._persistence import Persistence
@@ -170,6 +171,8 @@ class Cache:
             max_key_chars=config.max_key_chars,
         )
         self._clock = config._clock
+        # Local writes of a burst share their expiry object (24 bytes per entry).
+        self._expiries = Expiries()
         self._services = prepare_services(config)
         self._node_id = choose_node_id(config)
         self._tier = LocalTier(
@@ -620,7 +623,8 @@ class Cache:
         parts.runtime.check_writable()
         seconds = self._config.default_ttl if ttl is None else ttl
         now = self._clock()
-        parts.engine.set(key, stored, now, None if seconds is None else now + seconds)
+        expires = None if seconds is None else self._expiries.at(now, seconds)
+        parts.engine.set(key, stored, now, expires)
         self._counters.writes += 1
         self._after_write(parts.engine, key=key)
 
@@ -815,7 +819,7 @@ class Cache:
         self._check_key(key)
         check_ttl(ttl)
         parts.runtime.check_writable()
-        expires = None if ttl is None else self._clock() + ttl
+        expires = None if ttl is None else self._expiries.at(self._clock(), ttl)
         touched = await parts.runtime.touch(key, expires)
         if touched:
             self._counters.writes += 1
@@ -830,7 +834,7 @@ class Cache:
     def _expires(self, ttl: float | None) -> float | None:
         """The absolute expiry of a value written now for ``ttl`` (None: ``default_ttl``)."""
         seconds = self._config.default_ttl if ttl is None else ttl
-        return None if seconds is None else self._clock() + seconds
+        return None if seconds is None else self._expiries.at(self._clock(), seconds)
 
     async def _hold(self, key: str) -> None:
         """Fill the value of a key this node holds only as a stub (file, then peers)."""

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 from dataclasses import dataclass
 from typing import Final, Literal, NamedTuple
+
+import msgspec
 
 from crdtcache.core._hlc import Stamp
 
@@ -16,7 +19,9 @@ __all__ = [
     "Amended",
     "Change",
     "ChangeKind",
+    "EXPIRY_SHARE_SECONDS",
     "Entry",
+    "Expiries",
     "Lineage",
     "PatternTombstone",
     "compile_pattern",
@@ -45,21 +50,24 @@ TOMBSTONE: Final = _Marker("TOMBSTONE")
 NOT_HELD: Final = _Marker("NOT_HELD")
 
 
-class Entry:
+class Entry(msgspec.Struct, gc=False):
     """One register of the map: a stored value (or marker), its stamp and absolute expiry.
 
     Entries are never mutated once built; a replica replaces them. The stamp is kept
     flattened (``ts``, ``origin``) rather than as a :class:`Stamp` because this object
-    exists once per key and its size is the cache's per-entry overhead.
+    exists once per key and its size is the cache's per-entry overhead. For the same
+    reason it is a ``msgspec.Struct`` with ``gc=False``: 48 bytes, where a slotted
+    class costs 64 (its 16-byte GC header). Nothing it holds can form a reference
+    cycle back to it (values are stored forms: scalars, bytes, counters, markers), so
+    the cycle collector never needs to see it, and a million entries no longer make
+    every full collection walk a million objects. Equality is by type and content, in
+    field order; entries are not hashable (they are never keys).
     """
 
-    __slots__ = ("expires", "origin", "ts", "value")
-
-    def __init__(self, value: object, ts: int, origin: str, expires: float | None = None) -> None:
-        self.value = value
-        self.ts = ts
-        self.origin = origin
-        self.expires = expires
+    value: object
+    ts: int
+    origin: str
+    expires: float | None = None
 
     @property
     def stamp(self) -> Stamp:
@@ -80,20 +88,40 @@ class Entry:
         """True once the absolute expiry has passed."""
         return self.expires is not None and self.expires <= now
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Entry):
-            return NotImplemented
-        return (
-            self.ts == other.ts
-            and self.origin == other.origin
-            and self.expires == other.expires
-            and self.value == other.value
-        )
-
-    __hash__ = None  # type: ignore[assignment]  # equality by content, entries are not keys
-
     def __repr__(self) -> str:
         return f"Entry({self.value!r}, {self.stamp!r}, expires={self.expires!r})"
+
+
+#: How much earlier than ``now + ttl`` a local write may expire, so that the writes of
+#: a burst share one expiry object (see :class:`Expiries`), seconds.
+EXPIRY_SHARE_SECONDS: Final = 0.001
+
+
+class Expiries:
+    """The absolute expiries of local writes: ``now + ttl``, one float shared by a burst.
+
+    An expiry is a float object, 24 bytes kept once per entry with a TTL. Writes whose
+    ``now + ttl`` falls less than :data:`EXPIRY_SHARE_SECONDS` after the expiry handed
+    out last get that same object instead, so a burst of writes with one TTL keeps one
+    float per millisecond rather than one per entry. Such an entry expires at most
+    that much *early*: the safe side for a cache, which must never serve a value for
+    longer than its TTL. An expiry at or before ``now`` is never shared, so a write is
+    live when it is made, as with the exact sum.
+    """
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        self._last = -math.inf
+
+    def at(self, now: float, seconds: float) -> float:
+        """The expiry of a write made at ``now`` for ``seconds``: shared, or ``now + seconds``."""
+        expires = now + seconds
+        last = self._last  # read once: a caller thread may write meanwhile
+        if last <= expires < last + EXPIRY_SHARE_SECONDS and last > now:
+            return last
+        self._last = expires
+        return expires
 
 
 #: Which write a value descends from: ``(ts, origin, born)`` (see :class:`Amended`).
@@ -102,7 +130,7 @@ Lineage = tuple[int, str, bool]
 NO_STAMP: Final = (0, "")
 
 
-class Amended(Entry):
+class Amended(Entry, gc=False):
     """An entry changed since its value was written: touched, or a counter.
 
     ``(ts, origin)`` stamp the newest change (what marks, streams and anti-entropy
@@ -119,33 +147,11 @@ class Amended(Entry):
     lineage, and their increments merge.
     """
 
-    __slots__ = ("born", "vorigin", "vts")
-
-    def __init__(
-        self,
-        value: object,
-        ts: int,
-        origin: str,
-        expires: float | None,
-        vts: int,
-        vorigin: str,
-        born: bool = False,
-    ) -> None:
-        super().__init__(value, ts, origin, expires)
-        self.vts = vts
-        self.vorigin = vorigin
-        self.born = born
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Entry):
-            return NotImplemented
-        return (
-            type(other) is Amended
-            and Entry.__eq__(self, other)
-            and (self.vts, self.vorigin, self.born) == (other.vts, other.vorigin, other.born)
-        )
-
-    __hash__ = None  # equality by content, entries are not keys (as Entry)
+    # Defaults only because a msgspec field without one may not follow ``expires``;
+    # every constructor passes the lineage.
+    vts: int = 0
+    vorigin: str = ""
+    born: bool = False
 
     def __repr__(self) -> str:
         return (

@@ -73,6 +73,22 @@ async def test_ttl_expires(cache: Cache, clock: FakeClock) -> None:
     assert await cache.keys() == []
 
 
+async def test_writes_of_one_millisecond_share_their_expiry(cache: Cache, clock: FakeClock) -> None:
+    # An expiry float is 24 bytes per entry: a burst with one TTL keeps one per ms.
+    await cache.set("a", "v", ttl=10)
+    await cache.set_many({"b": "v", "c": "v"}, ttl=10)
+    await cache.touch("d", 10)  # absent: nothing written
+    clock.advance(0.0004)
+    await cache.set("e", "v", ttl=10)
+    first = cache._entries["a"].expires
+    assert first == clock() - 0.0004 + 10
+    assert all(cache._entries[k].expires is first for k in "bce")
+    assert await cache.ttl("e") == pytest.approx(9.9996)  # 0.4 ms early, never late
+    clock.advance(0.002)
+    await cache.set("f", "v", ttl=10)
+    assert cache._entries["f"].expires == clock() + 10
+
+
 async def test_default_ttl_applies_when_ttl_is_none(clock: FakeClock) -> None:
     async with memory_cache(clock, default_ttl=5) as cache:
         await cache.set("a", 1)

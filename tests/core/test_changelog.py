@@ -333,7 +333,8 @@ def test_keys_sharing_one_stamp_are_kept_together() -> None:
 class _CountedEntry(Entry):
     """An entry that counts reads of its stamp: a scan reads every entry's."""
 
-    __slots__ = ()
+    # (No ``__slots__ = ()``: an Entry is a msgspec Struct, whose subclasses get their
+    # layout from msgspec; an unannotated class attribute stays a class attribute.)
     reads = 0
 
     def __getattribute__(self, name: str) -> Any:
