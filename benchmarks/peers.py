@@ -8,9 +8,9 @@ figures do not: the load average is printed). Ratios are always crdtcache / peer
 What is measured
 ----------------
 1. **Local reads** (this process, one event loop: uvloop if installed). ``SyncCache.get``
-   and ``await Cache.get`` (``backend="memory"``) of a 32-char ``str``, a flat dict (scalars only) and
-   a nested dict (crdtcache hands out a fresh copy of a dict), next to cachetools
-   ``LRUCache.get`` (the very object stored: aliased), ``LRUCache.get`` +
+   and ``await Cache.get`` (``backend="memory"``) of a 32-char ``str``, a flat dict
+   (scalars only) and a nested dict (crdtcache hands out a fresh copy of a dict), next to
+   cachetools ``LRUCache.get`` (the very object stored: aliased), ``LRUCache.get`` +
    ``pickle.loads`` (a fresh copy, as crdtcache gives) and **Redis client-side
    caching**: redis-py's own ``cache_config=CacheConfig(...)`` over RESP3 (``CLIENT
    TRACKING``), against a private ``redis-server`` started on a free loopback port,
