@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -83,67 +85,42 @@ def test_logging_options_work_before_and_after_the_command(argv: list[str], leve
     assert _log_level(_parser().parse_args(argv)) == level
 
 
-@pytest.mark.timeout(120)
-def test_node_prints_its_dashboard_url() -> None:
+@contextlib.contextmanager
+def _node_with_a_dashboard(*options: str) -> Iterator[str]:
+    """``crdtcache node`` with a dashboard on a free port; yields the URL it printed,
+    then stops it (SIGTERM) and checks it exited cleanly."""
     pytest.importorskip("aiohttp")
+    argv = [*CLI, "node", "--listen", "127.0.0.1:0", "--discovery", "none", *options]
     node = subprocess.Popen(
-        [
-            *CLI,
-            "node",
-            "--listen",
-            "127.0.0.1:0",
-            "--discovery",
-            "none",
-            "--dashboard",
-            "127.0.0.1:0",
-        ],
+        [*argv, "--dashboard", "127.0.0.1:0"],
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
         assert node.stdout is not None
-        started = json.loads(node.stdout.readline())
-        url = started["dashboard"]
-        assert url.startswith("http://127.0.0.1:") and not url.startswith("http://127.0.0.1:0")
-        with urllib.request.urlopen(url.rstrip("/") + "/healthz", timeout=10) as reply:
-            assert reply.status == 200
+        yield json.loads(node.stdout.readline())["dashboard"]
     finally:
         node.send_signal(signal.SIGTERM)
         node.wait(10)
     assert node.returncode == 0
+
+
+@pytest.mark.timeout(120)
+def test_node_prints_its_dashboard_url() -> None:
+    with _node_with_a_dashboard() as url:
+        assert url.startswith("http://127.0.0.1:") and not url.startswith("http://127.0.0.1:0")
+        with urllib.request.urlopen(url.rstrip("/") + "/healthz", timeout=10) as reply:
+            assert reply.status == 200
 
 
 @pytest.mark.timeout(120)
 def test_a_node_with_a_secret_prints_its_dashboard_url_with_the_token(tmp_path: Path) -> None:
     # With a secret the dashboard needs its token, on loopback too: the URL printed
     # must open it as it is.
-    pytest.importorskip("aiohttp")
     secret = tmp_path / "secret"
     secret.write_bytes(b"s" * 32)
-    node = subprocess.Popen(
-        [
-            *CLI,
-            "node",
-            "--listen",
-            "127.0.0.1:0",
-            "--discovery",
-            "none",
-            "--secret-file",
-            str(secret),
-            "--dashboard",
-            "127.0.0.1:0",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert node.stdout is not None
-        url = json.loads(node.stdout.readline())["dashboard"]
+    with _node_with_a_dashboard("--secret-file", str(secret)) as url:
         base, _, query = url.partition("?")
         assert query.startswith("token=")
         with urllib.request.urlopen(f"{base}api/stats?{query}", timeout=10) as reply:
             assert reply.status == 200
-    finally:
-        node.send_signal(signal.SIGTERM)
-        node.wait(10)
-    assert node.returncode == 0
