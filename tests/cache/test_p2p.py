@@ -200,6 +200,9 @@ async def test_on_demand_replicates_stamps_and_fetches_values() -> None:
     caches = await cluster(2, sync_strategy="on-demand")
     a, b = caches
     try:
+        # The first anti-entropy round (on link up) answers with values: let it end
+        # first, or it may bring the value itself before the push's stub.
+        await wait_for(lambda: all(c._engine.stats.syncs_completed for c in caches))  # type: ignore[union-attr]
         await a.set("k", {"big": "value"})
         await wait_for(lambda: "k" in b._entries)
         assert b._entries["k"].value is NOT_HELD
