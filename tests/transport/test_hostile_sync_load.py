@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import sys
 import time
 
 from conftest import make_engine, start_cluster, view, wait_for, write
@@ -15,6 +17,13 @@ from crdtcache.transport import Node
 
 KEYS = 30_000
 REQUESTS = 100
+
+
+def stall_limit() -> float:
+    """The longest CPU time one loop step may take: about 35 ms is what a step takes
+    here, the old code took seconds. A tracer (coverage, as CI runs) makes Python code
+    about eight times slower, so the bound grows with it."""
+    return 0.5 * (4 if sys.gettrace() is not None else 1)
 
 
 class LoopWatch:
@@ -28,6 +37,11 @@ class LoopWatch:
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> LoopWatch:
+        # The test process's own heap (every earlier test's objects, in a full run)
+        # leaves the collector's view: a full collection of it would count as a stall
+        # of the node. What the node allocates meanwhile is still collected, and counted.
+        gc.collect()
+        gc.freeze()
         self._task = asyncio.create_task(self._run())
         await asyncio.sleep(0)
         return self
@@ -37,6 +51,7 @@ class LoopWatch:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+        gc.unfreeze()
 
     async def _run(self) -> None:
         last = time.thread_time()
@@ -76,7 +91,7 @@ async def test_a_hundred_tiny_requests_do_not_stall_the_node() -> None:
             await wait_for(lambda: view(target).get("meanwhile") == 1)
         # Before: each request scanned and encoded the whole map on the loop, one after
         # the other, for seconds. Now requests wait their turn, a newer replacing an older.
-        assert watch.longest < 0.5, f"the loop stalled for {watch.longest:.2f} s"
+        assert watch.longest < stall_limit(), f"the loop stalled for {watch.longest:.2f} s"
         assert len(answered) <= 4 + 2.0 / target.engine.config.answer_interval + 1
         assert target.engine.stats.sync_requests_replaced > REQUESTS / 2
     finally:
@@ -105,7 +120,7 @@ async def test_a_full_answer_of_a_large_map_is_sent_in_slices() -> None:
             await intruder.wait_for(complete, 30)
         assert sum(len(p.entries) for p in parts) == 100_000
         assert {p.part for p in parts} == set(range(parts[0].parts))
-        assert watch.longest < 0.5, f"the loop stalled for {watch.longest:.2f} s"
+        assert watch.longest < stall_limit(), f"the loop stalled for {watch.longest:.2f} s"
     finally:
         if intruder is not None:
             intruder.close()
