@@ -515,20 +515,31 @@ class Cache:
         one request. Raises like :meth:`get` for a bad key (and for a single str passed
         instead of an iterable of keys).
         """
-        wanted = _key_list(keys, "get_many")
-        found: dict[str, Any] = {}
-        slow: list[str] = []
-        for key in wanted:
-            value = self._read(key)
-            if value is ABSENT:
-                slow.append(key)
-            else:
-                found[key] = value
-                if self._hit_cbs:
-                    self._reporter.emit(CacheEvent("hit", key, source="local"))
+        found, slow = self._get_many_local(keys, self._reporter.emit)
         if slow:
             found.update(await self._get_many_slow(slow))
         return found
+
+    def _get_many_local(
+        self, keys: Iterable[str], emit_hit: Callable[[CacheEvent], object]
+    ) -> tuple[dict[str, Any], list[str]]:
+        """The local part of :meth:`get_many` (``SyncCache`` runs it in its caller's
+        thread): the values hit here, and the keys left for :meth:`_get_many_slow`.
+
+        ``emit_hit`` reports each hit event while hit listeners exist: the caller knows
+        which thread may run the reporter.
+        """
+        found: dict[str, Any] = {}
+        slow: list[str] = []
+        for key in _key_list(keys, "get_many"):
+            value = self._read(key)
+            if value is ABSENT:
+                slow.append(key)
+                continue
+            found[key] = value
+            if self._hit_cbs:
+                emit_hit(CacheEvent("hit", key, source="local"))
+        return found, slow
 
     async def _get_many_slow(self, keys: list[str]) -> dict[str, Any]:
         """The slow path of :meth:`get_many`: one fetch for every key that needs one."""

@@ -221,19 +221,12 @@ class SyncCache:
         Local hits are answered in the calling thread; the rest in one loop call.
         """
         cache = self._cache
-        wanted = _key_list(keys, "get_many")
-        found: dict[str, Any] = {}
-        slow: list[str] = []
-        for key in wanted:
-            value = cache._read(key)
-            if value is ABSENT:
-                slow.append(key)
-                continue
-            found[key] = value
-            if cache._hit_cbs and self._loop is not None:
-                self._loop.call_soon_threadsafe(
-                    cache._reporter.emit, CacheEvent("hit", key, source="local")
-                )
+
+        def emit_hit(event: CacheEvent) -> None:
+            if self._loop is not None:  # the reporter runs in the cache's loop
+                self._loop.call_soon_threadsafe(cache._reporter.emit, event)
+
+        found, slow = cache._get_many_local(keys, emit_hit)
         if slow:
             found.update(self._call(cache._get_many_slow(slow)))
         return found
